@@ -1,0 +1,156 @@
+"""The request-reply broker (the tutorial's case 2): ROUTER frontend, DEALER backend.
+
+It waits on a :class:`~greenzmq.poller.GreenPoller` (a ``zmq.green.Poller``
+without select()'s FD limit) and moves whole multipart messages through raw
+shadow sockets with NOBLOCK, at most ``batch`` per ready socket per wake-up,
+so one busy side cannot starve the other (rules 3 and 4).
+
+When a destination is full (EAGAIN at HWM), the message waits in a small
+pending queue, the broker stops reading the source (backpressure) and polls
+the destination for POLLOUT: the loop never blocks, so the kill switch and
+SIGTERM are always seen.
+
+A malformed message (no envelope delimiter, empty body) or a reply to a client
+that has gone (EHOSTUNREACH, with ROUTER_MANDATORY) is logged as a ``drop`` hop
+with its reason, counted, and the broker keeps serving.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from .poller import GreenPoller
+from .service import Service, kill_spec
+from .sockets import Socket, SocketSpec, type_name
+
+__all__ = ["Broker", "envelope_problem"]
+
+FRONTEND = "tcp://127.0.0.1:5560"
+BACKEND = "tcp://127.0.0.1:5561"
+
+
+def envelope_problem(frames: Sequence[bytes]) -> str | None:
+    """Why ``frames`` (routing id(s), empty delimiter, body) cannot be routed, or None."""
+    if len(frames) >= 3 and not frames[1]:
+        return None  # the common case: one hop of envelope (REQ through ROUTER)
+    for i in range(1, len(frames)):
+        if not frames[i]:
+            return None if i < len(frames) - 1 else "empty body"
+    if len(frames) < 2:
+        return "no envelope"
+    return "no envelope delimiter"
+
+
+class Broker(Service):
+    """ROUTER/DEALER broker over one GreenPoller; stops on the kill switch or SIGTERM."""
+
+    name = "broker"
+    batch = 256
+    specs = (
+        SocketSpec("frontend", "ROUTER", bind=(FRONTEND,), hwm=10000),
+        SocketSpec("backend", "DEALER", bind=(BACKEND,), hwm=10000),
+        kill_spec(),
+    )
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.forwarded: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self._poller: GreenPoller | None = None
+
+    def on_stop(self) -> None:
+        """Wake the poll so the loop sees the stop."""
+        if self._poller is not None:
+            self._poller.wake()
+
+    def run(self) -> None:
+        """Forward both ways until stopped; report the counts."""
+        fe, be = self.socks["frontend"], self.socks["backend"]
+        fe.claim()
+        be.claim()
+        poller = self._poller = GreenPoller()
+        poller.register(fe, zmq.POLLIN)
+        poller.register(be, zmq.POLLIN)
+        other = {fe: be, be: fe}
+        pending: dict[Socket, deque[list[bytes]]] = {fe: deque(), be: deque()}
+        label = {fe: "frontend->backend", be: "backend->frontend"}
+        tracer = self.tracer
+        assert tracer is not None  # open() made it
+        trace = {
+            s: tracer.for_socket(s.name, type_name(s.socket_type)) for s in (fe, be)
+        }
+        # drops are always logged; other hops only when tracing is on
+        hop_tr = {s: (t if t.on else None) for s, t in trace.items()}
+        flags = {fe: zmq.POLLIN, be: zmq.POLLIN}
+        nb, again, batch = zmq.NOBLOCK, zmq.Again, self.batch
+
+        def set_flags(s: Socket) -> None:
+            want = (0 if pending[other[s]] else zmq.POLLIN) | (zmq.POLLOUT if pending[s] else 0)
+            if want != flags[s]:
+                flags[s] = want
+                poller.modify(s, want)
+
+        def send(dst: Socket, m: list[bytes]) -> bool:
+            """Send raw; False if dst is full (the caller queues)."""
+            try:
+                dst.raw.send_multipart(m, nb)
+            except again:
+                return False
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EHOSTUNREACH:
+                    raise
+                self.drops["unknown peer"] += 1
+                trace[dst].drop(m, "unknown peer")
+            return True
+
+        def pump(src: Socket) -> None:
+            dst, rsrc, taken, dropped = other[src], src.raw, 0, 0
+            tr, q = hop_tr[src], pending[dst]
+            while taken < batch and not q:
+                try:
+                    m = rsrc.recv_multipart(nb)
+                except again:
+                    break
+                taken += 1
+                problem = envelope_problem(m)
+                if problem is not None:
+                    self.drops[problem] += 1
+                    dropped += 1
+                    trace[src].drop(m, problem)
+                    continue
+                if tr is not None:
+                    tr.hop("forward", m, dest=dst.name)
+                if not send(dst, m):
+                    q.append(m)
+            self.forwarded[label[src]] += taken - dropped
+            if q:
+                set_flags(src)
+                set_flags(dst)
+
+        def flush(dst: Socket) -> None:
+            q = pending[dst]
+            while q and send(dst, q[0]):
+                q.popleft()
+            if not q:
+                set_flags(dst)
+                set_flags(other[dst])
+
+        stopping = self.stopping
+        while not stopping.is_set():
+            for sock, ev in poller.poll():
+                if ev & zmq.POLLOUT:
+                    flush(sock)
+                if ev & zmq.POLLIN:
+                    pump(sock)
+        poller.close_watchers()
+        self.log.info(
+            "broker.stats",
+            forwarded=dict(self.forwarded),
+            drops=dict(self.drops),
+            pending=sum(map(len, pending.values())),
+        )
+

@@ -1,0 +1,382 @@
+"""Many sockets, one consumer loop (the tutorial's case 1), and outboxes for sending.
+
+Two ways to read many sockets from one loop, with one interface
+(:class:`Mux`): iterate, ``get(timeout)``, ``stop()``, ``statistics()``.
+
+* :class:`Readers`: one greenlet per socket. Each blocks green on its socket,
+  then drains it raw with NOBLOCK (at most ``batch`` messages before it lets
+  the others run) into one bounded gevent Queue of ``(socket name, frames)``.
+* :class:`PollerListener`: the consumer itself waits on a
+  :class:`~greenzmq.poller.GreenPoller` and drains the ready sockets raw.
+
+:class:`Outbox` is the other direction: any number of greenlets hand frames to
+one writer greenlet that owns the socket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
+
+import gevent
+import gevent.pool
+import gevent.queue
+import zmq
+
+from .errors import ClosedError, ReaderError
+from .poller import GreenPoller
+from .sockets import Socket, type_name
+from .tracing import SocketTracer, Tracer
+
+__all__ = ["Message", "Mux", "MuxStatistics", "Outbox", "PollerListener", "Readers"]
+
+Message = tuple[str, list[bytes]]
+_WAKE: Any = object()
+_LOCKSTEP = (zmq.REQ, zmq.REP)
+
+
+@dataclasses.dataclass(frozen=True)
+class MuxStatistics:
+    """A snapshot of a mux: what it took from each socket and what it holds."""
+
+    received: dict[str, int]
+    delivered: int
+    queued: int
+    maxsize: int
+    stopped: bool
+
+
+class Mux(Protocol):
+    """What both ways of reading many sockets offer to the consumer."""
+
+    def get(self, timeout: float | None = None) -> Message: ...
+    def __iter__(self) -> Iterator[Message]: ...
+    def stop(self) -> None: ...
+    def statistics(self) -> MuxStatistics: ...
+
+
+def _tracers(sockets: Sequence[Socket], tracer: Tracer | None) -> dict[str, SocketTracer | None]:
+    if tracer is None or not tracer.on:
+        return {s.name: None for s in sockets}
+    return {s.name: tracer.for_socket(s.name, type_name(s.socket_type)) for s in sockets}
+
+
+class Readers:
+    """One reader greenlet per socket feeding one bounded queue (see module doc).
+
+    A reader that fails surfaces as :class:`~greenzmq.errors.ReaderError` (with
+    the original as ``__cause__``) in the consumer's next ``get``. ``stop()``
+    kills every reader and closes every socket; a message a reader had already
+    taken off its socket is still delivered, never dropped.
+    """
+
+    def __init__(
+        self,
+        sockets: Iterable[Socket],
+        *,
+        maxsize: int = 1000,
+        batch: int = 256,
+        tracer: Tracer | None = None,
+        group: gevent.pool.Group | None = None,
+    ) -> None:
+        self.sockets = list(sockets)
+        self.batch = batch
+        self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue(maxsize)
+        self._maxsize = maxsize
+        self._group = gevent.pool.Group()
+        self._parent_group = group
+        self._overflow: deque[Message] = deque()
+        self._failures: deque[tuple[str, BaseException]] = deque()
+        self._received = dict.fromkeys((s.name for s in self.sockets), 0)
+        self._delivered = 0
+        self._stopped = False
+        self._trace = _tracers(self.sockets, tracer)
+        self._take_trace = (tracer.for_socket("mux", "queue") if tracer and tracer.on else None)
+        self._started = False
+
+    def start(self) -> Readers:
+        """Spawn the readers (idempotent); returns self."""
+        if not self._started:
+            self._started = True
+            for sock in self.sockets:
+                g = self._group.spawn(self._read, sock)
+                g.name = f"reader-{sock.name}"
+                if self._parent_group is not None:
+                    self._parent_group.add(g)
+        return self
+
+    def _read(self, sock: Socket) -> None:
+        sock.claim()
+        raw, name, batch = sock.raw, sock.name, self.batch
+        put, tr = self._queue.put, self._trace[name]
+        nb, again = zmq.NOBLOCK, zmq.Again
+        held: list[bytes] | None = None
+        try:
+            while True:
+                held = sock.recv_multipart()  # block green
+                n = 0
+                while True:
+                    if tr is not None and (k := tr.hop("recv", held)):
+                        tr.hop("put", held, key=k)
+                    put((name, held))
+                    held = None
+                    n += 1
+                    if n >= batch:
+                        break
+                    try:
+                        held = raw.recv_multipart(nb)  # move data raw
+                    except again:
+                        break
+                self._received[name] += n
+                if n >= batch:
+                    gevent.sleep(0)  # a busy socket must not starve the others
+        except gevent.GreenletExit:
+            if held is not None:
+                self._received[name] += 1
+                self._overflow.append((name, held))
+        except zmq.ZMQError as e:
+            if self._stopped and e.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                return  # closed under us by stop(): not a failure
+            self._fail(name, e, held)
+        except Exception as e:  # noqa: BLE001 - surfaced to the consumer, not lost
+            self._fail(name, e, held)
+
+    def _fail(self, name: str, exc: BaseException, held: list[bytes] | None) -> None:
+        if held is not None:
+            self._overflow.append((name, held))
+        self._failures.append((name, exc))
+        try:
+            self._queue.put_nowait(_WAKE)
+        except gevent.queue.Full:
+            pass  # the consumer is not parked: it sees the failure on its next get
+
+    def get(self, timeout: float | None = None) -> Message:
+        """The next ``(socket name, frames)``.
+
+        Raises ReaderError if a reader failed, ClosedError once stopped and
+        drained, TimeoutError when ``timeout`` seconds pass with nothing.
+        """
+        while True:
+            if self._failures:
+                name, exc = self._failures.popleft()
+                raise ReaderError(f"reader of socket {name!r} failed: {exc!r}") from exc
+            if self._queue.qsize() == 0:
+                if self._overflow:
+                    item = self._overflow.popleft()
+                    break
+                if self._stopped:
+                    raise ClosedError("mux is stopped and drained")
+            try:
+                item = self._queue.get(timeout=timeout)
+            except gevent.queue.Empty:
+                raise TimeoutError(f"no message within {timeout} s") from None
+            if item is not _WAKE:
+                break
+        self._delivered += 1
+        if self._take_trace is not None:
+            self._take_trace.hop("take", item[1], source=item[0])
+        return item  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until stopped and drained; ReaderError propagates."""
+        self.start()
+        while True:
+            try:
+                yield self.get()
+            except ClosedError:
+                return
+
+    def stop(self) -> None:
+        """Stop reading, close the sockets; what is queued stays readable."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._group.kill(block=True)
+        for s in self.sockets:
+            s.close(linger=0)
+        try:
+            self._queue.put_nowait(_WAKE)
+        except gevent.queue.Full:
+            pass
+
+    def statistics(self) -> MuxStatistics:
+        """A frozen snapshot of counts and depth."""
+        return MuxStatistics(
+            received=dict(self._received),
+            delivered=self._delivered,
+            queued=self._queue.qsize() + len(self._overflow),
+            maxsize=self._maxsize,
+            stopped=self._stopped,
+        )
+
+
+class PollerListener:
+    """The same consumer interface over one GreenPoller (the tutorial's poller way).
+
+    The consumer greenlet owns every socket; ``stop()`` may be called from any
+    greenlet: it wakes the poll instead of touching the sockets.
+    """
+
+    def __init__(
+        self, sockets: Iterable[Socket], *, batch: int = 256, tracer: Tracer | None = None
+    ) -> None:
+        self.sockets = list(sockets)
+        self.batch = batch
+        self._poller = GreenPoller()
+        for s in self.sockets:
+            self._poller.register(s, zmq.POLLIN)
+        self._buf: deque[Message] = deque()
+        self._received = dict.fromkeys((s.name for s in self.sockets), 0)
+        self._delivered = 0
+        self._stopped = False
+        self._closed = False
+        self._trace = _tracers(self.sockets, tracer)
+        self._claimed = False
+
+    def _fill(self, timeout: float | None) -> None:
+        if not self._claimed:
+            for s in self.sockets:
+                s.claim()
+            self._claimed = True
+        ms = -1 if timeout is None else int(timeout * 1000)
+        ready = self._poller.poll(ms)
+        nb, again, buf, batch = zmq.NOBLOCK, zmq.Again, self._buf, self.batch
+        for sock, _ in ready:
+            raw, name, tr, n = sock.raw, sock.name, self._trace[sock.name], 0
+            # REQ/REP must alternate recv and send: one message, then the reply
+            limit = 1 if sock.socket_type in _LOCKSTEP else batch
+            while n < limit:
+                try:
+                    frames = raw.recv_multipart(nb)
+                except again:
+                    break
+                n += 1
+                if tr is not None:
+                    tr.hop("recv", frames)
+                buf.append((name, frames))
+            self._received[name] += n
+
+    def get(self, timeout: float | None = None) -> Message:
+        """The next ``(socket name, frames)``; ClosedError once stopped and drained."""
+        while not self._buf:
+            if self._stopped:
+                self._close()
+                raise ClosedError("listener is stopped and drained")
+            self._fill(timeout)
+            if not self._buf and timeout is not None and not self._stopped:
+                raise TimeoutError(f"no message within {timeout} s")
+        self._delivered += 1
+        return self._buf.popleft()
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until stopped and drained."""
+        while True:
+            try:
+                yield self.get()
+            except ClosedError:
+                return
+
+    def stop(self) -> None:
+        """Stop polling; what was already read is still delivered, then iteration ends."""
+        self._stopped = True
+        self._poller.wake()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._poller.close_watchers()
+            for s in self.sockets:
+                s.close(linger=0)
+
+    def statistics(self) -> MuxStatistics:
+        """A frozen snapshot of counts and depth."""
+        return MuxStatistics(
+            received=dict(self._received),
+            delivered=self._delivered,
+            queued=len(self._buf),
+            maxsize=self.batch * len(self.sockets),
+            stopped=self._stopped,
+        )
+
+
+class Outbox:
+    """One writer greenlet owns ``sock``; any greenlet may ``send`` through it.
+
+    Sends go raw with NOBLOCK and fall back to a green (blocking) send when
+    libzmq says EAGAIN (HWM reached), so order is kept and nothing is dropped.
+    """
+
+    def __init__(
+        self,
+        sock: Socket,
+        *,
+        maxsize: int = 1000,
+        tracer: Tracer | None = None,
+        group: gevent.pool.Group | None = None,
+    ) -> None:
+        self.sock = sock
+        self._queue: gevent.queue.Queue[Any] = gevent.queue.Queue(maxsize)
+        self._closed = False
+        self.sent = 0
+        self._tr = (
+            tracer.for_socket(sock.name, type_name(sock.socket_type))
+            if tracer is not None and tracer.on
+            else None
+        )
+        self._writer = gevent.Greenlet(self._write)
+        self._writer.name = f"writer-{sock.name}"
+        if group is not None:
+            group.add(self._writer)
+        self._writer.start()
+
+    def send(self, frames: Sequence[bytes], timeout: float | None = None) -> None:
+        """Queue ``frames`` for sending; blocks green while the outbox is full."""
+        if self._closed:
+            raise ClosedError(f"outbox of socket {self.sock.name!r} is closed")
+        try:
+            self._queue.put(list(frames), timeout=timeout)
+        except gevent.queue.Full:
+            raise TimeoutError(f"outbox of {self.sock.name!r} full for {timeout} s") from None
+
+    def send_nowait(self, frames: Sequence[bytes]) -> None:
+        """Queue ``frames`` or raise ``gevent.queue.Full`` at once."""
+        if self._closed:
+            raise ClosedError(f"outbox of socket {self.sock.name!r} is closed")
+        self._queue.put_nowait(list(frames))
+
+    def _write(self) -> None:
+        sock = self.sock
+        sock.claim()
+        raw, get, tr = sock.raw, self._queue.get, self._tr
+        nb, again = zmq.NOBLOCK, zmq.Again
+        while True:
+            frames = get()
+            if frames is _WAKE:
+                return
+            try:
+                raw.send_multipart(frames, nb)
+            except again:
+                sock.send_multipart(frames)  # wait green for room
+            self.sent += 1
+            if tr is not None:
+                tr.hop("send", frames)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Send what is queued (up to ``timeout`` seconds), then stop the writer."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._queue.put(_WAKE, timeout=timeout)
+        except gevent.queue.Full:
+            pass
+        self._writer.join(timeout)
+        if not self._writer.dead:
+            self._writer.kill()
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting for the writer."""
+        return self._queue.qsize()

@@ -1,0 +1,203 @@
+"""The service lifecycle: start, run, graceful stop, in one process.
+
+A :class:`Service` declares its sockets (:class:`~greenzmq.sockets.SocketSpec`)
+and implements :meth:`Service.run`. :meth:`Service.serve` makes the context
+and sockets (after any fork), watches the kill switch and SIGTERM/SIGINT, runs
+``run`` in its own greenlet, and shuts down in order: stop taking work
+(``on_stop``), let ``run`` finish what is in flight (up to
+``graceful_timeout``), kill the remaining greenlets through their group, close
+the sockets with their linger, then ``term()`` the context (rule 6).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.pool
+import zmq
+
+from .sockets import Context, Socket, SocketSpec, apply_endpoints
+from .tracing import Tracer, get_logger
+
+__all__ = ["KILL_ENDPOINT", "CallableService", "Service", "kill_spec"]
+
+KILL_ENDPOINT = "tcp://127.0.0.1:5558"
+KILL = "kill"
+
+
+def kill_spec(endpoint: str = KILL_ENDPOINT) -> SocketSpec:
+    """The kill switch subscription every tutorial service listens on."""
+    return SocketSpec(KILL, "SUB", connect=(endpoint,))
+
+
+class Service:
+    """Base class for a greenzmq service; subclass and implement :meth:`run`.
+
+    Class attributes: ``name`` (logs, process title), ``specs`` (the sockets),
+    ``graceful_timeout`` (seconds ``run`` gets to finish after a stop).
+
+    A socket named ``kill`` (SUB) is the kill switch: the framework owns it
+    and any message on it stops the service. Inside ``run``, ``self.socks``
+    maps names to the other sockets, ``self.stopping`` is set once a stop is
+    asked for, ``self.spawn`` starts greenlets the service owns.
+    """
+
+    name: str = "service"
+    specs: Sequence[SocketSpec] = ()
+    graceful_timeout: float = 10.0
+
+    def __init__(self, *, name: str | None = None, specs: Sequence[SocketSpec] | None = None):
+        if name is not None:
+            self.name = name
+        if specs is not None:
+            self.specs = tuple(specs)
+        self.stopping = gevent.event.Event()
+        self.stop_reason: str | None = None
+        self.group = gevent.pool.Group()
+        self.socks: dict[str, Socket] = {}
+        self.ctx: Context | None = None
+        self.tracer: Tracer | None = None
+        self.log: Any = None
+        self._failures: list[tuple[str, BaseException]] = []
+        self._main: gevent.Greenlet | None = None
+
+    # -- to override ------------------------------------------------------
+    def setup(self) -> None:
+        """Called after the sockets exist, before ``run``."""
+
+    def run(self) -> None:
+        """The service's main loop: return when ``self.stopping`` is set."""
+        raise NotImplementedError
+
+    def on_stop(self) -> None:
+        """Called once when a stop is asked for: wake ``run`` (stop a mux, ...)."""
+
+    # -- for run() --------------------------------------------------------
+    def spawn(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> gevent.Greenlet:
+        """Start a greenlet the service owns; its failure stops the service with exit 1."""
+        g = gevent.Greenlet(fn, *args)
+        if name:
+            g.name = name
+        g.link_exception(self._greenlet_failed)
+        self.group.add(g)
+        g.start()
+        return g
+
+    def stop(self, reason: str = "requested") -> None:
+        """Ask the service to stop (idempotent; any greenlet, signal handlers too)."""
+        if self.stopping.is_set():
+            return
+        self.stop_reason = reason
+        self.stopping.set()
+        if self.log is not None:
+            self.log.info("service.stopping", reason=reason)
+        self.on_stop()
+
+    @property
+    def failed(self) -> bool:
+        """True if ``run`` or a spawned greenlet raised."""
+        return bool(self._failures)
+
+    # -- lifecycle --------------------------------------------------------
+    def _greenlet_failed(self, g: gevent.Greenlet) -> None:
+        exc = g.exception
+        assert exc is not None
+        self._failures.append((g.name, exc))
+        if self.log is not None:
+            self.log.error(
+                "service.greenlet_failed",
+                greenlet=g.name,
+                error=repr(exc),
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+        self.stop(f"greenlet {g.name!r} failed")
+
+    def _watch_kill(self, sock: Socket) -> None:
+        frames = sock.recv_multipart()
+        tr = self.tracer
+        if tr is not None and tr.on:
+            tr.for_socket(KILL, "SUB").hop("recv", frames)
+        self.stop("kill switch")
+
+    def open(self, endpoints: Mapping[str, str] | None = None) -> None:
+        """Make the context and sockets (endpoint overrides applied)."""
+        specs = apply_endpoints(self.specs, endpoints or {})
+        self.log = get_logger()
+        self.tracer = Tracer(self.name)
+        self.ctx = Context()
+        try:
+            self.socks = self.ctx.build_all(specs)
+        except BaseException:
+            self.ctx.term()
+            self.ctx = None
+            raise
+        self._linger = {s.name: s.linger for s in specs}
+
+    def close(self) -> None:
+        """Kill owned greenlets, close sockets with their linger, term the context."""
+        self.group.kill(block=True, timeout=self.graceful_timeout)
+        for name, sock in self.socks.items():
+            sock.close(linger=self._linger.get(name, 0))
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+
+    def serve(
+        self,
+        endpoints: Mapping[str, str] | None = None,
+        *,
+        install_signals: bool = True,
+    ) -> int:
+        """Run the whole lifecycle; return the exit code (0 clean, 1 failed)."""
+        self.open(endpoints)
+        handlers = []
+        try:
+            if install_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    handlers.append(gevent.signal_handler(sig, self.stop, signal.Signals(sig).name))
+            kill = self.socks.get(KILL)
+            if kill is not None and kill.socket_type == zmq.SUB:
+                self.spawn(self._watch_kill, kill, name="kill-switch")
+            self.log.info("service.start", sockets={n: s.name for n, s in self.socks.items()})
+            self.setup()
+            self._main = main = self.spawn(self.run, name="main")
+            gevent.wait([main, self.stopping], count=1)
+            if not main.dead:
+                # asked to stop: run() gets graceful_timeout to finish in-flight work
+                main.join(self.graceful_timeout)
+                if not main.dead:
+                    self.log.warning("service.graceful_timeout", seconds=self.graceful_timeout)
+            if main.dead and main.successful():
+                self.stop("run returned")
+        finally:
+            for h in handlers:
+                h.cancel()
+            self.close()
+        code = 1 if self._failures else 0
+        self.log.info("service.exit", code=code, reason=self.stop_reason)
+        return code
+
+
+class CallableService(Service):
+    """A plain callable run as a service: it runs until asked to stop.
+
+    Stopping kills its greenlet (GreenletExit runs its ``finally`` blocks).
+    """
+
+    def __init__(self, fn: Callable[[], Any], name: str | None = None) -> None:
+        super().__init__(name=name or getattr(fn, "__name__", "app"))
+        self.fn = fn
+
+    def run(self) -> None:
+        """Call the callable."""
+        self.fn()
+
+    def on_stop(self) -> None:
+        """Kill the callable's greenlet, unless it is the one asking."""
+        main = self._main
+        if main is not None and main is not gevent.getcurrent() and not main.dead:
+            main.kill(block=False)

@@ -1,0 +1,271 @@
+"""Declarative socket specs and green sockets that one greenlet owns.
+
+A :class:`Socket` is a ``zmq.green`` socket that remembers which greenlet owns
+it. The owner is the first greenlet that sends or receives (or the one that
+calls :meth:`Socket.claim`). Any other greenlet that sends or receives gets
+:class:`~greenzmq.errors.SocketBusyError` at once, naming the socket and both
+greenlets, instead of pyzmq's "Only one greenlet can be waiting" assert, a
+deadlock, or the 11.6 s fallback stall (shared/notes/design-rules.md, rule 1).
+
+Hot loops wait green and then move data through :attr:`Socket.raw`, a plain
+``zmq.Socket`` shadow of the same libzmq socket (rule 3: block green, move
+data raw).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import gevent
+import greenlet
+import zmq
+import zmq.green as gzmq
+
+from .endpoints import parse_endpoint
+from .errors import ConfigError, SocketBusyError
+
+__all__ = [
+    "Context",
+    "Socket",
+    "SocketSpec",
+    "apply_endpoints",
+    "describe_greenlet",
+    "parse_endpoint",
+    "socket_type",
+]
+
+_TYPES = {
+    name: getattr(zmq, name)
+    for name in (
+        "PAIR",
+        "PUB",
+        "SUB",
+        "REQ",
+        "REP",
+        "DEALER",
+        "ROUTER",
+        "PULL",
+        "PUSH",
+        "XPUB",
+        "XSUB",
+    )
+}
+_TYPE_NAMES = {v: k for k, v in _TYPES.items()}
+
+def socket_type(kind: str | int) -> int:
+    """Return the zmq socket type for ``"ROUTER"`` / ``zmq.ROUTER``."""
+    if isinstance(kind, int):
+        if kind not in _TYPE_NAMES:
+            raise ConfigError(f"unknown socket type {kind!r}")
+        return kind
+    try:
+        return _TYPES[kind.upper()]
+    except KeyError:
+        raise ConfigError(
+            f"unknown socket type {kind!r} (one of {', '.join(sorted(_TYPES))})"
+        ) from None
+
+
+def type_name(kind: int) -> str:
+    """``zmq.ROUTER`` -> ``"ROUTER"``."""
+    return _TYPE_NAMES.get(kind, str(kind))
+
+
+@dataclasses.dataclass(frozen=True)
+class SocketSpec:
+    """What a socket is, declared once: the service creates it after fork.
+
+    ``bind``/``connect`` are endpoints; ``subscribe`` topics for SUB sockets
+    (default: everything); ``router_mandatory`` defaults to on for ROUTER
+    sockets, which route replies and must not drop them silently (rule 8).
+    """
+
+    name: str
+    type: str | int
+    bind: Sequence[str] = ()
+    connect: Sequence[str] = ()
+    subscribe: Sequence[bytes] = (b"",)
+    identity: bytes | None = None
+    hwm: int = 1000
+    linger: int = 0
+    router_mandatory: bool | None = None
+    maxmsgsize: int = -1
+    options: Mapping[int, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        socket_type(self.type)
+        if isinstance(self.bind, str) or isinstance(self.connect, str):
+            raise ConfigError(f"socket {self.name!r}: bind/connect take a sequence of endpoints")
+        for ep in self.bind:
+            parse_endpoint(ep, bind=True)
+        for ep in self.connect:
+            parse_endpoint(ep, bind=False)
+
+    @property
+    def zmq_type(self) -> int:
+        """The numeric zmq socket type."""
+        return socket_type(self.type)
+
+    @property
+    def endpoints(self) -> list[str]:
+        """Every endpoint, bind first."""
+        return [*self.bind, *self.connect]
+
+    def with_endpoint(self, endpoint: str) -> SocketSpec:
+        """A copy whose only endpoint is ``endpoint``, bound or connected as before.
+
+        A ``tcp://*:PORT`` or ``tcp://HOST:*`` address always binds.
+        """
+        binds = bool(self.bind) or "*" in endpoint
+        parse_endpoint(endpoint, bind=binds)
+        if binds:
+            return dataclasses.replace(self, bind=(endpoint,), connect=())
+        return dataclasses.replace(self, bind=(), connect=(endpoint,))
+
+
+def apply_endpoints(
+    specs: Sequence[SocketSpec], overrides: Mapping[str, str]
+) -> list[SocketSpec]:
+    """Replace the endpoints of the named sockets; unknown names are a ConfigError."""
+    by_name = {s.name: s for s in specs}
+    unknown = sorted(set(overrides) - set(by_name))
+    if unknown:
+        raise ConfigError(
+            f"unknown endpoint name {unknown[0]!r} (this service has: "
+            f"{', '.join(sorted(by_name)) or 'no sockets'})"
+        )
+    return [s.with_endpoint(overrides[s.name]) if s.name in overrides else s for s in specs]
+
+
+def describe_greenlet(g: Any) -> str:
+    """A short human name for a greenlet: its gevent name, or 'main'/'hub'."""
+    if g is None:
+        return "nobody"
+    if isinstance(g, gevent.Greenlet):
+        return f"greenlet {g.name!r}"
+    if g.parent is None:
+        return "the main greenlet"
+    if isinstance(g, gevent.hub.Hub):
+        return "the gevent hub"
+    return f"greenlet {g!r}"
+
+
+class Socket(gzmq.Socket):  # type: ignore[misc,valid-type]
+    """A ``zmq.green`` socket owned by one greenlet (see module docstring)."""
+
+    # pyzmq maps unknown attributes to socket options: declare ours on the class.
+    name: str = "?"
+    _owner: Any = None
+    _raw: zmq.Socket[bytes] | None = None
+
+    def claim(self, owner: Any = None) -> None:
+        """Make ``owner`` (default: the current greenlet) the only user of this socket."""
+        self._owner = owner if owner is not None else greenlet.getcurrent()
+
+    def release(self) -> None:
+        """Forget the owner: the next greenlet that uses the socket owns it."""
+        self._owner = None
+
+    @property
+    def owner(self) -> Any:
+        """The owning greenlet, or None."""
+        return self._owner
+
+    def check_owner(self, op: str = "use") -> None:
+        """Raise SocketBusyError unless the current greenlet owns (or may claim) us."""
+        cur = greenlet.getcurrent()
+        owner = self._owner
+        if owner is cur:
+            return
+        if owner is None or owner.dead:
+            self._owner = cur
+            return
+        raise SocketBusyError(
+            f"socket {self.name!r} ({type_name(self.socket_type)}) is owned by "
+            f"{describe_greenlet(owner)}; {describe_greenlet(cur)} tried to {op} on it. "
+            "One greenlet owns a socket: talk to it through a queue (greenzmq.Outbox)."
+        )
+
+    @property
+    def raw(self) -> zmq.Socket[bytes]:
+        """A plain (blocking, non-green) shadow of this socket for NOBLOCK drains."""
+        if self._raw is None:
+            self._raw = zmq.Socket.shadow(self.underlying)
+        return self._raw
+
+    def send(self, data: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any) -> Any:  # noqa: D102
+        self.check_owner("send")
+        return super().send(data, flags, copy=copy, track=track, **kw)
+
+    def recv(self, flags: int = 0, copy: bool = True, track: bool = False) -> Any:  # noqa: D102
+        self.check_owner("recv")
+        return super().recv(flags, copy=copy, track=track)
+
+    def close(self, linger: int | None = None) -> None:
+        """Close (idempotent); the raw shadow goes with it."""
+        self._raw = None
+        super().close(linger)
+
+
+class Context(gzmq.Context):  # type: ignore[misc,valid-type]
+    """A green context whose sockets are owned :class:`Socket` objects.
+
+    Make it inside the process that uses it, never before a fork (rule 7).
+    """
+
+    _socket_class = Socket
+
+    def build(self, spec: SocketSpec) -> Socket:
+        """Create, configure, bind and connect the socket ``spec`` describes.
+
+        On a bind failure the socket is closed and the ZMQError is re-raised
+        with the endpoint and socket name in its message.
+        """
+        kind = spec.zmq_type
+        sock: Socket = self.socket(kind)
+        sock.name = spec.name
+        try:
+            sock.setsockopt(zmq.LINGER, spec.linger)
+            sock.setsockopt(zmq.SNDHWM, spec.hwm)
+            sock.setsockopt(zmq.RCVHWM, spec.hwm)
+            if spec.maxmsgsize >= 0:
+                sock.setsockopt(zmq.MAXMSGSIZE, spec.maxmsgsize)
+            if spec.identity is not None:
+                sock.setsockopt(zmq.IDENTITY, spec.identity)
+            mandatory = spec.router_mandatory
+            if mandatory is None:
+                mandatory = kind == zmq.ROUTER
+            if mandatory and kind == zmq.ROUTER:
+                sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            for opt, val in spec.options.items():
+                sock.setsockopt(opt, val)
+            if kind == zmq.SUB:
+                for topic in spec.subscribe:
+                    sock.setsockopt(zmq.SUBSCRIBE, topic)
+            for ep in spec.bind:
+                try:
+                    sock.bind(ep)
+                except zmq.ZMQError as e:
+                    raise zmq.ZMQError(
+                        e.errno, f"cannot bind socket {spec.name!r} to {ep}: {e.strerror}"
+                    ) from None
+            for ep in spec.connect:
+                sock.connect(ep)
+        except BaseException:
+            sock.close(0)
+            raise
+        return sock
+
+    def build_all(self, specs: Iterable[SocketSpec]) -> dict[str, Socket]:
+        """Build every spec; on any failure close what was built and re-raise."""
+        built: dict[str, Socket] = {}
+        try:
+            for spec in specs:
+                built[spec.name] = self.build(spec)
+        except BaseException:
+            for s in built.values():
+                s.close(0)
+            raise
+        return built

@@ -1,0 +1,243 @@
+"""structlog set up once per process, and hop events that trace every message.
+
+Every hop is one event named ``hop``: ``recv`` from a socket, ``put`` into and
+``take`` from a queue, ``send``, the broker's ``forward``, and ``drop`` (with
+``reason``). Fields: ``timestamp``, ``service``, ``pid``, ``socket``,
+``sock_type``, ``op``, ``frames``, ``bytes``, ``peer``, ``key`` and
+``reply_to`` where a reply is paired with its request.
+
+``key`` is a digest of the body frames (the frames after the envelope), so the
+same message has the same key at every hop in every process without anything
+added to the wire. Sampling is decided from the key too, so a sampled message
+is sampled in every process it crosses.
+
+Cost (rule 10): with ``trace_sample=0`` a hop site is one attribute test
+(``if tr.on``); ``hop()`` itself is never called. Drops are logged whatever
+the sample rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from typing import IO, Any
+
+import orjson
+import structlog
+
+__all__ = [
+    "SocketTracer",
+    "Tracer",
+    "configure_logging",
+    "get_logger",
+    "message_key",
+    "reopen_log_files",
+]
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+LOG_FORMATS = ("json", "console")
+
+
+def level_number(level: str) -> int:
+    """``"info"`` -> ``logging.INFO``; ValueError names the bad level."""
+    try:
+        return _LEVELS[level.lower()]
+    except KeyError:
+        raise ValueError(
+            f"unknown log level {level!r} (one of {', '.join(_LEVELS)})"
+        ) from None
+
+
+class _ReopenableFile:
+    """A binary append-mode file that USR1 can reopen (for logrotate)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._f: IO[bytes] = open(path, "ab")  # noqa: SIM115 - lives as long as the process
+
+    def write(self, data: bytes) -> int:
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def reopen(self) -> None:
+        with self._lock:
+            old, self._f = self._f, open(self.path, "ab")  # noqa: SIM115
+            old.close()
+
+
+_files: list[_ReopenableFile] = []
+_state: dict[str, Any] = {"level": logging.INFO, "sample": 1.0, "service": "greenzmq"}
+
+
+def reopen_log_files() -> None:
+    """Reopen every log file opened by configure_logging (SIGUSR1)."""
+    for f in _files:
+        f.reopen()
+
+
+def _json_renderer(_: Any, __: str, event_dict: dict[str, Any]) -> bytes:
+    # BytesLogger adds the newline; default=str keeps odd values (exceptions) loggable
+    return orjson.dumps(event_dict, default=str)
+
+
+def configure_logging(
+    service: str = "greenzmq",
+    *,
+    fmt: str | None = None,
+    log_file: str | None = None,
+    level: str = "info",
+    trace_sample: float = 1.0,
+    stream: IO[str] | None = None,
+) -> None:
+    """Configure structlog for this process (call once, after fork).
+
+    ``fmt`` None means console on a TTY, json otherwise. JSON lines are
+    rendered by orjson and written as bytes; console output uses structlog's
+    ConsoleRenderer.
+    """
+    if fmt is None:
+        target = stream or sys.stderr
+        fmt = "console" if (log_file is None and target.isatty()) else "json"
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {fmt!r} (json or console)")
+    if not 0.0 <= trace_sample <= 1.0:
+        raise ValueError(f"trace sample {trace_sample!r} is not between 0 and 1")
+    lvl = level_number(level)
+    _state.update(level=lvl, sample=trace_sample, service=service)
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt=None if fmt == "json" else "iso", utc=True),
+    ]
+    factory: Any
+    if fmt == "json":
+        processors.append(_json_renderer)
+        if log_file:
+            f = _ReopenableFile(log_file)
+            _files.append(f)
+            factory = structlog.BytesLoggerFactory(file=f)  # type: ignore[arg-type]
+        else:
+            factory = structlog.BytesLoggerFactory(file=(stream or sys.stderr).buffer)  # type: ignore[union-attr]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=log_file is None))
+        out: Any = stream or sys.stderr
+        if log_file:
+            out = open(log_file, "a", buffering=1)  # noqa: SIM115 - process lifetime
+        factory = structlog.PrintLoggerFactory(file=out)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get_logger(**bound: Any) -> Any:
+    """A structlog logger with ``service`` and ``pid`` bound, plus ``bound``."""
+    return structlog.get_logger().bind(service=_state["service"], pid=os.getpid(), **bound)
+
+
+def _envelope_end(frames: Sequence[bytes]) -> int:
+    """Index of the first body frame: just after the first empty frame, else 0."""
+    for i, f in enumerate(frames):
+        if not f:
+            return i + 1
+    return 0
+
+
+def message_key(frames: Sequence[bytes], *, routed: bool = False) -> str:
+    """The hop key: blake2b-64 of the body frames (after the envelope), hex.
+
+    ``routed`` says frame 0 is a routing id added by a ROUTER socket, so it is
+    not part of the body even when no empty delimiter follows it.
+    """
+    start = _envelope_end(frames)
+    if start == 0 and routed:
+        start = 1
+    h = hashlib.blake2b(digest_size=8)
+    for f in frames[start:]:
+        h.update(f)
+    return h.hexdigest()
+
+
+class Tracer:
+    """Hop events for one service: which hops are on, and a logger per socket."""
+
+    def __init__(self, service: str | None = None, sample: float | None = None) -> None:
+        self.service = service or _state["service"]
+        self.sample = _state["sample"] if sample is None else sample
+        # hops are INFO events: a level above INFO switches them off entirely
+        self.on = self.sample > 0 and _state["level"] <= logging.INFO
+        self._threshold = int(self.sample * 0xFFFFFFFF)
+        self.log = get_logger()
+
+    def sampled(self, key: str) -> bool:
+        """Same decision for the same key in every process."""
+        return self.sample >= 1.0 or int(key[:8], 16) <= self._threshold
+
+    def for_socket(self, name: str, sock_type: str) -> SocketTracer:
+        """A tracer with the socket's name and type bound."""
+        return SocketTracer(self, name, sock_type)
+
+
+class SocketTracer:
+    """Hop events for one socket. Call sites test ``on`` before ``hop``."""
+
+    __slots__ = ("_log", "_parent", "_routed", "on")
+
+    def __init__(self, parent: Tracer, name: str, sock_type: str) -> None:
+        self._parent = parent
+        self.on = parent.on
+        self._routed = sock_type == "ROUTER"
+        self._log = parent.log.bind(socket=name, sock_type=sock_type)
+
+    def key(self, frames: Sequence[bytes]) -> str:
+        """This socket's hop key for ``frames``."""
+        return message_key(frames, routed=self._routed)
+
+    def _fields(self, op: str, frames: Sequence[bytes], key: str | None) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "op": op,
+            "frames": len(frames),
+            "bytes": sum(map(len, frames)),
+            "key": key,
+        }
+        if frames and (self._routed or (len(frames) > 1 and not frames[1])):
+            fields["peer"] = bytes(frames[0]).hex()
+        return fields
+
+    def hop(
+        self,
+        op: str,
+        frames: Sequence[bytes],
+        *,
+        reply_to: str | None = None,
+        key: str | None = None,
+        **extra: Any,
+    ) -> str | None:
+        """Log one hop if its key is sampled; return the key (None if not sampled)."""
+        if key is None:
+            key = self.key(frames)
+        if not self._parent.sampled(key):
+            return None
+        fields = self._fields(op, frames, key)
+        if reply_to is not None:
+            fields["reply_to"] = reply_to
+        self._log.info("hop", **fields, **extra)
+        return key
+
+    def drop(self, frames: Sequence[bytes], reason: str, **extra: Any) -> None:
+        """Log a dropped message with its reason, whatever the sample rate."""
+        self._log.warning("hop", **self._fields("drop", frames, self.key(frames)), reason=reason, **extra)

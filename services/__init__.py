@@ -1,0 +1,1 @@
+"""The tutorial's roles as greenzmq services (``greenzmq services.NAME:app``)."""

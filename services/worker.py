@@ -1,0 +1,83 @@
+"""The worker (tutorial case 2): backend REP connect tcp://127.0.0.1:5561, plus the kill switch.
+
+Replies ``j**2`` to an integer ``j``; to any other body it replies an error
+message and keeps serving. ``app`` waits on a GreenPoller; ``tasks_app`` gives
+the REP socket its own greenlet. Either way a request being answered when the
+stop comes is answered before the worker exits.
+"""
+
+from __future__ import annotations
+
+import gevent
+
+from greenzmq import PollerListener, Service, SocketSpec, kill_spec
+
+from ._common import BACKEND, KILL
+
+
+def answer(body: list[bytes]) -> list[bytes]:
+    """The reply to one request body: the square, or an error message."""
+    text = b"".join(body)
+    try:
+        j = int(text)
+    except ValueError:
+        return [b"error: not an integer: " + text[:64]]
+    return [str(j * j).encode()]
+
+
+class Worker(Service):
+    """Squares integers from the broker's backend until stopped."""
+
+    specs = (SocketSpec("backend", "REP", connect=(BACKEND,)), kill_spec(KILL))
+
+    def __init__(self, mode: str = "poller") -> None:
+        super().__init__(name="worker" if mode == "poller" else "worker-tasks")
+        self.mode = mode
+        self.answered = 0
+        self.mux: PollerListener | None = None
+        self._idle = True
+        self._loop: gevent.Greenlet | None = None
+
+    def setup(self) -> None:
+        """Poller mode: one listener over the REP socket."""
+        if self.mode == "poller":
+            self.mux = PollerListener([self.socks["backend"]])
+
+    def on_stop(self) -> None:
+        """Stop taking requests; one being answered is finished first."""
+        if self.mux is not None:
+            self.mux.stop()
+        elif self._loop is not None and self._idle:
+            self._loop.kill(block=False)  # parked in recv: nothing in flight
+
+    def _reply(self, frames: list[bytes]) -> None:
+        sock = self.socks["backend"]
+        tr = self.tracer
+        key = tr.for_socket("backend", "REP").hop("recv", frames) if tr and tr.on else None
+        reply = answer(frames)
+        sock.send_multipart(reply)
+        if key is not None and tr is not None:
+            tr.for_socket("backend", "REP").hop("send", reply, reply_to=key)
+        self.answered += 1
+
+    def _serve_backend(self) -> None:
+        sock = self.socks["backend"]
+        while not self.stopping.is_set():
+            self._idle = True
+            frames = sock.recv_multipart()
+            self._idle = False
+            self._reply(frames)
+
+    def run(self) -> None:
+        """Answer requests until stopped."""
+        if self.mux is not None:
+            for _, frames in self.mux:
+                self._reply(frames)
+        else:
+            self._loop = self.spawn(self._serve_backend, name="backend")
+            self._loop.join()
+        self.log.info("worker.done", answered=self.answered)
+
+
+app = Worker
+tasks_app = Worker("tasks")

@@ -1,0 +1,23 @@
+"""greenzmq: gevent green-thread ZeroMQ services, a Poller broker, hop tracing."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="greenzmq",
+    version="0.1.0",
+    description="gevent green-thread service framework over pyzmq",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["greenzmq", "greenzmq.*", "services", "services.*"]),
+    package_data={"greenzmq": ["py.typed"]},
+    # orjson: hop events are rendered to bytes at ~3 us instead of ~6.6 us with
+    # the stdlib json renderer (see shared/notes/design-rules.md).
+    install_requires=["pyzmq>=25", "gevent>=23", "structlog>=23", "orjson>=3.8"],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "majortomo>=0.2"],
+        "title": ["setproctitle>=1.3"],
+    },
+    entry_points={"console_scripts": ["greenzmq = greenzmq.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3", "Typing :: Typed"],
+)
