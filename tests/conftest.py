@@ -1,0 +1,74 @@
+"""Fixtures: free endpoints, green contexts that fail on leaked sockets,
+service processes that are always stopped, and a per-test deadline."""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .helpers import ServiceProcess, free_endpoint
+
+TEST_DEADLINE = 120  # seconds: a hung test fails instead of hanging the suite
+
+
+@pytest.fixture(autouse=True)
+def _deadline(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail (with a traceback of where it hung) any test that runs over its deadline."""
+    marker = request.node.get_closest_marker("deadline")
+    seconds = int(marker.args[0]) if marker else TEST_DEADLINE
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"test ran over its {seconds} s deadline")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "deadline(seconds): per-test deadline")
+
+
+@pytest.fixture
+def endpoint() -> Callable[[], str]:
+    """A factory of free ``tcp://127.0.0.1:PORT`` endpoints."""
+    return free_endpoint
+
+
+@pytest.fixture
+def ctx() -> Iterator[Any]:
+    """A greenzmq Context; the test fails if it leaves a socket open."""
+    from greenzmq.sockets import Context
+
+    c = Context()
+    yield c
+    leaked = [s for s in list(c._sockets) if not s.closed]  # noqa: SLF001
+    for s in leaked:
+        s.close(linger=0)
+    c.term()
+    assert not leaked, f"test left {len(leaked)} socket(s) open"
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start ``greenzmq ARGS`` processes; every one is killed at teardown."""
+    procs: list[ServiceProcess] = []
+    counter = itertools.count()
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServiceProcess:
+        p = ServiceProcess(args, tmp_path / f"svc{next(counter)}.log", env=env)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
