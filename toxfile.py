@@ -20,7 +20,7 @@ def _pyenv_bins() -> list[str]:
 
 
 @impl
-def tox_on_install(tox_env, arguments, section, of_type) -> None:  # type: ignore[no-untyped-def]  # noqa: ARG001
+def tox_on_install(tox_env, arguments, section, of_type) -> None:  # type: ignore[no-untyped-def]
     """Nothing to do per install; the hook only makes tox load this module."""
 
 

@@ -93,7 +93,7 @@ class Readers:
         self._delivered = 0
         self._stopped = False
         self._trace = _tracers(self.sockets, tracer)
-        self._take_trace = (tracer.for_socket("mux", "queue") if tracer and tracer.on else None)
+        self._take_trace = tracer.for_socket("mux", "queue") if tracer and tracer.on else None
         self._started = False
 
     def start(self) -> Readers:
@@ -140,7 +140,7 @@ class Readers:
             if self._stopped and e.errno in (zmq.ENOTSOCK, zmq.ETERM):
                 return  # closed under us by stop(): not a failure
             self._fail(name, e, held)
-        except Exception as e:  # noqa: BLE001 - surfaced to the consumer, not lost
+        except Exception as e:
             self._fail(name, e, held)
 
     def _fail(self, name: str, exc: BaseException, held: list[bytes] | None) -> None:

@@ -47,15 +47,15 @@ class GreenPoller(gzmq.Poller):  # type: ignore[misc,valid-type]
             out.append((fd, mask or 1))
         return out
 
-    def register(self, socket: Any, flags: int = zmq.POLLIN | zmq.POLLOUT) -> None:  # noqa: D102
+    def register(self, socket: Any, flags: int = zmq.POLLIN | zmq.POLLOUT) -> None:
         super().register(socket, flags)
         self._rebuild()
 
-    def modify(self, socket: Any, flags: int = zmq.POLLIN | zmq.POLLOUT) -> None:  # noqa: D102
+    def modify(self, socket: Any, flags: int = zmq.POLLIN | zmq.POLLOUT) -> None:
         super().modify(socket, flags)
         self._rebuild()
 
-    def unregister(self, socket: Any) -> None:  # noqa: D102
+    def unregister(self, socket: Any) -> None:
         super().unregister(socket)
         self._rebuild()
 
@@ -129,6 +129,5 @@ class GreenPoller(gzmq.Poller):  # type: ignore[misc,valid-type]
     def __del__(self) -> None:
         try:
             self.close_watchers()
-        except Exception:  # noqa: BLE001 - interpreter teardown; nothing to report to
+        except Exception:
             pass
-

@@ -54,6 +54,7 @@ _TYPES = {
 }
 _TYPE_NAMES = {v: k for k, v in _TYPES.items()}
 
+
 def socket_type(kind: str | int) -> int:
     """Return the zmq socket type for ``"ROUTER"`` / ``zmq.ROUTER``."""
     if isinstance(kind, int):
@@ -125,9 +126,7 @@ class SocketSpec:
         return dataclasses.replace(self, bind=(), connect=(endpoint,))
 
 
-def apply_endpoints(
-    specs: Sequence[SocketSpec], overrides: Mapping[str, str]
-) -> list[SocketSpec]:
+def apply_endpoints(specs: Sequence[SocketSpec], overrides: Mapping[str, str]) -> list[SocketSpec]:
     """Replace the endpoints of the named sockets; unknown names are a ConfigError."""
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(overrides) - set(by_name))
@@ -195,11 +194,13 @@ class Socket(gzmq.Socket):  # type: ignore[misc,valid-type]
             self._raw = zmq.Socket.shadow(self.underlying)
         return self._raw
 
-    def send(self, data: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any) -> Any:  # noqa: D102
+    def send(
+        self, data: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any
+    ) -> Any:
         self.check_owner("send")
         return super().send(data, flags, copy=copy, track=track, **kw)
 
-    def recv(self, flags: int = 0, copy: bool = True, track: bool = False) -> Any:  # noqa: D102
+    def recv(self, flags: int = 0, copy: bool = True, track: bool = False) -> Any:
         self.check_owner("recv")
         return super().recv(flags, copy=copy, track=track)
 

@@ -53,9 +53,7 @@ def level_number(level: str) -> int:
     try:
         return _LEVELS[level.lower()]
     except KeyError:
-        raise ValueError(
-            f"unknown log level {level!r} (one of {', '.join(_LEVELS)})"
-        ) from None
+        raise ValueError(f"unknown log level {level!r} (one of {', '.join(_LEVELS)})") from None
 
 
 class _ReopenableFile:
@@ -204,7 +202,7 @@ class SocketTracer:
         self._log = parent.log.bind(socket=name, sock_type=sock_type)
 
     def key(self, frames: Sequence[bytes]) -> str:
-        """This socket's hop key for ``frames``."""
+        """The hop key of ``frames`` on this socket."""
         return message_key(frames, routed=self._routed)
 
     def _fields(self, op: str, frames: Sequence[bytes], key: str | None) -> dict[str, Any]:
@@ -240,4 +238,6 @@ class SocketTracer:
 
     def drop(self, frames: Sequence[bytes], reason: str, **extra: Any) -> None:
         """Log a dropped message with its reason, whatever the sample rate."""
-        self._log.warning("hop", **self._fields("drop", frames, self.key(frames)), reason=reason, **extra)
+        self._log.warning(
+            "hop", **self._fields("drop", frames, self.key(frames)), reason=reason, **extra
+        )

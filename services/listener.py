@@ -47,7 +47,9 @@ class Listener(Service):
             body = b"".join(frames).decode(errors="replace")
             self.received[name].append(body)
             self.log.info("listener.received", source=name, body=body)
-        self.log.info("listener.done", tasks=self.received["tasks"], weather=self.received["weather"])
+        self.log.info(
+            "listener.done", tasks=self.received["tasks"], weather=self.received["weather"]
+        )
 
 
 app = Listener

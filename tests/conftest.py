@@ -51,7 +51,7 @@ def ctx() -> Iterator[Any]:
 
     c = Context()
     yield c
-    leaked = [s for s in list(c._sockets) if not s.closed]  # noqa: SLF001
+    leaked = [s for s in list(c._sockets) if not s.closed]
     for s in leaked:
         s.close(linger=0)
     c.term()
