@@ -101,7 +101,7 @@ class Readers:
         if not self._started:
             self._started = True
             for sock in self.sockets:
-                g = self._group.spawn(self._read, sock)
+                g: gevent.Greenlet[..., object] = self._group.spawn(self._read, sock)
                 g.name = f"reader-{sock.name}"
                 if self._parent_group is not None:
                     self._parent_group.add(g)
@@ -177,7 +177,7 @@ class Readers:
         self._delivered += 1
         if self._take_trace is not None:
             self._take_trace.hop("take", item[1], source=item[0])
-        return item  # type: ignore[no-any-return]
+        return item
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until stopped and drained; ReaderError propagates."""
@@ -325,7 +325,7 @@ class Outbox:
             if tracer is not None and tracer.on
             else None
         )
-        self._writer = gevent.Greenlet(self._write)
+        self._writer: gevent.Greenlet[..., object] = gevent.Greenlet(self._write)
         self._writer.name = f"writer-{sock.name}"
         if group is not None:
             group.add(self._writer)

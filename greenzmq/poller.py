@@ -22,7 +22,7 @@ from gevent.hub import Waiter, get_hub
 __all__ = ["GreenPoller"]
 
 
-class GreenPoller(gzmq.Poller):  # type: ignore[misc,valid-type]
+class GreenPoller(gzmq.Poller):
     """Drop-in ``zmq.green.Poller`` without select()'s FD limit; see module docstring."""
 
     # libzmq's FD is edge-triggered; zmq_poll(0) before each wait re-reads the
@@ -40,7 +40,7 @@ class GreenPoller(gzmq.Poller):  # type: ignore[misc,valid-type]
         for sock, flags in self.sockets:
             if isinstance(sock, zmq.Socket):
                 # a zmq socket's FD signals both directions as "readable"
-                out.append((sock.getsockopt(zmq.FD), 1))
+                out.append((int(sock.getsockopt(zmq.FD)), 1))
                 continue
             fd = sock if isinstance(sock, int) else int(sock.fileno())
             mask = (1 if flags & zmq.POLLIN else 0) | (2 if flags & zmq.POLLOUT else 0)

@@ -63,7 +63,7 @@ class Service:
         self.tracer: Tracer | None = None
         self.log: Any = None
         self._failures: list[tuple[str, BaseException]] = []
-        self._main: gevent.Greenlet | None = None
+        self._main: gevent.Greenlet[..., Any] | None = None
 
     # -- to override ------------------------------------------------------
     def setup(self) -> None:
@@ -77,7 +77,9 @@ class Service:
         """Called once when a stop is asked for: wake ``run`` (stop a mux, ...)."""
 
     # -- for run() --------------------------------------------------------
-    def spawn(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> gevent.Greenlet:
+    def spawn(
+        self, fn: Callable[..., Any], *args: Any, name: str | None = None
+    ) -> gevent.Greenlet[..., Any]:
         """Start a greenlet the service owns; its failure stops the service with exit 1."""
         g = gevent.Greenlet(fn, *args)
         if name:
@@ -103,7 +105,7 @@ class Service:
         return bool(self._failures)
 
     # -- lifecycle --------------------------------------------------------
-    def _greenlet_failed(self, g: gevent.Greenlet) -> None:
+    def _greenlet_failed(self, g: gevent.Greenlet[..., Any]) -> None:
         exc = g.exception
         assert exc is not None
         self._failures.append((g.name, exc))
@@ -165,7 +167,7 @@ class Service:
             self.log.info("service.start", sockets={n: s.name for n, s in self.socks.items()})
             self.setup()
             self._main = main = self.spawn(self.run, name="main")
-            gevent.wait([main, self.stopping], count=1)
+            gevent.wait([main, self.stopping], count=1)  # type: ignore[type-var]
             if not main.dead:
                 # asked to stop: run() gets graceful_timeout to finish in-flight work
                 main.join(self.graceful_timeout)

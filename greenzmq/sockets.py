@@ -62,7 +62,7 @@ def socket_type(kind: str | int) -> int:
             raise ConfigError(f"unknown socket type {kind!r}")
         return kind
     try:
-        return _TYPES[kind.upper()]
+        return int(_TYPES[kind.upper()])
     except KeyError:
         raise ConfigError(
             f"unknown socket type {kind!r} (one of {', '.join(sorted(_TYPES))})"
@@ -151,7 +151,7 @@ def describe_greenlet(g: Any) -> str:
     return f"greenlet {g!r}"
 
 
-class Socket(gzmq.Socket):  # type: ignore[misc,valid-type]
+class Socket(gzmq.Socket):  # type: ignore[type-arg]
     """A ``zmq.green`` socket owned by one greenlet (see module docstring)."""
 
     # pyzmq maps unknown attributes to socket options: declare ours on the class.
@@ -194,7 +194,7 @@ class Socket(gzmq.Socket):  # type: ignore[misc,valid-type]
             self._raw = zmq.Socket.shadow(self.underlying)
         return self._raw
 
-    def send(
+    def send(  # type: ignore[override]  # one signature for pyzmq's overloads
         self, data: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any
     ) -> Any:
         self.check_owner("send")
@@ -210,7 +210,7 @@ class Socket(gzmq.Socket):  # type: ignore[misc,valid-type]
         super().close(linger)
 
 
-class Context(gzmq.Context):  # type: ignore[misc,valid-type]
+class Context(gzmq.Context):  # type: ignore[type-arg]
     """A green context whose sockets are owned :class:`Socket` objects.
 
     Make it inside the process that uses it, never before a fork (rule 7).

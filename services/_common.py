@@ -23,7 +23,7 @@ def wait_for_subscribers(sock: Socket, expect: int, timeout: float) -> int:
     than ``expect`` only if ``timeout`` ran out).
     """
     seen = 0
-    with gevent.Timeout(timeout, False):
+    with gevent.Timeout(timeout, False):  # type: ignore[arg-type]  # False: end quietly
         while seen < expect:
             msg = sock.recv()
             if msg[:1] == b"\x01":

@@ -8,6 +8,8 @@ stop comes is answered before the worker exits.
 
 from __future__ import annotations
 
+from typing import Any
+
 import gevent
 
 from greenzmq import PollerListener, Service, SocketSpec, kill_spec
@@ -36,7 +38,7 @@ class Worker(Service):
         self.answered = 0
         self.mux: PollerListener | None = None
         self._idle = True
-        self._loop: gevent.Greenlet | None = None
+        self._loop: gevent.Greenlet[..., Any] | None = None
 
     def setup(self) -> None:
         """Poller mode: one listener over the REP socket."""
