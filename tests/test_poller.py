@@ -1,0 +1,206 @@
+"""GreenPoller: zmq.green.Poller's API, wake(), timeouts, and no select() FD limit."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import pytest
+import zmq
+import zmq.green as gzmq
+
+from greenzmq.poller import GreenPoller
+from greenzmq.sockets import SocketSpec
+
+
+@pytest.fixture
+def pair(ctx: Any, endpoint: Callable[[], str]) -> Iterator[tuple[Any, Any]]:
+    """A connected (PULL, PUSH) pair, closed afterwards."""
+    ep = endpoint()
+    pull = ctx.build(SocketSpec("pull", "PULL", bind=(ep,)))
+    push = ctx.build(SocketSpec("push", "PUSH", connect=(ep,)))
+    yield pull, push
+    pull.close()
+    push.close()
+
+
+class TestAPI:
+    def test_is_a_green_poller(self) -> None:
+        """A GreenPoller is a zmq.green.Poller (drop-in)."""
+        assert isinstance(GreenPoller(), gzmq.Poller)
+
+    def test_ready_socket(self, pair: tuple[Any, Any]) -> None:
+        """poll() returns (socket, POLLIN) for a readable socket, like zmq.green.Poller."""
+        pull, push = pair
+        p = GreenPoller()
+        p.register(pull, zmq.POLLIN)
+        push.send(b"x")
+        with gevent.Timeout(5):
+            events = p.poll()
+        assert events == [(pull, zmq.POLLIN)]
+        assert dict(p.poll(0)) == dict(gzmq.Poller.poll(p, 0))
+
+    def test_same_answers_as_zmq_green(self, pair: tuple[Any, Any]) -> None:
+        """Given the same registrations, GreenPoller and zmq.green.Poller report the same."""
+        pull, push = pair
+        ours, theirs = GreenPoller(), gzmq.Poller()
+        for p in (ours, theirs):
+            p.register(pull, zmq.POLLIN)
+            p.register(push, zmq.POLLOUT)
+        push.send(b"x")
+        with gevent.Timeout(5):
+            while len(theirs.poll(100)) < 2:
+                pass
+        assert dict(ours.poll(100)) == dict(theirs.poll(100))
+        assert ours.sockets == theirs.sockets
+
+    def test_modify_and_unregister(self, pair: tuple[Any, Any]) -> None:
+        """modify() and unregister() change what poll() reports."""
+        pull, push = pair
+        p = GreenPoller()
+        p.register(push, zmq.POLLIN)
+        assert p.poll(0) == []  # a PUSH is never readable
+        p.modify(push, zmq.POLLOUT)
+        with gevent.Timeout(5):
+            assert p.poll() == [(push, zmq.POLLOUT)]
+        p.unregister(push)
+        assert p.poll(0) == []
+        assert p.sockets == []
+
+    def test_plain_file_descriptor(self) -> None:
+        """Plain FDs (a pipe) can be polled too, and wake a parked poll."""
+        r, w = os.pipe()
+        try:
+            p = GreenPoller()
+            p.register(r, zmq.POLLIN)
+            gevent.spawn_later(0.05, os.write, w, b"x")
+            with gevent.Timeout(5):
+                assert p.poll() == [(r, zmq.POLLIN)]
+        finally:
+            os.close(r)
+            os.close(w)
+
+    def test_wakes_on_message(self, pair: tuple[Any, Any]) -> None:
+        """A parked poll returns when a message arrives, and other greenlets run meanwhile."""
+        pull, push = pair
+        p = GreenPoller()
+        p.register(pull, zmq.POLLIN)
+        poller = gevent.spawn(p.poll)
+        gevent.sleep(0.05)
+        assert not poller.dead
+        push.send(b"x")
+        assert poller.get(timeout=5) == [(pull, zmq.POLLIN)]
+
+
+class TestTimeouts:
+    def test_timeout_returns_empty(self, pair: tuple[Any, Any]) -> None:
+        """poll(ms) with nothing ready returns [] after about ms (a generous hang bound)."""
+        pull, _ = pair
+        p = GreenPoller()
+        p.register(pull, zmq.POLLIN)
+        t0 = time.monotonic()
+        assert p.poll(50) == []
+        elapsed = time.monotonic() - t0
+        assert 0.04 <= elapsed < 2.0
+
+    def test_zero_timeout(self, pair: tuple[Any, Any]) -> None:
+        """poll(0) never waits."""
+        pull, _ = pair
+        p = GreenPoller()
+        p.register(pull, zmq.POLLIN)
+        with gevent.Timeout(1):
+            assert p.poll(0) == []
+
+    def test_gevent_timeout(self, pair: tuple[Any, Any]) -> None:
+        """A gevent.Timeout interrupts a parked poll, and the poller still works after."""
+        pull, push = pair
+        p = GreenPoller()
+        p.register(pull, zmq.POLLIN)
+        with pytest.raises(gevent.Timeout), gevent.Timeout(0.05):
+            p.poll()
+        push.send(b"x")
+        with gevent.Timeout(5):
+            assert p.poll() == [(pull, zmq.POLLIN)]
+
+    def test_poll_longer_than_fallback(self, pair: tuple[Any, Any]) -> None:
+        """A message after the internal fallback wait is still seen at once."""
+        pull, push = pair
+        p = GreenPoller()
+        p._gevent_bug_timeout = 0.02  # noqa: SLF001 - make the fallback loop run a few times
+        p.register(pull, zmq.POLLIN)
+        gevent.spawn_later(0.1, push.send, b"x")
+        with gevent.Timeout(5):
+            assert p.poll() == [(pull, zmq.POLLIN)]
+
+
+class TestWake:
+    def test_wake_parked_poll(self, pair: tuple[Any, Any]) -> None:
+        """wake() from another greenlet makes a parked poll return [] at once."""
+        pull, _ = pair
+        p = GreenPoller()
+        p.register(pull, zmq.POLLIN)
+        g = gevent.spawn(p.poll)
+        gevent.sleep(0.02)
+        assert not g.dead
+        p.wake()
+        assert g.get(timeout=2) == []
+
+    def test_wake_before_poll(self, pair: tuple[Any, Any]) -> None:
+        """A wake() before poll() makes the next poll return [] once, then it waits again."""
+        pull, _ = pair
+        p = GreenPoller()
+        p.register(pull, zmq.POLLIN)
+        p.wake()
+        with gevent.Timeout(2):
+            assert p.poll() == []
+        assert p.poll(30) == []  # waited its timeout: the wake was used up
+
+    def test_ready_beats_wake(self, pair: tuple[Any, Any]) -> None:
+        """Ready sockets are reported even after a wake(): no message is skipped."""
+        pull, push = pair
+        p = GreenPoller()
+        p.register(pull, zmq.POLLIN)
+        push.send(b"x")
+        with gevent.Timeout(5):
+            while not gzmq.Poller.poll(p, 0):
+                gevent.sleep(0.001)
+        p.wake()
+        assert p.poll() == [(pull, zmq.POLLIN)]
+
+
+class TestHighFileDescriptors:
+    @pytest.mark.deadline(60)
+    def test_fd_over_1024(self, ctx: Any, endpoint: Callable[[], str]) -> None:
+        """With ZMQ_FDs >= 1024, zmq.green.Poller raises ValueError; GreenPoller works."""
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 1300:
+            if hard != resource.RLIM_INFINITY and hard < 1300:
+                pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 1300")
+            resource.setrlimit(resource.RLIMIT_NOFILE, (1300, hard))
+        files = [open(os.devnull, "rb") for _ in range(1100)]  # noqa: SIM115 - closed below
+        ep = endpoint()
+        pull = ctx.build(SocketSpec("pull", "PULL", bind=(ep,)))
+        push = ctx.build(SocketSpec("push", "PUSH", connect=(ep,)))
+        try:
+            assert pull.getsockopt(zmq.FD) >= 1024, "premise: the socket's FD is >= 1024"
+            theirs = gzmq.Poller()
+            theirs.register(pull, zmq.POLLIN)
+            with pytest.raises(ValueError, match="filedescriptor out of range"):
+                theirs.poll(10)
+            ours = GreenPoller()
+            ours.register(pull, zmq.POLLIN)
+            assert ours.poll(10) == []
+            gevent.spawn_later(0.05, push.send, b"x")
+            with gevent.Timeout(5):
+                assert ours.poll() == [(pull, zmq.POLLIN)]
+            assert pull.recv() == b"x"
+        finally:
+            pull.close()
+            push.close()
+            for f in files:
+                f.close()
