@@ -42,6 +42,26 @@ def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condit
         delay = min(delay * 2, 0.1)
 
 
+def green_wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Like :func:`wait_for` inside a gevent program: waits with ``gevent.sleep``.
+
+    ``time.sleep`` would block the hub, so the greenlets that make ``cond`` true
+    would never run.
+    """
+    import gevent
+
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        gevent.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Every complete JSON line of a log file (a half-written last line is skipped)."""
     out = []
@@ -63,12 +83,20 @@ class ServiceProcess:
     def __init__(self, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args = list(args)
         self.log = log
-        full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.stderr_path = log.with_suffix(".stderr")
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "greenzmq", *self.args, "--log-format", "json",
-             "--log-file", str(log)],
+            [
+                sys.executable,
+                "-m",
+                "greenzmq",
+                *self.args,
+                "--log-format",
+                "json",
+                "--log-file",
+                str(log),
+            ],
             cwd=ROOT,
             env=full_env,
             stdout=self._stderr,
@@ -83,7 +111,8 @@ class ServiceProcess:
     def events(self, event: str | None = None, **match: Any) -> list[dict[str, Any]]:
         """Logged events, optionally only those named ``event`` with fields ``match``."""
         return [
-            e for e in read_events(self.log)
+            e
+            for e in read_events(self.log)
             if (event is None or e.get("event") == event)
             and all(e.get(k) == v for k, v in match.items())
         ]
@@ -133,4 +162,3 @@ class ServiceProcess:
                 pass
             self.proc.wait()
         self._stderr.close()
-
