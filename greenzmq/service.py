@@ -145,7 +145,9 @@ class Service:
         for name, sock in self.socks.items():
             sock.close(linger=self._linger.get(name, 0))
         if self.ctx is not None:
-            self.ctx.term()
+            # destroy, not term: a socket run() made itself and left open would
+            # make term() wait forever; the declared ones are closed already
+            self.ctx.destroy(linger=0)
             self.ctx = None
 
     def serve(
@@ -162,7 +164,7 @@ class Service:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     handlers.append(gevent.signal_handler(sig, self.stop, signal.Signals(sig).name))
             kill = self.socks.get(KILL)
-            if kill is not None and kill.socket_type == zmq.SUB:
+            if kill is not None and kill.type == zmq.SUB:
                 self.spawn(self._watch_kill, kill, name="kill-switch")
             self.log.info("service.start", sockets={n: s.name for n, s in self.socks.items()})
             self.setup()
