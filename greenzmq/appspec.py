@@ -4,6 +4,12 @@ No colon means the attribute ``app``. Factory arguments are Python literals
 (``services.killswitch:make(expect=7)``). Errors are one line and name the
 bad part; an exception raised by the app module's own code propagates with
 its traceback.
+
+``python -m greenzmq.appspec JSON`` is the master's pre-fork check: the master
+must not import zmq.green (rule 7) and importing an app imports it, so the
+master runs this short-lived subprocess instead (:func:`check_app`). It
+prints the service's name and sockets as JSON on stdout, or a one-line
+``greenzmq: error: ...`` (exit 2) or the app's own traceback (exit 1) on stderr.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 from .errors import AppImportError
 
-__all__ = ["AppSpec", "parse_app_spec", "load_app"]
+__all__ = ["AppSpec", "load_app", "parse_app_spec"]
 
 
 @dataclass(frozen=True)
@@ -124,3 +130,57 @@ def as_service(obj: Any, name: str | None = None) -> Any:
     if callable(obj):
         return CallableService(obj, name=name)
     raise AppImportError(f"app {obj!r} is neither a greenzmq Service nor a callable")
+
+
+def _is_shared_bind(addr: str) -> bool:
+    # inproc is per process; tcp and ipc addresses are machine-wide
+    return addr.startswith(("tcp://", "ipc://"))
+
+
+def check_app(spec: str, endpoints: dict[str, str], workers: int = 1) -> dict[str, Any]:
+    """Load the app, validate the endpoint overrides for every worker index; describe it.
+
+    With ``workers`` above 1 a tcp or ipc bind without a per-worker
+    placeholder is refused: libzmq has no SO_REUSEPORT, N processes cannot
+    bind one address.
+    """
+    from .config import expand_endpoint, has_placeholder
+    from .errors import ConfigError
+    from .sockets import apply_endpoints
+
+    service = as_service(load_app(spec))
+    for wid in sorted({0, workers - 1}):
+        apply_endpoints(service.specs, {n: expand_endpoint(a, wid) for n, a in endpoints.items()})
+    sockets = []
+    for s in service.specs:
+        raw = endpoints.get(s.name)
+        binds = list(s.bind) if raw is None else ([raw] if (s.bind or "*" in raw) else [])
+        for addr in binds:
+            if workers > 1 and _is_shared_bind(addr) and not has_placeholder(addr):
+                raise ConfigError(
+                    f"socket {s.name!r} binds {addr} and {workers} workers cannot bind one "
+                    "address (libzmq has no SO_REUSEPORT): use -w 1, connect the workers to "
+                    f"a broker, or give a per-worker endpoint, e.g. --endpoint "
+                    f"{s.name}=tcp://127.0.0.1:{{5600+wid}}"
+                )
+        sockets.append({"name": s.name, "bind": binds})
+    return {"service": service.name, "sockets": sockets}
+
+
+def _main(argv: list[str]) -> int:
+    import json
+
+    from .errors import GreenZMQError
+
+    req = json.loads(argv[0])
+    try:
+        info = check_app(req["app"], req.get("endpoint", {}), int(req.get("workers", 1)))
+    except GreenZMQError as e:
+        print(f"greenzmq: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    print(json.dumps(info), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -64,6 +64,10 @@ class Service:
         self.log: Any = None
         self._failures: list[tuple[str, BaseException]] = []
         self._main: gevent.Greenlet[..., Any] | None = None
+        # launcher hooks: called once serving (after setup) and per handled request
+        self.requests = 0
+        self._ready_callbacks: list[Callable[[Service], Any]] = []
+        self._request_callbacks: list[Callable[[Service], Any]] = []
 
     # -- to override ------------------------------------------------------
     def setup(self) -> None:
@@ -88,6 +92,20 @@ class Service:
         self.group.add(g)
         g.start()
         return g
+
+    def request_done(self) -> None:
+        """Count one handled request (services call it; the launcher's max-requests uses it)."""
+        self.requests += 1
+        for fn in self._request_callbacks:
+            fn(self)
+
+    def add_request_callback(self, fn: Callable[[Service], Any]) -> None:
+        """Call ``fn(service)`` after each :meth:`request_done`."""
+        self._request_callbacks.append(fn)
+
+    def add_ready_callback(self, fn: Callable[[Service], Any]) -> None:
+        """Call ``fn(service)`` once the sockets exist and ``setup`` returned."""
+        self._ready_callbacks.append(fn)
 
     def stop(self, reason: str = "requested") -> None:
         """Ask the service to stop (idempotent; any greenlet, signal handlers too)."""
@@ -168,6 +186,8 @@ class Service:
                 self.spawn(self._watch_kill, kill, name="kill-switch")
             self.log.info("service.start", sockets={n: s.name for n, s in self.socks.items()})
             self.setup()
+            for fn in self._ready_callbacks:
+                fn(self)
             self._main = main = self.spawn(self.run, name="main")
             gevent.wait([main, self.stopping], count=1)  # type: ignore[type-var]
             if not main.dead:

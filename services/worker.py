@@ -61,6 +61,7 @@ class Worker(Service):
         if key is not None and tr is not None:
             tr.for_socket("backend", "REP").hop("send", reply, reply_to=key)
         self.answered += 1
+        self.request_done()
 
     def _serve_backend(self) -> None:
         sock = self.socks["backend"]
