@@ -1,0 +1,115 @@
+"""The Lazy Pirate client: a request with a timeout, retried on a fresh socket.
+
+A REQ socket whose request (or reply) is lost waits forever, and cannot send
+again until it has received. :class:`LazyPirate` waits for each reply with a
+``gevent.Timeout`` (rule 5); on a timeout it closes the socket with
+``linger=0`` (dropping the lost request and any late reply), opens a fresh one
+(rule 9) and sends the request again, up to ``retries`` times in all. After the
+last try it raises :class:`~greenzmq.errors.RequestTimeout` naming the
+endpoint, the number of tries and the timeout.
+
+Because it speaks plain REQ, it works against anything that answers REQ: the
+tutorial broker's ROUTER frontend, the Paranoid Pirate queue
+(:mod:`greenzmq.ppp`) and a plain REP server. A retried request may be
+answered twice by the server (at-least-once), so requests should be idempotent;
+the client only ever returns the reply from its current socket, so a late
+reply to an abandoned try is never mistaken for the answer to the next request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gevent
+
+from .errors import RequestTimeout
+from .sockets import Context, Socket, SocketSpec
+from .tracing import get_logger
+
+__all__ = ["LazyPirate"]
+
+
+class LazyPirate:
+    """A retrying REQ client; see the module docstring.
+
+    ``options`` are extra socket options applied to every socket it opens (for
+    example the CURVE client keys from :func:`greenzmq.auth.client_options`).
+    The client is used by one greenlet at a time, like the socket it owns.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 2.5,
+        retries: int = 3,
+        ctx: Context | None = None,
+        options: Mapping[int, Any] | None = None,
+        name: str = "lazypirate",
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if retries < 1:
+            raise ValueError(f"retries must be at least 1, got {retries!r}")
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.retries = retries
+        self._own_ctx = ctx is None
+        self.ctx: Context = ctx if ctx is not None else Context()
+        self.spec = SocketSpec(name, "REQ", connect=(endpoint,), options=dict(options or {}))
+        self.sock: Socket | None = None
+        self.log = get_logger(client=name)
+        #: requests sent again after a timeout, over this client's life
+        self.resent = 0
+
+    def _fresh(self) -> Socket:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        self.sock = self.ctx.build(self.spec)
+        return self.sock
+
+    def request(self, frames: bytes | Sequence[bytes]) -> list[bytes]:
+        """Send ``frames`` and return the reply; RequestTimeout after the last retry."""
+        msg = [frames] if isinstance(frames, bytes) else list(frames)
+        if not msg:
+            raise ValueError("a request needs at least one frame")
+        for attempt in range(1, self.retries + 1):
+            sock = self.sock if self.sock is not None else self._fresh()
+            sock.send_multipart(msg)
+            try:
+                with gevent.Timeout(self.timeout):
+                    reply: list[bytes] = sock.recv_multipart()
+                    return reply
+            except gevent.Timeout:
+                # The REQ socket is stuck waiting for this reply: only a fresh
+                # socket can send again, and it never sees the old reply.
+                self.log.warning(
+                    "lazypirate.timeout",
+                    endpoint=self.endpoint,
+                    attempt=attempt,
+                    retries=self.retries,
+                    timeout=self.timeout,
+                )
+                self._fresh()
+                if attempt < self.retries:
+                    self.resent += 1
+        raise RequestTimeout(
+            f"no reply from {self.endpoint} after {self.retries} "
+            f"tr{'y' if self.retries == 1 else 'ies'} of {self.timeout} s each"
+        )
+
+    def close(self) -> None:
+        """Close the socket (and the context, if this client made it)."""
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self) -> LazyPirate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+

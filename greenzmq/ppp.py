@@ -1,0 +1,588 @@
+"""Paranoid Pirate (RFC 6, PPP): a heartbeated LRU queue and workers for it.
+
+The tutorial's DEALER backend hands requests round-robin to workers that may
+be busy or dead. Here workers announce themselves instead:
+
+* A worker's DEALER sends ``READY`` (``0x01``) once, then ``HEARTBEAT``
+  (``0x02``) every ``heartbeat`` seconds, and replies as
+  ``[client envelope..., b"", body...]``.
+* :class:`PPPQueue` (frontend ROUTER, backend ROUTER) gives each request to
+  the worker that has been idle longest (LRU), only to idle, live workers;
+  it heartbeats every worker; a worker silent for ``liveness`` intervals is
+  dropped. A send to a worker that has gone (EHOSTUNREACH, with
+  ROUTER_MANDATORY) drops that worker at once and the request goes to the
+  next one, so it is not lost. While no worker is idle the queue does not
+  read the frontend: requests wait in libzmq's queue (backpressure).
+* A worker that hears nothing for ``liveness`` intervals closes its socket
+  and reconnects on a fresh one after a backoff that doubles up to
+  ``reconnect_max`` (rule 9).
+* Leaving (SIGTERM, kill switch): the worker finishes the request it holds,
+  sends ``DISCONNECT`` (``0x03``, a greenzmq extension to RFC 6), answers
+  anything the queue had already sent it, and exits when the queue
+  acknowledges with ``DISCONNECT`` (or after ``liveness`` intervals). A
+  queue that does not know ``0x03`` logs it as a drop; nothing else changes.
+
+Writing a worker takes a handler from request frames to reply frames::
+
+    from greenzmq.ppp import PPPWorkerService
+    app = PPPWorkerService(lambda body: [body[0].upper()], endpoint="tcp://127.0.0.1:5556")
+
+The handler runs in its own greenlet while the socket's owner keeps
+heartbeating, so a slow handler is not mistaken for a dead worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.pool
+import zmq
+
+from .broker import envelope_problem
+from .poller import GreenPoller
+from .service import Service, kill_spec
+from .sockets import Context, Socket, SocketSpec, apply_endpoints
+from .tracing import SocketTracer, Tracer, get_logger
+
+__all__ = [
+    "DISCONNECT",
+    "HEARTBEAT",
+    "READY",
+    "Handler",
+    "HeartbeatWorker",
+    "PPPQueue",
+    "PPPWorker",
+    "PPPWorkerService",
+]
+
+READY = b"\x01"
+HEARTBEAT = b"\x02"
+DISCONNECT = b"\x03"  # greenzmq extension: "I am leaving" / "noted, nothing more is coming"
+
+FRONTEND = "tcp://127.0.0.1:5555"
+BACKEND = "tcp://127.0.0.1:5556"
+
+Handler = Callable[[list[bytes]], Sequence[bytes]]
+"""A worker's job: request body frames in, reply body frames out."""
+
+# what a worker protocol's parse() returns: (kind, reply envelope, body) or a drop reason
+Parsed = tuple[str, list[bytes], list[bytes]]
+
+
+class HeartbeatWorker:
+    """The worker side of a heartbeated protocol (PPP here, MDP in :mod:`greenzmq.mdp`).
+
+    One greenlet (the one calling :meth:`run`) owns the DEALER socket and
+    waits on a :class:`~greenzmq.poller.GreenPoller`; the handler runs in a
+    second greenlet and hands its reply back through a deque plus
+    :meth:`GreenPoller.wake` (rule 1). Subclasses say what the frames are.
+    """
+
+    kind = "worker"
+
+    def __init__(
+        self,
+        ctx: Context,
+        spec: SocketSpec,
+        handler: Handler,
+        *,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        reconnect: float = 1.0,
+        reconnect_max: float = 32.0,
+        sock: Socket | None = None,
+        on_socket: Callable[[Socket], None] | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        if heartbeat <= 0 or liveness < 1:
+            raise ValueError("heartbeat must be positive and liveness at least 1")
+        self.ctx, self.spec, self.handler = ctx, spec, handler
+        self.heartbeat, self.liveness = heartbeat, liveness
+        self.reconnect, self.reconnect_max = reconnect, reconnect_max
+        self.sock = sock
+        self.on_socket = on_socket
+        self.tracer = tracer or Tracer()
+        self.trace: SocketTracer = self.tracer.for_socket(spec.name, "DEALER")
+        self.log = get_logger(socket=spec.name, role=self.kind)
+        self.poller = GreenPoller()
+        self.answered = 0
+        self.reconnects = 0
+        self._stopping = False
+        self._acked = False
+        self._wake = gevent.event.Event()
+        self._done: deque[tuple[list[bytes], list[bytes]]] = deque()
+        self._backlog: deque[tuple[list[bytes], list[bytes]]] = deque()
+        self._busy: gevent.Greenlet | None = None
+        self._group = gevent.pool.Group()
+        self._heard = time.monotonic()
+
+    # -- protocol: subclasses define the frames ----------------------------
+    def ready_msg(self) -> list[bytes]:
+        """The first message on a fresh socket."""
+        raise NotImplementedError
+
+    def heartbeat_msg(self) -> list[bytes]:
+        """The heartbeat."""
+        raise NotImplementedError
+
+    def disconnect_msg(self) -> list[bytes] | None:
+        """What to send when leaving (None: nothing)."""
+        return None
+
+    def reply_msg(self, envelope: list[bytes], body: list[bytes]) -> list[bytes]:
+        """The reply to a request that came with ``envelope``."""
+        raise NotImplementedError
+
+    def parse(self, frames: list[bytes]) -> Parsed | str:
+        """``(kind, envelope, body)``, kind in request/heartbeat/disconnect/ack; or a drop reason."""
+        raise NotImplementedError
+
+    # -- control -----------------------------------------------------------
+    def stop(self) -> None:
+        """Finish the request in hand, say goodbye, return from run(). Any greenlet may call it."""
+        self._stopping = True
+        self._wake.set()
+        self.poller.wake()
+
+    @property
+    def busy(self) -> bool:
+        """True while a request is being handled."""
+        return self._busy is not None
+
+    def _send(self, msg: list[bytes]) -> bool:
+        assert self.sock is not None
+        try:
+            self.sock.raw.send_multipart(msg, zmq.NOBLOCK)
+        except zmq.Again:
+            return False  # no peer (queue gone, not yet reconnected)
+        return True
+
+    def _connect(self) -> None:
+        if self.sock is not None:
+            if self.sock in dict(self.poller.sockets):
+                self.poller.unregister(self.sock)
+            self.sock.close(linger=0)
+            self.sock = None
+        self.sock = self.ctx.build(self.spec)
+        self._attach()
+
+    def _attach(self) -> None:
+        assert self.sock is not None
+        self.sock.claim()
+        self.poller.register(self.sock, zmq.POLLIN)
+        if self.on_socket is not None:
+            self.on_socket(self.sock)
+        self._heard = time.monotonic()
+        # a fresh DEALER queues the message until the TCP connection is up
+        self._send(self.ready_msg())
+
+    def _work(self, envelope: list[bytes], body: list[bytes]) -> None:
+        try:
+            reply = [bytes(f) for f in self.handler(body)]
+        except Exception as e:  # noqa: BLE001 - the client gets an error reply, the worker lives
+            self.log.error("worker.handler_failed", error=repr(e))
+            reply = [b"error: " + type(e).__name__.encode()]
+        self._done.append((envelope, reply))
+        self.poller.wake()
+
+    def _start(self, envelope: list[bytes], body: list[bytes]) -> None:
+        if self._busy is not None:
+            self._backlog.append((envelope, body))  # only after a queue restart
+            return
+        self._busy = self._group.spawn(self._work, envelope, body)
+
+    def _flush(self) -> None:
+        while self._done:
+            envelope, reply = self._done.popleft()
+            msg = self.reply_msg(envelope, reply)
+            if self._send(msg):
+                self.answered += 1
+                if self.trace.on:
+                    self.trace.hop("send", msg)
+            else:
+                self.trace.drop(msg, "queue not reachable")
+            self._busy = None
+            if self._backlog:
+                self._start(*self._backlog.popleft())
+
+    def _drain(self) -> None:
+        assert self.sock is not None
+        raw = self.sock.raw
+        for _ in range(256):
+            try:
+                frames = raw.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._heard = time.monotonic()
+            parsed = self.parse(frames)
+            if isinstance(parsed, str):
+                self.trace.drop(frames, parsed)
+                continue
+            kind, envelope, body = parsed
+            if kind == "request":
+                if self.trace.on:
+                    self.trace.hop("recv", frames)
+                self._start(envelope, body)
+            elif kind == "ack":
+                self._acked = True
+            elif kind == "disconnect":
+                # the broker forgot us (MDP): start again on a fresh socket
+                self.log.info("worker.disconnected_by_peer")
+                self._heard = 0.0
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`; in-flight work is answered before this returns."""
+        if self.sock is None:
+            self._connect()
+        else:
+            self._attach()
+        backoff = self.reconnect
+        hb, patience = self.heartbeat, self.heartbeat * self.liveness
+        next_hb = time.monotonic() + hb
+        leaving_since: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if self._stopping and self._busy is None and not self._done:
+                    if leaving_since is None:
+                        bye = self.disconnect_msg()
+                        if bye is None or not self._send(bye):
+                            break
+                        leaving_since = now
+                    elif self._acked or now - leaving_since >= patience:
+                        break
+                wait = next_hb - now
+                if leaving_since is not None:
+                    wait = min(wait, leaving_since + patience - now)
+                self.poller.poll(max(0, int(wait * 1000)))
+                self._flush()
+                self._drain()
+                self._flush()
+                now = time.monotonic()
+                if now >= next_hb:
+                    self._send(self.heartbeat_msg())
+                    next_hb = now + hb
+                if now - self._heard > patience and leaving_since is None:
+                    if self._stopping and self._busy is None:
+                        break
+                    self.log.warning("worker.peer_lost", silent_for=round(now - self._heard, 3),
+                                     reconnect_in=backoff)
+                    self._wake.clear()
+                    if not self._stopping:
+                        self._wake.wait(backoff)
+                    backoff = min(backoff * 2, self.reconnect_max)
+                    self.reconnects += 1
+                    self._connect()
+                    next_hb = time.monotonic() + hb
+                elif now - self._heard <= hb:
+                    backoff = self.reconnect
+        finally:
+            self._group.kill(block=True)
+            if self.sock is not None:
+                self.poller.close_watchers()
+        self.log.info("worker.done", answered=self.answered, reconnects=self.reconnects)
+
+
+class PPPWorker(HeartbeatWorker):
+    """A Paranoid Pirate worker (RFC 6 frames, plus the DISCONNECT extension)."""
+
+    kind = "ppworker"
+
+    def ready_msg(self) -> list[bytes]:  # noqa: D102
+        return [READY]
+
+    def heartbeat_msg(self) -> list[bytes]:  # noqa: D102
+        return [HEARTBEAT]
+
+    def disconnect_msg(self) -> list[bytes] | None:  # noqa: D102
+        return [DISCONNECT]
+
+    def reply_msg(self, envelope: list[bytes], body: list[bytes]) -> list[bytes]:  # noqa: D102
+        return [*envelope, *body]
+
+    def parse(self, frames: list[bytes]) -> Parsed | str:  # noqa: D102
+        if len(frames) == 1:
+            if frames[0] == HEARTBEAT:
+                return ("heartbeat", [], [])
+            if frames[0] == DISCONNECT:
+                return ("ack", [], [])
+            return "unknown command from queue"
+        for i, f in enumerate(frames):
+            if not f:
+                if i == 0:
+                    return "no client address"
+                if i == len(frames) - 1:
+                    return "empty body"
+                return ("request", frames[: i + 1], frames[i + 1 :])
+        return "no envelope delimiter"
+
+
+class PPPWorkerService(Service):
+    """A service around one :class:`PPPWorker`: sockets ``backend`` (DEALER) and ``kill``."""
+
+    name = "ppworker"
+    worker_class: type[HeartbeatWorker] = PPPWorker
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        endpoint: str = BACKEND,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        reconnect: float = 1.0,
+        reconnect_max: float = 32.0,
+        options: Mapping[int, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            name=name,
+            specs=(
+                SocketSpec("backend", "DEALER", connect=(endpoint,), options=dict(options or {})),
+                kill_spec(),
+            ),
+        )
+        self.handler = handler
+        self.worker_args = {
+            "heartbeat": heartbeat,
+            "liveness": liveness,
+            "reconnect": reconnect,
+            "reconnect_max": reconnect_max,
+        }
+        self.worker: HeartbeatWorker | None = None
+        self._resolved: dict[str, SocketSpec] = {}
+
+    def open(self, endpoints: Mapping[str, str] | None = None) -> None:
+        """Keep the resolved specs: a reconnect builds a fresh socket from them."""
+        self._resolved = {s.name: s for s in apply_endpoints(self.specs, endpoints or {})}
+        super().open(endpoints)
+
+    def make_worker(self) -> HeartbeatWorker:
+        """The worker object (overridden by MDP services)."""
+        assert self.ctx is not None
+        return self.worker_class(
+            self.ctx,
+            self._resolved["backend"],
+            self.handler,
+            sock=self.socks["backend"],
+            on_socket=self._on_socket,
+            tracer=self.tracer,
+            **self.worker_args,  # type: ignore[arg-type]
+        )
+
+    def _on_socket(self, sock: Socket) -> None:
+        self.socks["backend"] = sock  # close() closes the current socket
+
+    def on_stop(self) -> None:
+        """Let the worker finish its request and leave."""
+        if self.worker is not None:
+            self.worker.stop()
+
+    def run(self) -> None:
+        """Serve until stopped."""
+        self.worker = self.make_worker()
+        if self.stopping.is_set():
+            self.worker.stop()
+        self.worker.run()
+
+
+class PPPQueue(Service):
+    """The Paranoid Pirate queue; see the module docstring. Sockets: frontend, backend, kill."""
+
+    name = "ppqueue"
+    batch = 256
+    specs = (
+        SocketSpec("frontend", "ROUTER", bind=(FRONTEND,), hwm=10000),
+        SocketSpec("backend", "ROUTER", bind=(BACKEND,), hwm=10000),
+        kill_spec(),
+    )
+
+    def __init__(
+        self,
+        *,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        maxmsgsize: int = -1,
+        name: str | None = None,
+    ) -> None:
+        specs = None
+        if maxmsgsize >= 0:
+            specs = [
+                dataclasses.replace(s, maxmsgsize=maxmsgsize) if s.type == "ROUTER" else s
+                for s in self.specs
+            ]
+        super().__init__(name=name, specs=specs)
+        self.heartbeat, self.liveness = heartbeat, liveness
+        self.drops: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()
+        self.idle: OrderedDict[bytes, float] = OrderedDict()  # worker -> expiry, LRU first
+        self.busy: dict[bytes, float] = {}
+        self.pending: deque[list[bytes]] = deque()
+        self._poller: GreenPoller | None = None
+
+    def on_stop(self) -> None:
+        """Wake the poll so the loop sees the stop."""
+        if self._poller is not None:
+            self._poller.wake()
+
+    def _drop(self, tr: SocketTracer, frames: list[bytes], reason: str) -> None:
+        self.drops[reason] += 1
+        tr.drop(frames, reason)
+
+    def run(self) -> None:  # noqa: C901 - one readable loop, like the zguide's ppqueue
+        """Route requests to idle live workers and replies back, until stopped."""
+        fe, be = self.socks["frontend"], self.socks["backend"]
+        fe.claim()
+        be.claim()
+        assert self.tracer is not None
+        fe_tr = self.tracer.for_socket("frontend", "ROUTER")
+        be_tr = self.tracer.for_socket("backend", "ROUTER")
+        poller = self._poller = GreenPoller()
+        poller.register(be, zmq.POLLIN)
+        fe_on = False
+        idle, busy, pending = self.idle, self.busy, self.pending
+        hb = self.heartbeat
+        patience = hb * self.liveness
+        nb, again = zmq.NOBLOCK, zmq.Again
+        log = self.log
+
+        def forget(wid: bytes, why: str) -> None:
+            idle.pop(wid, None)
+            busy.pop(wid, None)
+            self.counts[f"workers {why}"] += 1
+            log.warning("ppqueue.worker_lost", worker=wid.hex(), why=why)
+
+        def dispatch(m: list[bytes]) -> bool:
+            """Send a request to the LRU idle worker; False if none is left."""
+            while idle:
+                wid, _ = idle.popitem(last=False)
+                try:
+                    be.raw.send_multipart([wid, *m], nb)
+                except again:
+                    forget(wid, "full")  # an idle worker that cannot take one message
+                    continue
+                except zmq.ZMQError as e:
+                    if e.errno != zmq.EHOSTUNREACH:
+                        raise
+                    forget(wid, "unreachable")  # the request goes to the next worker
+                    continue
+                busy[wid] = time.monotonic() + patience
+                if be_tr.on:
+                    be_tr.hop("forward", m, dest=wid.hex())
+                return True
+            return False
+
+        def from_backend(m: list[bytes]) -> None:
+            if len(m) < 2:
+                self._drop(be_tr, m, "no worker frames")
+                return
+            wid, expiry = m[0], time.monotonic() + patience
+            if len(m) == 2:
+                cmd = m[1]
+                if cmd == READY:
+                    if wid not in idle and wid not in busy:
+                        log.info("ppqueue.worker_ready", worker=wid.hex())
+                    busy.pop(wid, None)
+                    idle.pop(wid, None)
+                    idle[wid] = expiry
+                elif cmd == HEARTBEAT:
+                    if wid in idle:
+                        idle[wid] = expiry  # keeps its LRU place
+                    elif wid in busy:
+                        busy[wid] = expiry
+                    else:
+                        self._drop(be_tr, m, "heartbeat from unknown worker")
+                elif cmd == DISCONNECT:
+                    idle.pop(wid, None)
+                    busy.pop(wid, None)
+                    log.info("ppqueue.worker_left", worker=wid.hex())
+                    try:
+                        be.raw.send_multipart([wid, DISCONNECT], nb)
+                    except zmq.ZMQError:
+                        pass  # it left already: nothing to acknowledge
+                else:
+                    self._drop(be_tr, m, "unknown worker command")
+                return
+            problem = envelope_problem(m[1:])
+            if problem is not None:
+                self._drop(be_tr, m, f"reply: {problem}")
+                return
+            reply = m[1:]
+            try:
+                fe.raw.send_multipart(reply, nb)
+                self.counts["replies"] += 1
+                if fe_tr.on:
+                    fe_tr.hop("forward", reply, dest="frontend")
+            except again:
+                self._drop(fe_tr, reply, "client full")
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EHOSTUNREACH:
+                    raise
+                self._drop(fe_tr, reply, "unknown peer")
+            if wid in busy:
+                del busy[wid]
+                idle[wid] = expiry
+            elif wid in idle:
+                idle[wid] = expiry
+
+        next_hb = time.monotonic() + hb
+        while not self.stopping.is_set():
+            while pending and idle:
+                dispatch(pending.popleft())
+            want_fe = bool(idle) and not pending
+            if want_fe != fe_on:
+                if want_fe:
+                    poller.register(fe, zmq.POLLIN)
+                else:
+                    poller.unregister(fe)
+                fe_on = want_fe
+            wait = max(0, int((next_hb - time.monotonic()) * 1000))
+            for sock, _ in poller.poll(wait):
+                raw, n = sock.raw, 0
+                while n < self.batch:
+                    if sock is fe and (not idle or pending):
+                        break
+                    try:
+                        m = raw.recv_multipart(nb)
+                    except again:
+                        break
+                    n += 1
+                    if sock is be:
+                        from_backend(m)
+                        continue
+                    problem = envelope_problem(m)
+                    if problem is not None:
+                        self._drop(fe_tr, m, problem)
+                        continue
+                    self.counts["requests"] += 1
+                    if not dispatch(m):
+                        pending.append(m)
+            now = time.monotonic()
+            if now >= next_hb:
+                next_hb = now + hb
+                for wid in [*idle, *busy]:
+                    try:
+                        be.raw.send_multipart([wid, HEARTBEAT], nb)
+                    except again:
+                        pass  # full: its next heartbeat will do
+                    except zmq.ZMQError as e:
+                        if e.errno != zmq.EHOSTUNREACH:
+                            raise
+                        forget(wid, "unreachable")
+                for table in (idle, busy):
+                    for wid in [w for w, exp in table.items() if exp < now]:
+                        forget(wid, "expired")
+        poller.close_watchers()
+        log.info(
+            "ppqueue.stats",
+            counts=dict(self.counts),
+            drops=dict(self.drops),
+            workers=len(idle) + len(busy),
+            pending=len(pending),
+        )
