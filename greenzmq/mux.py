@@ -113,10 +113,10 @@ class Readers:
         put, tr = self._queue.put, self._trace[name]
         nb, again = zmq.NOBLOCK, zmq.Again
         held: list[bytes] | None = None
+        n = 0  # taken in this batch and not yet counted
         try:
             while True:
                 held = sock.recv_multipart()  # block green
-                n = 0
                 while True:
                     if tr is not None and (k := tr.hop("recv", held)):
                         tr.hop("put", held, key=k)
@@ -129,12 +129,11 @@ class Readers:
                         held = raw.recv_multipart(nb)  # move data raw
                     except again:
                         break
-                self._received[name] += n
-                if n >= batch:
+                full, self._received[name], n = n >= batch, self._received[name] + n, 0
+                if full:
                     gevent.sleep(0)  # a busy socket must not starve the others
         except gevent.GreenletExit:
             if held is not None:
-                self._received[name] += 1
                 self._overflow.append((name, held))
         except zmq.ZMQError as e:
             if self._stopped and e.errno in (zmq.ENOTSOCK, zmq.ETERM):
@@ -142,6 +141,9 @@ class Readers:
             self._fail(name, e, held)
         except Exception as e:
             self._fail(name, e, held)
+        finally:
+            # killed or failed mid-batch: count what was put and the message held
+            self._received[name] += n + (held is not None)
 
     def _fail(self, name: str, exc: BaseException, held: list[bytes] | None) -> None:
         if held is not None:
@@ -234,6 +236,9 @@ class PollerListener:
         self._closed = False
         self._trace = _tracers(self.sockets, tracer)
         self._claimed = False
+        self._polling = False
+        # REQ/REP must alternate recv and send: one message, then the reply
+        self._lockstep = {s.name for s in self.sockets if s.type in _LOCKSTEP}
 
     def _fill(self, timeout: float | None) -> None:
         if not self._claimed:
@@ -241,12 +246,15 @@ class PollerListener:
                 s.claim()
             self._claimed = True
         ms = -1 if timeout is None else int(timeout * 1000)
-        ready = self._poller.poll(ms)
+        self._polling = True
+        try:
+            ready = self._poller.poll(ms)
+        finally:
+            self._polling = False
         nb, again, buf, batch = zmq.NOBLOCK, zmq.Again, self._buf, self.batch
         for sock, _ in ready:
             raw, name, tr, n = sock.raw, sock.name, self._trace[sock.name], 0
-            # REQ/REP must alternate recv and send: one message, then the reply
-            limit = 1 if sock.socket_type in _LOCKSTEP else batch
+            limit = 1 if name in self._lockstep else batch
             while n < limit:
                 try:
                     frames = raw.recv_multipart(nb)
@@ -279,9 +287,16 @@ class PollerListener:
                 return
 
     def stop(self) -> None:
-        """Stop polling; what was already read is still delivered, then iteration ends."""
+        """Stop polling and close the sockets; what was already read is still delivered.
+
+        If the consumer is parked in the poll, it is woken and closes the
+        sockets itself (closing them under its poll would not be safe).
+        """
         self._stopped = True
-        self._poller.wake()
+        if self._polling:
+            self._poller.wake()
+        else:
+            self._close()
 
     def _close(self) -> None:
         if not self._closed:

@@ -182,7 +182,7 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
             self._owner = cur
             return
         raise SocketBusyError(
-            f"socket {self.name!r} ({type_name(self.socket_type)}) is owned by "
+            f"socket {self.name!r} ({type_name(int(self.type))}) is owned by "
             f"{describe_greenlet(owner)}; {describe_greenlet(cur)} tried to {op} on it. "
             "One greenlet owns a socket: talk to it through a queue (greenzmq.Outbox)."
         )

@@ -59,7 +59,7 @@ class TestAPI:
 
     def test_modify_and_unregister(self, pair: tuple[Any, Any]) -> None:
         """modify() and unregister() change what poll() reports."""
-        pull, push = pair
+        _, push = pair
         p = GreenPoller()
         p.register(push, zmq.POLLIN)
         assert p.poll(0) == []  # a PUSH is never readable
@@ -129,7 +129,7 @@ class TestTimeouts:
         """A message after the internal fallback wait is still seen at once."""
         pull, push = pair
         p = GreenPoller()
-        p._gevent_bug_timeout = 0.02  # noqa: SLF001 - make the fallback loop run a few times
+        p._gevent_bug_timeout = 0.02
         p.register(pull, zmq.POLLIN)
         gevent.spawn_later(0.1, push.send, b"x")
         with gevent.Timeout(5):

@@ -194,7 +194,7 @@ class TestBuild:
             ctx.build_all(
                 [SocketSpec("one", "PULL", bind=(ep,)), SocketSpec("two", "PULL", bind=(ep,))]
             )
-        assert all(s.closed for s in ctx._sockets)  # noqa: SLF001
+        assert all(s.closed for s in ctx._sockets)
 
     def test_raw_shadow(self, ctx: Any, endpoint: Callable[[], str]) -> None:
         """``raw`` is a plain zmq socket on the same libzmq socket."""

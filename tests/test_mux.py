@@ -1,0 +1,281 @@
+"""Many sockets into one consumer (Readers, PollerListener) and the Outbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+import gevent.pool
+import pytest
+import zmq
+
+from greenzmq import ClosedError, ReaderError, SocketBusyError
+from greenzmq.mux import Outbox, PollerListener, Readers
+from greenzmq.sockets import SocketSpec
+
+from .helpers import green_wait_for
+
+N = 10_000
+NAMES = ("a", "b", "c")
+_inproc = itertools.count()
+
+
+@pytest.fixture
+def sources(ctx: Any, endpoint: Callable[[], str]) -> Iterator[dict[str, tuple[Any, Any]]]:
+    """Three (PULL, PUSH) pairs over tcp named a, b, c; closed afterwards."""
+    out = {}
+    for name in NAMES:
+        ep = endpoint()
+        pull = ctx.build(SocketSpec(name, "PULL", bind=(ep,)))
+        push = ctx.build(SocketSpec(f"push-{name}", "PUSH", connect=(ep,)))
+        out[name] = (pull, push)
+    yield out
+    for pull, push in out.values():
+        pull.close()
+        push.close()
+
+
+def inproc_pair(ctx: Any, name: str = "a") -> tuple[Any, Any]:
+    """A PULL/PUSH pair over inproc: a send is in the PULL's queue when send returns."""
+    ep = f"inproc://mux-{next(_inproc)}"
+    pull = ctx.build(SocketSpec(name, "PULL", bind=(ep,)))
+    push = ctx.build(SocketSpec(f"push-{name}", "PUSH", connect=(ep,)))
+    return pull, push
+
+
+def make_mux(kind: str, sockets: list[Any], **kw: Any) -> Any:
+    if kind == "readers":
+        return Readers(sockets, **kw).start()
+    kw.pop("maxsize", None)
+    kw.pop("group", None)
+    return PollerListener(sockets, **kw)
+
+
+def flood(push: Any, count: int) -> None:
+    for i in range(count):
+        push.send(b"%d" % i)
+
+
+@pytest.mark.parametrize("kind", ["readers", "poller"])
+class TestManyIntoOne:
+    @pytest.mark.deadline(60)
+    def test_nothing_lost(self, kind: str, sources: dict[str, tuple[Any, Any]]) -> None:
+        """Three sockets x 10,000 messages: every one arrives once, in order per socket."""
+        mux = make_mux(kind, [pull for pull, _ in sources.values()], maxsize=100)
+        senders = [gevent.spawn(flood, push, N) for _, push in sources.values()]
+        got: dict[str, list[int]] = {name: [] for name in NAMES}
+        total = 0
+        with gevent.Timeout(40):
+            for name, frames in mux:
+                got[name].append(int(frames[0]))
+                total += 1
+                if total == N * len(NAMES):
+                    mux.stop()
+        gevent.joinall(senders, raise_error=True)
+        for name in NAMES:
+            assert got[name] == list(range(N)), f"socket {name}: lost or reordered messages"
+        stats = mux.statistics()
+        assert stats.received == dict.fromkeys(NAMES, N)
+        assert stats.delivered == N * len(NAMES)
+        assert stats.queued == 0
+        assert stats.stopped
+
+    def test_statistics_snapshot(self, kind: str, ctx: Any) -> None:
+        """statistics() counts what was taken and what waits; it is a frozen record."""
+        pull, push = inproc_pair(ctx)
+        mux = make_mux(kind, [pull], maxsize=10)
+        try:
+            for i in range(5):
+                push.send(b"%d" % i)
+            with gevent.Timeout(5):
+                assert mux.get() == ("a", [b"0"])
+            green_wait_for(lambda: mux.statistics().received == {"a": 5}, 5, "all 5 taken")
+            stats = mux.statistics()
+            assert (stats.delivered, stats.queued, stats.stopped) == (1, 4, False)
+            assert stats.maxsize >= 10
+            with pytest.raises(dataclasses.FrozenInstanceError):
+                stats.delivered = 0  # type: ignore[misc]
+        finally:
+            mux.stop()
+            push.close()
+
+    def test_stop_wakes_consumer(self, kind: str, ctx: Any) -> None:
+        """stop() from another greenlet ends a parked consumer's iteration and closes sockets."""
+        pull, push = inproc_pair(ctx)
+        mux = make_mux(kind, [pull])
+        consumer = gevent.spawn(lambda: list(mux))
+        gevent.sleep(0.02)
+        assert not consumer.dead
+        mux.stop()
+        assert consumer.get(timeout=2) == []
+        assert pull.closed
+        with pytest.raises(ClosedError):
+            mux.get()
+        push.close()
+
+    def test_taken_messages_survive_stop(self, kind: str, ctx: Any) -> None:
+        """What the mux already took off a socket is delivered after stop(), then it ends."""
+        pull, push = inproc_pair(ctx)
+        group = gevent.pool.Group()
+        mux = make_mux(kind, [pull], maxsize=2, group=group)
+        for i in range(20):
+            push.send(b"%d" % i)
+        with gevent.Timeout(5):
+            first = mux.get()
+        assert first == ("a", [b"0"])
+        if kind == "readers":
+            # the reader refilled the queue (2) and now holds a 3rd message, parked in put()
+            green_wait_for(lambda: mux.statistics().queued == 2, 5, "a full queue")
+        mux.stop()
+        rest = [int(frames[0]) for _, frames in mux]
+        taken = mux.statistics().received["a"]
+        assert [0, *rest] == list(range(taken)), "a message taken off the socket was lost"
+        assert taken >= 4  # the queue's 2 and the one the reader held (poller: its batch)
+        assert mux.statistics().delivered == taken
+        assert pull.closed
+        assert len(group) == 0, "a reader greenlet outlived stop()"
+        push.close()
+
+    def test_get_timeout(self, kind: str, ctx: Any) -> None:
+        """get(timeout) raises TimeoutError; a gevent.Timeout interrupts get(); both recover."""
+        pull, push = inproc_pair(ctx)
+        mux = make_mux(kind, [pull])
+        try:
+            with pytest.raises(TimeoutError):
+                mux.get(timeout=0.05)
+            with pytest.raises(gevent.Timeout), gevent.Timeout(0.05):
+                mux.get()
+            push.send(b"late")
+            with gevent.Timeout(5):
+                assert mux.get() == ("a", [b"late"])
+        finally:
+            mux.stop()
+            push.close()
+
+
+class TestReaderFailure:
+    def test_failing_reader_surfaces(self, ctx: Any) -> None:
+        """A reader that fails raises ReaderError in the consumer, naming the socket."""
+        pull, push = inproc_pair(ctx)
+        bad = ctx.build(SocketSpec("bad", "PUSH", bind=(f"inproc://bad-{next(_inproc)}",)))
+        mux = Readers([pull, bad]).start()
+        try:
+            with pytest.raises(ReaderError, match="'bad'") as info, gevent.Timeout(5):
+                for _ in mux:
+                    pass
+            assert isinstance(info.value.__cause__, zmq.ZMQError)
+            # the other reader is unaffected
+            push.send(b"ok")
+            with gevent.Timeout(5):
+                assert mux.get() == ("a", [b"ok"])
+        finally:
+            mux.stop()
+            push.close()
+
+    def test_parked_consumer_is_woken(self, ctx: Any) -> None:
+        """A consumer parked in get() wakes with ReaderError when a reader dies under it."""
+        pull, push = inproc_pair(ctx)
+        mux = Readers([pull]).start()
+        consumer = gevent.spawn(mux.get)
+        gevent.sleep(0.02)
+        assert not consumer.dead
+        pull.close()  # not through stop(): the reader's socket breaks under it
+        consumer.join(2)
+        assert consumer.dead, "the consumer never heard of the failure"
+        assert isinstance(consumer.exception, ReaderError)
+        mux.stop()
+        push.close()
+
+    def test_reader_owns_its_socket(self, ctx: Any) -> None:
+        """Once a reader owns a socket, the consumer receiving on it directly is an error."""
+        pull, push = inproc_pair(ctx)
+        mux = Readers([pull]).start()
+        try:
+            gevent.sleep(0)
+            with pytest.raises(SocketBusyError, match="reader-a"):
+                pull.recv()
+        finally:
+            mux.stop()
+            push.close()
+
+
+class TestOutbox:
+    @pytest.mark.deadline(30)
+    def test_many_senders_keep_order(self, ctx: Any) -> None:
+        """Ten greenlets send through one outbox; each sender's messages stay in order."""
+        ep = f"inproc://outbox-{next(_inproc)}"
+        pull = ctx.build(SocketSpec("pull", "PULL", bind=(ep,)))
+        # a tiny HWM makes the writer hit EAGAIN and fall back to a green send
+        push = ctx.build(SocketSpec("push", "PUSH", connect=(ep,), hwm=5))
+        box = Outbox(push, maxsize=50)
+        senders, per = 10, 300
+
+        def send(s: int) -> None:
+            for i in range(per):
+                box.send([b"%d" % s, b"%d" % i])
+
+        greenlets = [gevent.spawn(send, s) for s in range(senders)]
+        got: dict[int, list[int]] = {s: [] for s in range(senders)}
+        with gevent.Timeout(20):
+            for _ in range(senders * per):
+                s, i = pull.recv_multipart()
+                got[int(s)].append(int(i))
+        gevent.joinall(greenlets, raise_error=True)
+        for s in range(senders):
+            assert got[s] == list(range(per)), f"sender {s} out of order or lost"
+        assert box.sent == senders * per
+        box.close()
+        pull.close()
+        push.close()
+
+    def test_close_flushes_and_refuses(self, ctx: Any) -> None:
+        """close() sends what is queued; later sends raise ClosedError."""
+        pull, push = inproc_pair(ctx)
+        box = Outbox(push)
+        for i in range(10):
+            box.send_nowait([b"%d" % i])
+        assert box.queued == 10
+        box.close()
+        with gevent.Timeout(5):
+            assert [pull.recv() for _ in range(10)] == [b"%d" % i for i in range(10)]
+        with pytest.raises(ClosedError):
+            box.send([b"x"])
+        with pytest.raises(ClosedError):
+            box.send_nowait([b"x"])
+        pull.close()
+        push.close()
+
+    def test_writer_owns_socket(self, ctx: Any) -> None:
+        """The writer greenlet owns the socket: sending on it directly is SocketBusyError."""
+        pull, push = inproc_pair(ctx)
+        box = Outbox(push)
+        try:
+            box.send([b"1"])
+            with gevent.Timeout(5):
+                assert pull.recv() == b"1"
+            with pytest.raises(SocketBusyError, match="writer-push-a"):
+                push.send(b"2")
+        finally:
+            box.close()
+            pull.close()
+            push.close()
+
+    def test_full_outbox_times_out(self, ctx: Any) -> None:
+        """send(timeout) on a full outbox raises TimeoutError; send_nowait raises Full."""
+        ep = f"inproc://full-{next(_inproc)}"
+        push = ctx.build(SocketSpec("push", "PUSH", bind=(ep,), hwm=1))  # no peer: blocks
+        box = Outbox(push, maxsize=1)
+        try:
+            box.send([b"1"])  # the writer takes it and parks in a green send
+            gevent.sleep(0.01)
+            box.send([b"2"])  # fills the queue
+            with pytest.raises(TimeoutError):
+                box.send([b"3"], timeout=0.05)
+            with pytest.raises(gevent.queue.Full):
+                box.send_nowait([b"3"])
+        finally:
+            box.close(timeout=0.1)
+            push.close()
