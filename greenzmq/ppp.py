@@ -98,6 +98,7 @@ class HeartbeatWorker:
         reconnect_max: float = 32.0,
         sock: Socket | None = None,
         on_socket: Callable[[Socket], None] | None = None,
+        on_answer: Callable[[], Any] | None = None,
         tracer: Tracer | None = None,
     ) -> None:
         if heartbeat <= 0 or liveness < 1:
@@ -107,6 +108,7 @@ class HeartbeatWorker:
         self.reconnect, self.reconnect_max = reconnect, reconnect_max
         self.sock = sock
         self.on_socket = on_socket
+        self.on_answer = on_answer
         self.tracer = tracer or Tracer()
         self.trace: SocketTracer = self.tracer.for_socket(spec.name, "DEALER")
         self.log = get_logger(socket=spec.name, role=self.kind)
@@ -203,6 +205,8 @@ class HeartbeatWorker:
             msg = self.reply_msg(envelope, reply)
             if self._send(msg):
                 self.answered += 1
+                if self.on_answer is not None:
+                    self.on_answer()
                 if self.trace.on:
                     self.trace.hop("send", msg)
             else:
@@ -372,6 +376,7 @@ class PPPWorkerService(Service):
             self.handler,
             sock=self.socks["backend"],
             on_socket=self._on_socket,
+            on_answer=self.request_done,
             tracer=self.tracer,
             **self.worker_args,  # type: ignore[arg-type]
         )
