@@ -1,0 +1,231 @@
+"""Paranoid Pirate: the queue's routing and expiry, the worker API, and nothing lost under faults.
+
+Heartbeat intervals are short (0.2 s) so dead workers are found within a second.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import gevent
+import pytest
+import zmq
+
+from greenzmq.lazypirate import LazyPirate
+from greenzmq.ppp import DISCONNECT, HEARTBEAT, READY, PPPWorkerService
+
+from .helpers import ServiceProcess, wait_for
+
+HB = 0.2
+QUEUE = f"services.ppqueue:make(heartbeat={HB})"
+WORKER = f"services.ppworker:make(heartbeat={HB}, reconnect=0.2)"
+
+
+def start_queue(service: Any, fe: str, be: str) -> ServiceProcess:
+    q: ServiceProcess = service(QUEUE, "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}")
+    q.wait_started()
+    return q
+
+
+def ready_workers(q: ServiceProcess, n: int) -> None:
+    wait_for(lambda: len(q.events("ppqueue.worker_ready")) >= n, 15, f"{n} workers ready")
+
+
+class FakeWorker:
+    """A raw DEALER speaking PPP by hand, to see exactly what the queue sends."""
+
+    def __init__(self, ctx: Any, be: str) -> None:
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.connect(be)
+        self.sock.send(READY)
+
+    def next_request(self, timeout: float = 5.0) -> tuple[list[bytes], int]:
+        """The next request, answering heartbeats; also how many heartbeats came before it."""
+        beats = 0
+        with gevent.Timeout(timeout):
+            while True:
+                m = self.sock.recv_multipart()
+                if m == [HEARTBEAT]:
+                    beats += 1
+                    self.sock.send(HEARTBEAT)
+                    continue
+                return m, beats
+
+    def beats_without_request(self, n: int, timeout: float = 5.0) -> None:
+        """Answer ``n`` heartbeats; fail if a request comes meanwhile."""
+        with gevent.Timeout(timeout):
+            for _ in range(n):
+                m = self.sock.recv_multipart()
+                assert m == [HEARTBEAT], f"busy worker was sent {m!r}"
+                self.sock.send(HEARTBEAT)
+
+
+class TestQueue:
+    def test_lru_idle_only_and_heartbeats(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """Requests go to the longest-idle worker, never to a busy one; heartbeats flow."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        a = FakeWorker(ctx, be)
+        ready_workers(q, 1)
+        b = FakeWorker(ctx, be)
+        ready_workers(q, 2)
+        clients = [ctx.socket(zmq.REQ) for _ in range(3)]
+        for i, c in enumerate(clients):
+            c.connect(fe)
+            c.send(f"r{i}".encode())
+        ra, _ = a.next_request()
+        rb, _ = b.next_request()
+        assert (ra[-1], rb[-1]) == (b"r0", b"r1")  # A was idle first
+        a.beats_without_request(3)  # both busy: r2 waits in the queue
+        b.beats_without_request(3)
+        a.sock.send_multipart([*ra[:-1], b"done0"])
+        ra2, _ = a.next_request()  # A is idle again, and first in line
+        assert ra2[-1] == b"r2"
+        with gevent.Timeout(5):
+            assert clients[0].recv() == b"done0"
+        for s in (*clients, a.sock, b.sock):
+            s.close(linger=0)
+
+    def test_silent_worker_expires(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """A worker silent for 3 intervals is dropped; its socket stays open."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        mute = ctx.socket(zmq.DEALER)
+        mute.connect(be)
+        mute.send(READY)
+        ready = q.wait_event("ppqueue.worker_ready")
+        lost = q.wait_event("ppqueue.worker_lost", timeout=5, why="expired")
+        took = lost["timestamp"] - ready["timestamp"]
+        print(f"silent worker expired after {took:.3f} s (3 x {HB} s)")
+        assert took >= 3 * HB * 0.9
+        mute.close(linger=0)
+
+    def test_disconnect_is_acknowledged(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """DISCONNECT (the greenzmq extension) removes the worker and is acknowledged."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        w = FakeWorker(ctx, be)
+        ready_workers(q, 1)
+        w.sock.send(DISCONNECT)
+        with gevent.Timeout(5):
+            while (m := w.sock.recv_multipart()) == [HEARTBEAT]:
+                pass
+        assert m == [DISCONNECT]
+        q.wait_event("ppqueue.worker_left")
+        w.sock.close(linger=0)
+
+
+class TestWorkerAPI:
+    def test_worker_in_a_few_lines(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """A PPPWorkerService from a lambda serves through the queue and leaves cleanly."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        app = PPPWorkerService(lambda body: [body[0].upper()], endpoint=be, heartbeat=HB)
+        g = gevent.spawn(app.serve, install_signals=False)
+        with LazyPirate(fe, timeout=2, retries=3, ctx=ctx) as c:
+            assert c.request(b"abc") == [b"ABC"]
+            assert c.request([b"x", b"y"]) == [b"X"]
+        app.stop()
+        assert g.get(timeout=10) == 0
+        q.wait_event("ppqueue.worker_left")
+        assert app.requests == 2
+
+    def test_handler_error_and_slow_handler(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """A failing handler sends an error reply; a slow one keeps heartbeating and lives."""
+
+        def handler(body: list[bytes]) -> list[bytes]:
+            if body[0] == b"boom":
+                raise ZeroDivisionError
+            gevent.sleep(float(body[0]))  # longer than 3 heartbeat intervals
+            return [b"slept"]
+
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        app = PPPWorkerService(handler, endpoint=be, heartbeat=HB)
+        g = gevent.spawn(app.serve, install_signals=False)
+        with LazyPirate(fe, timeout=5, retries=1, ctx=ctx) as c:
+            assert c.request(b"boom") == [b"error: ZeroDivisionError"]
+            assert c.request(str(5 * HB).encode()) == [b"slept"]
+        assert not q.events("ppqueue.worker_lost")
+        app.stop()
+        assert g.get(timeout=10) == 0
+
+
+def run_200(c: LazyPirate, at: dict[int, Any]) -> list[float]:
+    """Send 1..200, check every square, call ``at[i]()`` after request i; per-request latency."""
+    took = []
+    for i in range(1, 201):
+        t0 = time.monotonic()
+        assert c.request(str(i).encode()) == [str(i * i).encode()], f"request {i}"
+        took.append(time.monotonic() - t0)
+        if i in at:
+            at[i]()
+    return took
+
+
+class TestFaults:
+    @pytest.mark.deadline(90)
+    def test_200_requests_kill_and_term(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """4 workers, one SIGKILLed after 50, one SIGTERMed after 100: all 200 answered."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        workers = [service(WORKER, "--endpoint", f"backend={be}") for _ in range(4)]
+        ready_workers(q, 4)
+        killed_at: list[float] = []
+
+        def kill() -> None:
+            killed_at.append(time.time())
+            workers[0].signal(signal.SIGKILL)
+
+        with LazyPirate(fe, timeout=1.0, retries=5, ctx=ctx) as c:
+            took = run_200(c, {50: kill, 100: lambda: workers[1].signal(signal.SIGTERM)})
+            resent = c.resent
+        assert workers[1].wait(10) == 0
+        assert workers[1].events("worker.done")
+        lost = q.wait_event("ppqueue.worker_lost")
+        print(
+            f"200/200 answered, {resent} resent, slowest {max(took):.3f} s; "
+            f"SIGKILLed worker dropped after {lost['timestamp'] - killed_at[0]:.3f} s ({lost['why']})"
+        )
+        q.wait_event("ppqueue.worker_left")
+
+    @pytest.mark.deadline(90)
+    def test_200_requests_queue_restart(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """The queue is SIGKILLed and restarted after request 100: all 200 answered."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        workers = [service(WORKER, "--endpoint", f"backend={be}") for _ in range(4)]
+        ready_workers(q, 4)
+        restarted: list[ServiceProcess] = []
+
+        def restart() -> None:
+            q.signal(signal.SIGKILL)
+            q.wait()
+            restarted.append(start_queue(service, fe, be))
+
+        with LazyPirate(fe, timeout=1.0, retries=10, ctx=ctx) as c:
+            took = run_200(c, {100: restart})
+        ready_workers(restarted[0], 4)  # every worker found the new queue
+        assert all(w.events("worker.peer_lost") for w in workers)
+        print(f"200/200 answered across a queue restart; slowest request {max(took):.3f} s")
+
+    def test_sigterm_with_request_in_flight(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """A worker SIGTERMed while handling a request answers it, then exits 0."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        w = service(f"services.ppworker:make(heartbeat={HB}, delay=1.0)", "--endpoint",
+                    f"backend={be}")
+        ready_workers(q, 1)
+        req = ctx.socket(zmq.REQ)
+        req.connect(fe)
+        req.send(b"9")
+        w.wait_event("hop", op="recv")  # the worker holds the request
+        w.signal(signal.SIGTERM)
+        with gevent.Timeout(5):
+            assert req.recv() == b"81"
+        assert w.wait(10) == 0
+        assert w.wait_event("worker.done")["answered"] == 1
+        q.wait_event("ppqueue.worker_left")
+        req.close(linger=0)
