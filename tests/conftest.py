@@ -72,3 +72,38 @@ def service(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
     yield start
     for p in procs:
         p.stop()
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Callable[..., Callable[..., list[dict[str, Any]]]]:
+    """Configure this process's structlog to JSON lines in a tmp file.
+
+    ``logs(trace_sample=1.0, level="info")`` configures and returns
+    ``events(event=None, **match)``, which reads what was logged so far.
+    In-process services then log hops to a file instead of the terminal.
+    """
+    from greenzmq.tracing import configure_logging
+
+    from .helpers import read_events
+
+    counter = itertools.count()
+
+    def configure(
+        trace_sample: float = 1.0, level: str = "info"
+    ) -> Callable[..., list[dict[str, Any]]]:
+        path = tmp_path / f"inproc{next(counter)}.log"
+        configure_logging(
+            "test", fmt="json", log_file=str(path), level=level, trace_sample=trace_sample
+        )
+
+        def events(event: str | None = None, **match: Any) -> list[dict[str, Any]]:
+            return [
+                e
+                for e in read_events(path)
+                if (event is None or e.get("event") == event)
+                and all(e.get(k) == v for k, v in match.items())
+            ]
+
+        return events
+
+    return configure
