@@ -20,8 +20,8 @@ SUBCOMMANDS = {
 
 def parse_endpoint_option(text: str) -> tuple[str, str]:
     """``NAME=ADDR`` -> (NAME, ADDR), checking ADDR's syntax."""
-    from .errors import ConfigError
     from .endpoints import parse_endpoint
+    from .errors import ConfigError
 
     name, sep, addr = text.partition("=")
     if not sep or not name or not addr:
@@ -30,38 +30,14 @@ def parse_endpoint_option(text: str) -> tuple[str, str]:
     return name, addr
 
 
-def _sample(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{v} is not between 0 and 1")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The parser for ``greenzmq [OPTIONS] MODULE:APP``."""
-    p = argparse.ArgumentParser(
-        prog="greenzmq",
-        description="Run a greenzmq service (MODULE:APP), or: "
-        + ", ".join(f"greenzmq {c}" for c in SUBCOMMANDS),
+    """The parser for ``greenzmq [OPTIONS] MODULE:APP`` (generated from greenzmq.config)."""
+    from .config import build_parser as settings_parser
+
+    p = settings_parser()
+    p.description = "Run a greenzmq app (MODULE:APP) under a pre-fork master, or: " + ", ".join(
+        f"greenzmq {c}" for c in SUBCOMMANDS
     )
-    p.add_argument("app", metavar="MODULE:APP", help="the app, e.g. services.broker:app")
-    p.add_argument(
-        "--endpoint",
-        action="append",
-        default=[],
-        metavar="NAME=ADDR",
-        help="replace socket NAME's endpoint (repeatable; tcp://*:PORT allowed)",
-    )
-    p.add_argument("--log-format", choices=("json", "console"), default=None,
-                   help="default: console on a TTY, json otherwise")
-    p.add_argument("--log-file", default=None, metavar="PATH", help="append logs to PATH")
-    p.add_argument("--log-level", default="info",
-                   choices=("debug", "info", "warning", "error", "critical"))
-    p.add_argument("--trace-sample", type=_sample, default=1.0, metavar="RATE",
-                   help="share of messages whose hops are logged: 0 none, 1 all (default 1)")
     return p
 
 
@@ -73,19 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         mod = importlib.import_module(SUBCOMMANDS[args[0]])
         return int(mod.main(args[1:]))
-    from .errors import GreenZMQError
-    from .runner import fail, run_service
+    if args and args[0] in ("-h", "--help"):
+        build_parser().print_help()
+        return 0
+    from .runner import main as run_main
 
-    ns = build_parser().parse_args(args)
-    try:
-        endpoints = dict(parse_endpoint_option(e) for e in ns.endpoint)
-    except GreenZMQError as e:
-        return fail(str(e))
-    return run_service(
-        ns.app,
-        endpoints=endpoints,
-        log_format=ns.log_format,
-        log_file=ns.log_file,
-        log_level=ns.log_level,
-        trace_sample=ns.trace_sample,
-    )
+    return run_main(args)

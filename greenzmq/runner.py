@@ -1,20 +1,41 @@
-"""Run one service in this process: ``greenzmq [OPTIONS] MODULE:APP`` with one worker.
+"""``greenzmq [OPTIONS] MODULE:APP``: settings, the pre-fork check, then the master.
 
-Order matters (rule 7): logging first, then the app import, then the context
-and sockets inside :meth:`Service.serve`. Every expected failure (bad spec,
-unknown endpoint name, malformed endpoint, port in use) becomes one line on
-stderr and a non-zero exit code.
+The command path is stdlib only until a worker forks (rule 7):
+
+1. :func:`greenzmq.config.load_config` resolves the settings (defaults <
+   ``-c`` file < ``GREENZMQ_CMD_ARGS`` < CLI); ``--print-config`` stops here.
+2. The spec's syntax is checked here (no import); then the app is imported
+   and its endpoints validated for every worker index in a short-lived
+   subprocess (``python -m greenzmq.appspec``), because importing an app
+   imports zmq.green, which the master must never have. A bad spec, an
+   unknown endpoint name, a malformed endpoint or a tcp bind shared by
+   ``-w N`` workers is one ``greenzmq: error:`` line and exit 2; an exception
+   raised by the app module's own code prints its traceback and exits 1.
+   Nothing is forked or bound before this passes.
+3. :class:`greenzmq.arbiter.Arbiter` forks the workers, also for ``-w 1``,
+   so HUP, TTIN and the heartbeat work the same whatever the count.
+
+``--check-config`` imports the app in this process (it never forks), checks
+everything the subprocess checks, and exits 0 or 1.
+
+:func:`run_service` is kept for embedding: one service, in this process, no
+master.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from .appspec import as_service, load_app
-from .errors import GreenZMQError
+from .appspec import as_service, load_app, parse_app_spec
+from .config import Config, format_config, load_config
+from .errors import ConfigError, GreenZMQError
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "run_service"]
+__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "check_in_subprocess", "fail", "main", "run_service"]
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -26,6 +47,75 @@ def fail(message: str, code: int = EXIT_CONFIG) -> int:
     return code
 
 
+def check_in_subprocess(cfg: Config) -> dict[str, Any] | int:
+    """Import and check the app in a fresh interpreter; its description, or an exit code.
+
+    The subprocess prints its own errors on our stderr (inherited).
+    """
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (os.getcwd(), pkg_parent, env.get("PYTHONPATH", "")) if p
+    )
+    req = json.dumps({"app": cfg.app, "endpoint": cfg.endpoint, "workers": cfg.workers})
+    proc = subprocess.run(
+        [sys.executable, "-m", "greenzmq.appspec", req],
+        stdout=subprocess.PIPE,
+        env=env,
+        check=False,
+    )
+    if proc.returncode == 0:
+        return dict(json.loads(proc.stdout))
+    if proc.returncode == EXIT_CONFIG:
+        return EXIT_CONFIG
+    return fail(f"importing {cfg.app!r} failed (traceback above)", EXIT_FAILED)
+
+
+def _reload_check(cfg: Config) -> dict[str, Any]:
+    info = check_in_subprocess(cfg)
+    if isinstance(info, int):
+        raise ConfigError(f"the new configuration does not check (exit {info})")
+    return info
+
+
+def check_config(cfg: Config) -> int:
+    """``--check-config``: load the app and validate endpoints here; 0 or 1."""
+    from .appspec import check_app
+
+    try:
+        info = check_app(str(cfg.app), dict(cfg.endpoint), int(cfg.workers))
+    except GreenZMQError as e:
+        return fail(str(e), EXIT_FAILED)
+    print(
+        f"greenzmq: config OK: {cfg.app} ({info['service']}), {cfg.workers} worker(s), "
+        f"sockets: {', '.join(s['name'] for s in info['sockets']) or 'none'}"
+    )
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the command line ``argv`` (without the program name)."""
+    try:
+        cfg = load_config(argv)
+        if cfg.print_config:
+            print(format_config(cfg))
+            return 0
+        if not cfg.app:
+            raise ConfigError("no app given: greenzmq [OPTIONS] MODULE:APP")
+        parse_app_spec(cfg.app)  # syntax, before spending a subprocess on it
+    except GreenZMQError as e:
+        # --check-config promises 0 or 1
+        return fail(str(e), EXIT_FAILED if "--check-config" in argv else EXIT_CONFIG)
+    if cfg.check_config:
+        return check_config(cfg)
+    info = check_in_subprocess(cfg)
+    if isinstance(info, int):
+        return info
+    from .arbiter import Arbiter
+
+    return Arbiter(cfg, info, argv=list(argv), reload_check=_reload_check).run()
+
+
 def run_service(
     spec: str,
     *,
@@ -35,19 +125,19 @@ def run_service(
     log_level: str = "info",
     trace_sample: float = 1.0,
 ) -> int:
-    """Load ``spec`` and serve it until it stops; return the exit code."""
+    """Load ``spec`` and serve it in this process until it stops (no master, no fork)."""
     import zmq
 
     from .sockets import apply_endpoints
     from .tracing import configure_logging
 
     try:
-        app = load_app(spec)
-        service = as_service(app)
+        service = as_service(load_app(spec))
         configure_logging(
-            service.name, fmt=log_format, log_file=log_file, level=log_level, trace_sample=trace_sample
+            service.name, fmt=log_format, log_file=log_file, level=log_level,
+            trace_sample=trace_sample,
         )
-        apply_endpoints(service.specs, endpoints or {})  # names and syntax, before any socket
+        apply_endpoints(service.specs, endpoints or {})
         return int(service.serve(endpoints))
     except (GreenZMQError, ValueError) as e:
         return fail(str(e))

@@ -1,0 +1,630 @@
+"""The pre-fork master: keeps ``workers`` processes serving the app, and nothing else.
+
+Stdlib only: the master never imports zmq, zmq.green or gevent, so no context,
+socket or hub crosses a fork (rule 7). It does not even import the app: the
+spec was checked before the master started, in a short-lived subprocess
+(``python -m greenzmq.appspec``, see :func:`greenzmq.runner.check_in_subprocess`),
+and each forked worker imports gevent, then the app, then makes its own
+context (:mod:`greenzmq.workerproc`).
+
+The loop reads top to bottom, like gunicorn's::
+
+    wait (self-pipe + worker pipes, short timeout)
+    -> handle one queued signal
+    -> reap dead children
+    -> murder workers that stopped beating
+    -> manage the worker count
+
+Signal handlers only append to a queue and write a byte to the self-pipe;
+every decision and every log line happens in the loop (logging inside a
+handler deadlocked gunicorn's master, #3198).
+
+Signals: TERM graceful stop (workers finish in-flight work; KILL after
+``graceful_timeout``); INT/QUIT quick stop (KILL after 1 s); HUP re-reads the
+config and replaces every worker; TTIN/TTOU one worker more/less (never below
+1); USR1 reopens log files here and in the workers.
+
+Workers heartbeat over a socketpair; one silent for ``timeout`` seconds gets
+ABRT (it logs its stack and runs ``worker_abort``), then KILL a second later,
+and a replacement. A worker that fails while booting halts the master with
+the worker's message or traceback; a worker that crashes after booting is
+replaced, with exponential backoff while crashes keep coming.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import IO, Any
+
+from .config import Config, load_config
+
+__all__ = ["Arbiter", "HaltServer", "MasterLog"]
+
+KILL_GRACE = 1.0  # seconds between ABRT (or a quick stop) and KILL
+STABLE_AFTER = 5.0  # a worker up this long ends a crash streak
+MAX_BACKOFF = 10.0
+
+SIGNALS = (
+    signal.SIGHUP,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGCHLD,
+)
+
+
+class HaltServer(BaseException):
+    """Stop the master now (a BaseException: hooks and app code cannot swallow it)."""
+
+    def __init__(self, reason: str, exit_status: int = 1, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_status = exit_status
+        self.detail = detail
+
+
+class MasterLog:
+    """The master's events: JSON lines or console lines, same fields as the workers'.
+
+    Stdlib only (no structlog here is a choice, not a need: the master's log
+    path stays trivially fork- and signal-safe). Reopened on USR1.
+    """
+
+    def __init__(self, fmt: str | None, path: str | None, level: str, service: str) -> None:
+        self.path = path
+        if fmt is None:
+            fmt = "console" if (path is None and sys.stderr.isatty()) else "json"
+        self.fmt = fmt
+        self.min = ("debug", "info", "warning", "error", "critical").index(level)
+        self.service = service
+        self._f: IO[str] | None = None
+        self.reopen()
+
+    def reopen(self) -> None:
+        """Open (again) the log file; stderr when there is none."""
+        if self.path is None:
+            return
+        old, self._f = self._f, open(self.path, "a", buffering=1)  # noqa: SIM115
+        if old is not None:
+            old.close()
+
+    def fileno(self) -> int | None:
+        """The log file's descriptor (workers close it after fork)."""
+        return self._f.fileno() if self._f is not None else None
+
+    def close(self) -> None:
+        """Close the log file."""
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+    def log(self, level: str, event: str, **fields: Any) -> None:
+        """Write one event if ``level`` passes the threshold."""
+        lvl = ("debug", "info", "warning", "error", "critical").index(level)
+        if lvl < self.min:
+            return
+        out = self._f or sys.stderr
+        if self.fmt == "json":
+            rec = {"event": event, "level": level, "timestamp": time.time(),
+                   "service": self.service, "role": "master", "pid": os.getpid(), **fields}
+            line = json.dumps(rec, default=str)
+        else:
+            ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            kv = " ".join(f"{k}={v!r}" for k, v in fields.items())
+            line = f"{ts} [{level:<8}] {event:<24} master pid={os.getpid()} {kv}"
+        out.write(line + "\n")
+        out.flush()
+
+    def info(self, event: str, **fields: Any) -> None:
+        """An info event."""
+        self.log("info", event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        """A warning event."""
+        self.log("warning", event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        """An error event."""
+        self.log("error", event, **fields)
+
+
+def _title_setter() -> Callable[[str], None]:
+    try:
+        from setproctitle import setproctitle
+    except ImportError:  # optional: titles are a nicety
+        return lambda _title: None
+    return lambda t: setproctitle(f"greenzmq: {t}")
+
+
+class Worker:
+    """The master's record of one worker process."""
+
+    def __init__(self, wid: int, pid: int, sock: socket.socket) -> None:
+        self.wid = wid
+        self.pid = pid
+        self.sock: socket.socket | None = sock
+        self.born = self.last_beat = time.monotonic()
+        self.booted_at: float | None = None
+        self.retiring = False  # we asked it to stop (TERM)
+        self.kill_at: float | None = None  # KILL if still alive then
+        self.aborted = False
+        self.failure: dict[str, Any] | None = None
+        self.exit_reason: str | None = None
+        self._buf = b""
+
+    def feed(self, data: bytes) -> None:
+        """Parse newline-framed lines from the worker."""
+        self.last_beat = time.monotonic()  # any line proves the hub runs
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            if line == "ready":
+                self.booted_at = time.monotonic()
+            elif line.startswith("fail "):
+                try:
+                    self.failure = json.loads(line[5:])
+                except ValueError:
+                    self.failure = {"message": line[5:]}
+            elif line.startswith("exit "):
+                self.exit_reason = line[5:]
+
+
+class Arbiter:
+    """The master process (see the module docstring)."""
+
+    def __init__(
+        self, cfg: Config, info: dict[str, Any], *, argv: list[str], reload_check: Any = None
+    ) -> None:
+        self.cfg = cfg
+        self.info = info
+        self.argv = argv
+        self.reload_check = reload_check
+        self.name = cfg.name or str(info.get("service", "greenzmq"))
+        self.num_workers = int(cfg.workers)
+        self.workers: dict[int, Worker] = {}
+        self.sig_queue: list[int] = []
+        self.stopping: str | None = None
+        self.stop_deadline = 0.0
+        self.exit_code = 0
+        self.crash_streak = 0
+        self.spawn_not_before = 0.0
+        self.ready_announced = False
+        self.title = _title_setter()
+        self.log = MasterLog(cfg.log_format, cfg.log_file, cfg.log_level, self.name)
+        self.pipe: tuple[int, int] = (-1, -1)
+        self.selector: selectors.BaseSelector | None = None
+        self.pidfile: str | None = None
+
+    # -- start / stop ------------------------------------------------------
+    def _binds_per_worker(self) -> bool:
+        return any(s.get("bind") for s in self.info.get("sockets", ()))
+
+    def start(self) -> None:
+        """Pidfile, self-pipe, signal handlers; ``on_starting``."""
+        self.cfg.run_hook("on_starting", self)
+        if self.cfg.pid:
+            self._write_pidfile(self.cfg.pid)
+        r, w = os.pipe()
+        for fd in (r, w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        self.pipe = (r, w)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(r, selectors.EVENT_READ, None)
+        for sig in SIGNALS:
+            signal.signal(sig, self._on_signal)
+        self.title(f"master [{self.name}]")
+        self.log.info("master.start", workers=self.num_workers, app=self.cfg.app,
+                      timeout=self.cfg.timeout, graceful_timeout=self.cfg.graceful_timeout)
+
+    def _write_pidfile(self, path: str) -> None:
+        try:
+            with open(path) as f:
+                old = int(f.read().strip() or 0)
+            if old and old != os.getpid():
+                os.kill(old, 0)
+                raise HaltServer(f"pidfile {path} names a running process ({old})", 2)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            raise HaltServer(f"pidfile {path} names a running process", 2) from None
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+        self.pidfile = path
+
+    def _remove_pidfile(self) -> None:
+        if self.pidfile is None:
+            return
+        try:
+            with open(self.pidfile) as f:
+                if int(f.read().strip() or 0) == os.getpid():
+                    os.unlink(self.pidfile)
+        except (OSError, ValueError):
+            pass
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # only enqueue: no logging, no allocation-heavy work, no locks
+        if len(self.sig_queue) < 64:
+            self.sig_queue.append(signum)
+        try:
+            os.write(self.pipe[1], b".")
+        except OSError:
+            pass  # pipe full: the loop is awake anyway
+
+    def run(self) -> int:
+        """Run until stopped; return the exit code."""
+        detail = ""
+        try:
+            self.start()
+            self.manage_workers()
+            while True:
+                if self.sig_queue:
+                    self.handle(self.sig_queue.pop(0))
+                else:
+                    self.wait()
+                self.reap_workers()
+                self.murder_workers()
+                if self.stopping and not self.workers:
+                    break
+                self.manage_workers()
+        except HaltServer as h:
+            detail = h.detail
+            self.exit_code = h.exit_status
+            self.log.error("master.halt", reason=h.reason, exit_code=h.exit_status)
+            if detail:
+                sys.stderr.write(detail if detail.endswith("\n") else detail + "\n")
+            print(f"greenzmq: error: {h.reason}", file=sys.stderr, flush=True)
+            self.kill_all(signal.SIGKILL)
+            self._wait_children(5.0)
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def _shutdown(self) -> None:
+        try:
+            self.cfg.run_hook("on_exit", self)
+        except Exception:  # noqa: BLE001 - a broken hook must not keep the pidfile
+            self.log.error("master.hook_failed", hook="on_exit", error=traceback.format_exc())
+        self._remove_pidfile()
+        self.log.info("master.exit", code=self.exit_code)
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        if self.selector is not None:
+            self.selector.close()
+        for fd in self.pipe:
+            if fd >= 0:
+                os.close(fd)
+        self.log.close()
+
+    # -- the loop ------------------------------------------------------------
+    def wait(self) -> None:
+        """Sleep until a signal, a worker line, or a short timeout."""
+        assert self.selector is not None
+        timeout = 0.05 if (self.stopping or any(w.kill_at for w in self.workers.values())) else 0.25
+        try:
+            ready = self.selector.select(timeout)
+        except InterruptedError:
+            return
+        for key, _ in ready:
+            if key.data is None:
+                try:
+                    while os.read(self.pipe[0], 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            w: Worker = key.data
+            try:
+                data = w.sock.recv(65536) if w.sock is not None else b""
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data:
+                w.feed(data)
+            else:
+                self._close_channel(w)  # EOF: the worker is exiting; reap tells how
+
+    def handle(self, sig: int) -> None:
+        """Dispatch one queued signal to ``handle_<name>``."""
+        name = signal.Signals(sig).name
+        if sig != signal.SIGCHLD:
+            self.log.info("master.signal", signal=name)
+        getattr(self, f"handle_{name[3:].lower()}")()
+
+    def handle_chld(self) -> None:
+        """A child exited: reaping follows in the loop."""
+
+    def handle_term(self) -> None:
+        """Graceful stop."""
+        self.stop(graceful=True)
+
+    def handle_int(self) -> None:
+        """Quick stop (also during a graceful one)."""
+        self.stop(graceful=False)
+
+    handle_quit = handle_int
+
+    def handle_hup(self) -> None:
+        """Re-read the config; replace every worker gracefully."""
+        if self.stopping:
+            return
+        try:
+            new = load_config(self.argv)
+            if self.reload_check is not None and (
+                new.app != self.cfg.app or new.endpoint != self.cfg.endpoint
+                or new.workers != self.cfg.workers
+            ):
+                self.info = self.reload_check(new)
+        except Exception as e:  # noqa: BLE001 - also SystemExit from argparse
+            self.log.error("master.reload_failed", error=str(e))
+            return
+        except SystemExit:
+            self.log.error("master.reload_failed", error="bad arguments")
+            return
+        old_n, self.cfg = self.num_workers, new
+        self.num_workers = int(new.workers)
+        if old_n != self.num_workers:
+            self.cfg.run_hook("nworkers_changed", self, self.num_workers, old_n)
+        retired = [w.pid for w in self.workers.values() if not w.retiring]
+        for w in list(self.workers.values()):
+            self.retire(w)
+        self.log.info("master.reload", workers=self.num_workers, retired=len(retired))
+
+    def handle_ttin(self) -> None:
+        """One worker more."""
+        if self.stopping:
+            return
+        self._resize(self.num_workers + 1)
+
+    def handle_ttou(self) -> None:
+        """One worker less (never below one)."""
+        if self.stopping:
+            return
+        self._resize(max(1, self.num_workers - 1))
+
+    def handle_usr1(self) -> None:
+        """Reopen log files, here and in every worker."""
+        self.log.reopen()
+        self.kill_all(signal.SIGUSR1)
+        self.log.info("master.reopened_logs")
+
+    def _resize(self, n: int) -> None:
+        old, self.num_workers = self.num_workers, n
+        self.log.info("master.workers", workers=n, was=old)
+        if n != old:
+            self.cfg.run_hook("nworkers_changed", self, n, old)
+
+    def stop(self, graceful: bool) -> None:
+        """Start a graceful (TERM) or quick (QUIT, then KILL) stop of every worker."""
+        now = time.monotonic()
+        if graceful and self.stopping:
+            return
+        if graceful:
+            self.stopping = "graceful"
+            self.stop_deadline = now + float(self.cfg.graceful_timeout)
+            self.kill_all(signal.SIGTERM)
+        else:
+            self.stopping = "quick"
+            self.stop_deadline = min(self.stop_deadline or now + KILL_GRACE, now + KILL_GRACE)
+            self.kill_all(signal.SIGQUIT)
+        self.log.info("master.stopping", mode=self.stopping, workers=len(self.workers))
+
+    def retire(self, w: Worker) -> None:
+        """Ask one worker to stop gracefully; KILL it after graceful_timeout."""
+        if w.retiring:
+            return
+        w.retiring = True
+        w.kill_at = time.monotonic() + float(self.cfg.graceful_timeout)
+        self._kill(w.pid, signal.SIGTERM)
+
+    def reap_workers(self) -> None:
+        """Collect every exited child; decide what each exit means."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            if w is None:
+                continue  # an orphan re-parented to us (PID 1 in a container)
+            self._close_channel(w)
+            code = os.waitstatus_to_exitcode(status)
+            self._worker_exited(w, code)
+
+    def _worker_exited(self, w: Worker, code: int) -> None:
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
+        self.log.info("worker.exit", worker_pid=w.pid, wid=w.wid, how=how,
+                      reason=w.exit_reason, booted=w.booted_at is not None)
+        try:
+            self.cfg.run_hook("worker_exit", self, w)
+        except Exception:  # noqa: BLE001
+            self.log.error("master.hook_failed", hook="worker_exit", error=traceback.format_exc())
+        if self.stopping:
+            return
+        if w.failure is not None:
+            f = w.failure
+            if "message" in f:
+                raise HaltServer(str(f["message"]), int(f.get("code", 1)))
+            raise HaltServer("worker failed to boot (traceback above)", int(f.get("code", 3)),
+                             detail=str(f.get("traceback", "")))
+        if w.booted_at is None and not w.retiring and not w.aborted:
+            raise HaltServer(f"worker failed to boot ({how})", 3)
+        if w.retiring:
+            return
+        if code == 0 and w.exit_reason == "recycle":
+            return  # max-requests: manage_workers starts the replacement at once
+        if code == 0 and (w.exit_reason or "").startswith("done"):
+            # the app finished (kill switch, run returned): the whole launcher stops
+            self.log.info("master.app_done", reason=w.exit_reason)
+            self.stop(graceful=True)
+            return
+        now = time.monotonic()
+        stable = w.booted_at is not None and now - w.booted_at >= STABLE_AFTER
+        self.crash_streak = 1 if stable else self.crash_streak + 1
+        delay = 0.0 if self.crash_streak <= 1 else min(MAX_BACKOFF, 0.1 * 2 ** (self.crash_streak - 1))
+        self.spawn_not_before = now + delay
+        self.log.warning("worker.crashed", worker_pid=w.pid, wid=w.wid, how=how,
+                         streak=self.crash_streak, backoff=delay)
+
+    def murder_workers(self) -> None:
+        """KILL what is past its deadline; ABRT workers that stopped beating."""
+        now = time.monotonic()
+        if self.stopping and now >= self.stop_deadline:
+            if self.workers:
+                self.log.warning("master.stop_timeout", mode=self.stopping,
+                                 killed=sorted(self.workers))
+            self.kill_all(signal.SIGKILL)
+            self._wait_children(2.0)
+            return
+        timeout = float(self.cfg.timeout)
+        for w in list(self.workers.values()):
+            if w.kill_at is not None and now >= w.kill_at:
+                self._kill(w.pid, signal.SIGKILL)
+                w.kill_at = None
+            elif timeout > 0 and not w.aborted and now - w.last_beat > timeout:
+                self.log.error("worker.timeout", worker_pid=w.pid, wid=w.wid,
+                               silent=round(now - w.last_beat, 3), timeout=timeout)
+                w.aborted = True
+                w.kill_at = now + KILL_GRACE
+                self._kill(w.pid, signal.SIGABRT)
+
+    def manage_workers(self) -> None:
+        """Start or retire workers until the count matches."""
+        if self.stopping:
+            return
+        live = sorted((w for w in self.workers.values() if not w.retiring), key=lambda w: w.wid)
+        for w in live[self.num_workers:]:
+            self.retire(w)  # the highest indexes go first
+        live = live[: self.num_workers]
+        if len(live) < self.num_workers and time.monotonic() >= self.spawn_not_before:
+            # a slot is busy while a worker holding it lives; with per-worker binds
+            # a retiring worker still holds its address
+            held = {w.wid for w in (self.workers.values() if self._binds_per_worker() else live)}
+            for _ in range(self.num_workers - len(live)):
+                wid = next(i for i in range(len(held) + 1) if i not in held)
+                if wid >= self.num_workers and self._binds_per_worker():
+                    break  # wait for the old holder of a slot to exit
+                held.add(wid)
+                self.spawn_worker(wid)
+        if not self.ready_announced and self.workers and all(
+            w.booted_at is not None for w in self.workers.values()
+        ) and len(self.workers) >= self.num_workers:
+            self.ready_announced = True
+            self.log.info("master.ready", workers=len(self.workers))
+            self.cfg.run_hook("when_ready", self)
+
+    # -- forking ---------------------------------------------------------------
+    def spawn_worker(self, wid: int) -> Worker:
+        """Fork one worker for slot ``wid``."""
+        assert self.selector is not None
+        parent, child = socket.socketpair()
+        placeholder = Worker(wid, 0, parent)
+        self.cfg.run_hook("pre_fork", self, placeholder)
+        # block our signals across fork so the child never runs the master's handlers
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            parent.close()
+            child.close()
+            raise
+        if pid == 0:  # pragma: no cover - runs in the child, ends with _exit
+            code = 1
+            try:
+                parent.close()
+                code = self._child(wid, child, old_mask)
+            except BaseException:  # noqa: BLE001
+                traceback.print_exc()
+                code = 3
+            finally:
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        child.close()
+        parent.setblocking(False)
+        w = placeholder
+        w.pid = pid
+        self.workers[pid] = w
+        self.selector.register(parent, selectors.EVENT_READ, w)
+        self.log.info("worker.spawn", worker_pid=pid, wid=wid)
+        return w
+
+    def _child(self, wid: int, chan: socket.socket, mask: Any) -> int:
+        # forget the master: its handlers, self-pipe, selector, other workers' pipes
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if self.selector is not None:
+            self.selector.close()
+        for fd in self.pipe:
+            os.close(fd)
+        for other in self.workers.values():
+            if other.sock is not None:
+                other.sock.close()
+        self.log.close()
+        self.cfg.run_hook("post_fork", self, Worker(wid, os.getpid(), chan))
+        from .workerproc import run_worker
+
+        fd = chan.detach()
+        return run_worker(self.cfg, wid, fd, self.title)
+
+    # -- helpers ---------------------------------------------------------------
+    def _close_channel(self, w: Worker) -> None:
+        if w.sock is None:
+            return
+        if self.selector is not None:
+            try:
+                self.selector.unregister(w.sock)
+            except (KeyError, ValueError):
+                pass
+        w.sock.close()
+        w.sock = None
+
+    def _kill(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        except OSError as e:  # pragma: no cover
+            if e.errno != errno.ESRCH:
+                raise
+
+    def kill_all(self, sig: int) -> None:
+        """Send ``sig`` to every worker."""
+        for pid in list(self.workers):
+            self._kill(pid, sig)
+
+    def _wait_children(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.workers and time.monotonic() < deadline:
+            for pid in list(self.workers):
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done, status = pid, 0
+                if done:
+                    w = self.workers.pop(pid)
+                    self._close_channel(w)
+                    self.log.info("worker.exit", worker_pid=pid, wid=w.wid,
+                                  how=f"code {os.waitstatus_to_exitcode(status)}",
+                                  reason="killed", booted=w.booted_at is not None)
+            if self.workers:
+                time.sleep(0.01)

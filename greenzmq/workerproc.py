@@ -1,0 +1,243 @@
+"""What a forked worker does: gevent first, then the app, then serve it with its own context.
+
+The master (:mod:`greenzmq.arbiter`) forks and calls :func:`run_worker` in the
+child; it never returns into the master's loop (the arbiter ``os._exit``\\ s
+with its result). Order matters (rule 7): the master imported neither gevent
+nor zmq, so this process imports gevent first (with the monitor thread
+configured before the hub exists), then the app (which imports zmq.green),
+and :meth:`Service.serve` makes the context after that.
+
+Talking to the master: one end of a socketpair, newline-framed lines:
+``beat`` every heartbeat interval from a greenlet (so a blocked hub stops the
+beats), ``ready`` once the service serves, ``fail {json}`` if booting fails
+(the master halts with that message or traceback), ``exit REASON`` before a
+deliberate exit (``recycle`` after max-requests, ``done`` when the app
+finished, e.g. the kill switch). A reader greenlet on the same socket sees
+EOF when the master dies, and the worker stops.
+
+Signals: TERM graceful (stop taking work, finish what is in flight); INT and
+QUIT quick (no grace); USR1 reopens log files; ABRT (the master's heartbeat
+timeout) logs the stack, runs ``worker_abort`` and exits at once, from a
+plain (non-gevent) handler so it also runs while the hub is blocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config
+
+__all__ = ["EXIT_BOOT", "WorkerInfo", "heartbeat_interval", "run_worker"]
+
+EXIT_BOOT = 3  # like gunicorn's WORKER_BOOT_ERROR: the master halts
+
+
+def heartbeat_interval(timeout: float) -> float:
+    """Seconds between beats: a quarter of the timeout, within [0.05, 1]."""
+    if timeout <= 0:
+        return 1.0
+    return min(1.0, max(0.05, timeout / 4))
+
+
+class WorkerInfo:
+    """What worker-side hooks receive: pid, index, the service (once loaded), the log."""
+
+    def __init__(self, wid: int) -> None:
+        self.pid = os.getpid()
+        self.wid = wid
+        self.service: Any = None
+        self.log: Any = None
+
+
+class _Channel:
+    """The worker's end of the master pipe (a gevent socket after gevent is imported)."""
+
+    def __init__(self, fd: int) -> None:
+        from gevent import socket as gsocket
+
+        self.sock = gsocket.socket(fileno=fd)
+        self.broken = False
+
+    def send(self, line: str) -> None:
+        if self.broken:
+            return
+        try:
+            self.sock.sendall(line.encode() + b"\n")
+        except OSError:
+            self.broken = True  # master gone: the reader greenlet sees EOF too
+
+
+def _boot_failure(chan: _Channel, exc: BaseException, code: int) -> int:
+    import zmq
+
+    from .errors import GreenZMQError
+
+    expected = isinstance(exc, (GreenZMQError, zmq.ZMQError, ValueError))
+    payload: dict[str, Any] = {"code": code if expected else EXIT_BOOT}
+    if expected:
+        payload["message"] = str(exc)
+    else:
+        payload["traceback"] = "".join(traceback.format_exception(exc))
+    chan.send("fail " + json.dumps(payload))
+    return int(payload["code"])
+
+
+def _install_monitor(threshold: float, log: Any) -> None:
+    """Report a hub blocked longer than ``threshold`` as one structured event."""
+    import gevent
+    import gevent.events
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, gevent.events.EventLoopBlocked):
+            log.warning(
+                "worker.hub_blocked",
+                threshold=threshold,
+                greenlet=repr(event.greenlet),
+                stack="\n".join(str(x) for x in event.info),
+            )
+
+    gevent.events.subscribers.append(on_event)
+    with warnings.catch_warnings():
+        # "Unable to monitor memory usage. Install psutil.": we do not ask it to
+        warnings.simplefilter("ignore")
+        gevent.get_hub().start_periodic_monitoring_thread()
+
+
+def run_worker(cfg: Config, wid: int, fd: int, title: Callable[[str], None]) -> int:
+    """Boot and serve the app in this (forked) process; return the exit code."""
+    # 1. gevent, configured before its hub exists
+    import gevent
+
+    if cfg.block_threshold > 0:
+        gevent.config.monitor_thread = True
+        gevent.config.max_blocking_time = cfg.block_threshold
+        gevent.config.print_blocking_reports = False  # we log a structured event instead
+    import gevent.signal  # noqa: F401 - gevent.signal_handler
+
+    chan = _Channel(fd)
+    info = WorkerInfo(wid)
+    try:
+        # 2. the app (imports zmq.green), logging, endpoints for this worker index
+        import zmq
+
+        from .appspec import as_service, load_app
+        from .config import expand_endpoint
+        from .errors import GreenZMQError
+        from .sockets import apply_endpoints
+        from .tracing import configure_logging, get_logger, reopen_log_files
+
+        service = as_service(load_app(cfg.app))
+        configure_logging(
+            service.name,
+            fmt=cfg.log_format,
+            log_file=cfg.log_file,
+            level=cfg.log_level,
+            trace_sample=cfg.trace_sample,
+        )
+        log = get_logger(wid=wid)
+        info.service, info.log = service, log
+        endpoints = {n: expand_endpoint(a, wid) for n, a in cfg.endpoint.items()}
+        apply_endpoints(service.specs, endpoints)  # names and syntax, before any socket
+        # the master KILLs at graceful_timeout: finish a little before it
+        service.graceful_timeout = max(0.05, cfg.graceful_timeout - 0.5)
+        title(f"worker {wid} [{cfg.name or service.name}]")
+        if cfg.block_threshold > 0:
+            _install_monitor(cfg.block_threshold, log)
+    except BaseException as e:  # noqa: BLE001 - any boot failure goes to the master
+        return _boot_failure(chan, e, 2)
+
+    state: dict[str, Any] = {"ready": False, "reason": None}
+    interval = heartbeat_interval(cfg.timeout)
+
+    def beat() -> None:
+        while not chan.broken:
+            chan.send("beat")
+            gevent.sleep(interval)
+
+    def watch_master() -> None:
+        try:
+            while chan.sock.recv(64):
+                pass
+        except OSError:
+            pass
+        if not service.stopping.is_set():
+            log.warning("worker.master_gone", wid=wid)
+            state["reason"] = "master gone"
+            service.graceful_timeout = min(service.graceful_timeout, interval)
+            service.stop("master gone")
+
+    def ready(svc: Any) -> None:
+        state["ready"] = True
+        chan.send("ready")
+        cfg.run_hook("post_worker_init", info)
+
+    def quick(signame: str) -> None:
+        cfg.run_hook("worker_int", info)
+        service.graceful_timeout = 0.0
+        service.stop(signame)
+
+    def abort(signum: int, frame: Any) -> None:
+        # a plain handler: it runs between bytecodes even while the hub is blocked
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        try:
+            log.error("worker.abort", wid=wid, stack=stack)
+            cfg.run_hook("worker_abort", info)
+        finally:
+            os._exit(1)
+
+    limit = 0
+    if cfg.max_requests > 0:
+        limit = cfg.max_requests + random.randint(0, cfg.max_requests_jitter)
+
+        def count(svc: Any) -> None:
+            if svc.requests >= limit and not svc.stopping.is_set():
+                log.info("worker.max_requests", wid=wid, requests=svc.requests, limit=limit)
+                state["reason"] = "recycle"
+                svc.stop("max requests")
+
+        service.add_request_callback(count)
+    service.add_ready_callback(ready)
+
+    signal.signal(signal.SIGABRT, abort)
+    for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)  # the master's business
+    handlers = [
+        gevent.signal_handler(signal.SIGTERM, service.stop, "SIGTERM"),
+        gevent.signal_handler(signal.SIGINT, quick, "SIGINT"),
+        gevent.signal_handler(signal.SIGQUIT, quick, "SIGQUIT"),
+        gevent.signal_handler(signal.SIGUSR1, reopen_log_files),
+    ]
+    beater = gevent.spawn(beat)
+    watcher = gevent.spawn(watch_master)
+    log.debug("worker.boot", wid=wid, max_requests=limit or None)
+    try:
+        code = int(service.serve(endpoints, install_signals=False))
+    except BaseException as e:  # noqa: BLE001
+        if state["ready"]:
+            log.error("worker.failed", wid=wid, error=repr(e), exc_info=True)
+            return 1
+        if isinstance(e, (GreenZMQError, zmq.ZMQError)):
+            return _boot_failure(chan, e, 1 if isinstance(e, zmq.ZMQError) else 2)
+        return _boot_failure(chan, e, EXIT_BOOT)
+    finally:
+        for h in handlers:
+            h.cancel()
+    if code == 0 and state["reason"] == "recycle":
+        chan.send("exit recycle")
+    elif code == 0 and service.stop_reason not in ("SIGTERM", "SIGINT", "SIGQUIT"):
+        chan.send(f"exit done {service.stop_reason}")
+    beater.kill(block=False)
+    watcher.kill(block=False)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
