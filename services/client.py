@@ -25,6 +25,12 @@ class Client(Service):
         self.i, self.timeout = i, timeout
         self.checked = 0
 
+    def on_stop(self) -> None:
+        """Stop now: a request still waiting for its reply is abandoned."""
+        main = self._main
+        if main is not None and not main.dead and main is not gevent.getcurrent():
+            main.kill(block=False)
+
     def run(self) -> None:
         """Send, receive, check."""
         sock = self.socks["frontend"]

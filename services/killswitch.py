@@ -6,6 +6,8 @@ have joined instead of publishing into the void (slow joiner).
 
 from __future__ import annotations
 
+import gevent
+
 from greenzmq import Service, SocketSpec
 
 from ._common import KILL, wait_for_subscribers, xpub_options
@@ -20,6 +22,12 @@ class KillSwitch(Service):
     def __init__(self, expect: int = 1, wait: float = 10.0) -> None:
         super().__init__()
         self.expect, self.wait = expect, wait
+
+    def on_stop(self) -> None:
+        """Stopped before publishing (SIGTERM while waiting for subscribers): give up."""
+        main = self._main
+        if main is not None and not main.dead and main is not gevent.getcurrent():
+            main.kill(block=False)
 
     def run(self) -> None:
         """Wait for subscribers, publish ``b"KILL"``."""

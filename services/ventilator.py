@@ -25,6 +25,12 @@ class Ventilator(Service):
         super().__init__()
         self.count, self.pause = count, pause
 
+    def on_stop(self) -> None:
+        """Stop sending now: a send parked until a puller connects would hold the exit."""
+        main = self._main
+        if main is not None and not main.dead and main is not gevent.getcurrent():
+            main.kill(block=False)
+
     def run(self) -> None:
         """Send the tasks."""
         sock = self.socks["tasks"]

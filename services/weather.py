@@ -26,6 +26,12 @@ class Weather(Service):
         super().__init__()
         self.count, self.expect, self.pause, self.wait = count, expect, pause, wait
 
+    def on_stop(self) -> None:
+        """Stop now: waiting for subscribers or pausing between updates holds no work."""
+        main = self._main
+        if main is not None and not main.dead and main is not gevent.getcurrent():
+            main.kill(block=False)
+
     def run(self) -> None:
         """Wait for the subscribers, then publish."""
         sock = self.socks["updates"]

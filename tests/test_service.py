@@ -1,0 +1,302 @@
+"""Service lifecycle: signals, the kill switch, graceful stop, leaks, plain callables, CLI errors."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import socket as pysocket
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+
+from greenzmq import Broker, CallableService, Service
+from greenzmq.sockets import SocketSpec
+from services.listener import Listener
+from services.worker import Worker
+
+from .helpers import ROOT, ServiceProcess, green_wait_for
+
+# every tutorial role, with the endpoints it has
+TUTORIAL = {
+    "services.ventilator:make(count=1000)": ("tasks",),
+    "services.weather:app": ("updates",),
+    "services.killswitch:app": ("kill",),
+    "services.listener:app": ("tasks", "weather", "kill"),
+    "services.listener:tasks_app": ("tasks", "weather", "kill"),
+    "services.broker:app": ("frontend", "backend", "kill"),
+    "services.worker:app": ("backend", "kill"),
+    "services.worker:tasks_app": ("backend", "kill"),
+    "services.client:make(i=5)": ("frontend",),
+}
+
+
+def endpoint_args(names: Any, endpoints: dict[str, str]) -> list[str]:
+    out = []
+    for n in names:
+        out += ["--endpoint", f"{n}={endpoints[n]}"]
+    return out
+
+
+class TestSignals:
+    @pytest.mark.deadline(60)
+    def test_sigterm_exits_zero(
+        self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
+    ) -> None:
+        """SIGTERM to each tutorial service (idle or blocked) makes it exit 0, promptly."""
+        procs = {}
+        for spec, names in TUTORIAL.items():
+            # own ports per service: nobody talks to anybody, so each is parked
+            eps = {n: endpoint() for n in names}
+            procs[spec] = service(spec, *endpoint_args(names, eps))
+        for p in procs.values():
+            p.wait_started()
+        for p in procs.values():
+            p.signal(signal.SIGTERM)
+        for spec, p in procs.items():
+            # a generous hang bound, well under the 10 s graceful timeout
+            assert p.wait(5) == 0, f"{spec}: {p.output()}"
+            exit_ev = p.wait_event("service.exit")
+            assert exit_ev["code"] == 0 and exit_ev["reason"] == "SIGTERM", spec
+            assert not p.events("service.graceful_timeout"), f"{spec} ignored the stop"
+
+    @pytest.mark.deadline(30)
+    def test_sigint_exits_zero(
+        self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
+    ) -> None:
+        """SIGINT (Ctrl-C) stops a service as cleanly as SIGTERM."""
+        p = service("services.broker:app", *endpoint_args(
+            ("frontend", "backend", "kill"), {n: endpoint() for n in ("frontend", "backend", "kill")}
+        ))  # fmt: skip
+        p.wait_started()
+        p.signal(signal.SIGINT)
+        assert p.wait(5) == 0
+        assert p.wait_event("service.exit")["reason"] == "SIGINT"
+
+
+class TestKillSwitch:
+    @pytest.mark.deadline(60)
+    def test_stops_broker_workers_listeners_within_1s(
+        self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
+    ) -> None:
+        """One kill message stops broker, both workers and both listeners within 1 s."""
+        eps = {n: endpoint() for n in ("frontend", "backend", "kill", "tasks", "weather")}
+        targets = [
+            service(spec, *endpoint_args(TUTORIAL[spec], eps))
+            for spec in (
+                "services.broker:app",
+                "services.worker:app",
+                "services.worker:tasks_app",
+                "services.listener:app",
+                "services.listener:tasks_app",
+            )
+        ]
+        for p in targets:
+            p.wait_started()
+        # the kill switch waits for its 5 subscribers, so nobody misses the message
+        ks = service(f"services.killswitch:make(expect={len(targets)})",
+                     "--endpoint", f"kill={eps['kill']}")  # fmt: skip
+        assert ks.wait(15) == 0, ks.output()
+        sent = ks.wait_event("killswitch.sent")
+        assert sent["subscribers"] == len(targets)
+        for p in targets:
+            assert p.wait(5) == 0, p.output()
+            exit_ev = p.wait_event("service.exit")
+            assert exit_ev["reason"] == "kill switch"
+            took = exit_ev["timestamp"] - sent["timestamp"]
+            assert took < 1.0, f"{p.args[0]} took {took:.3f} s to stop after the kill"
+
+
+class TestWorker:
+    @pytest.mark.parametrize("spec", ["services.worker:app", "services.worker:tasks_app"])
+    def test_survives_non_integer(
+        self,
+        spec: str,
+        ctx: Any,
+        service: Callable[..., ServiceProcess],
+        endpoint: Callable[[], str],
+    ) -> None:
+        """A non-integer body gets an error reply; the worker keeps serving squares."""
+        be = endpoint()
+        # the test plays the broker's backend: a DEALER bound where workers connect
+        dealer = ctx.build(SocketSpec("backend", "DEALER", bind=(be,)))
+        try:
+            p = service(spec, "--endpoint", f"backend={be}", "--endpoint", f"kill={endpoint()}")
+            with gevent.Timeout(15):
+                for body, want in [
+                    (b"12", b"144"),
+                    (b"twelve", b"error: not an integer: twelve"),
+                    (b"", b"error: not an integer: "),
+                    (b"-3", b"9"),
+                ]:
+                    dealer.send_multipart([b"", body])
+                    assert dealer.recv_multipart() == [b"", want]
+            p.signal(signal.SIGTERM)
+            assert p.wait(5) == 0
+            assert p.wait_event("worker.done")["answered"] == 4
+        finally:
+            dealer.close()
+
+
+def _live_greenlets() -> set[int]:
+    gc.collect()
+    return {id(g) for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead}
+
+
+def _start(svc: Service, endpoints: dict[str, str]) -> tuple[gevent.Greenlet, Any, dict[str, Any]]:
+    """Serve in a greenlet; return it, the service's context and its sockets once open."""
+    run = gevent.spawn(svc.serve, endpoints, install_signals=False)
+    green_wait_for(lambda: svc._main is not None or run.dead, 10, "the service to start")  # noqa: SLF001
+    assert not run.dead, run.exception
+    return run, svc.ctx, dict(svc.socks)
+
+
+class TestCleanStop:
+    @pytest.mark.deadline(60)
+    @pytest.mark.parametrize("which", ["broker", "worker", "worker-tasks", "listener",
+                                       "listener-tasks"])  # fmt: skip
+    def test_nothing_left_after_stop(
+        self, which: str, ctx: Any, endpoint: Callable[[], str], logs: Any
+    ) -> None:
+        """After serving some traffic and stopping: no live greenlet, every socket closed."""
+        logs(trace_sample=1.0)  # tracing on: the hop code paths run too
+        eps = {n: endpoint() for n in ("frontend", "backend", "kill", "tasks", "weather")}
+        svc: Service = {
+            "broker": Broker,
+            "worker": lambda: Worker("poller"),
+            "worker-tasks": lambda: Worker("tasks"),
+            "listener": lambda: Listener("poller"),
+            "listener-tasks": lambda: Listener("tasks"),
+        }[which]()
+        before = _live_greenlets()
+        names = {s.name for s in svc.specs}
+        run, svc_ctx, socks = _start(svc, {n: e for n, e in eps.items() if n in names})
+        with gevent.Timeout(10):
+            if which == "broker":
+                client = ctx.build(SocketSpec("c", "REQ", connect=(eps["frontend"],)))
+                work = ctx.build(SocketSpec("w", "REP", connect=(eps["backend"],)))
+                client.send(b"2")
+                work.send(work.recv() + b"!")
+                assert client.recv() == b"2!"
+                peers = [client, work]
+            elif which.startswith("worker"):
+                dealer = ctx.build(SocketSpec("d", "DEALER", bind=(eps["backend"],)))
+                dealer.send_multipart([b"", b"3"])
+                assert dealer.recv_multipart() == [b"", b"9"]
+                peers = [dealer]
+            else:
+                push = ctx.build(SocketSpec("p", "PUSH", bind=(eps["tasks"],)))
+                for i in range(3):
+                    push.send(b"%d" % i)
+                assert isinstance(svc, Listener)
+                green_wait_for(lambda: len(svc.received["tasks"]) == 3, 10, "3 tasks")
+                peers = [push]
+        svc.stop("test")
+        assert run.get(timeout=10) == 0
+        for s in peers:
+            s.close()
+        assert svc_ctx.closed, "the service's context was not terminated"
+        open_socks = [s for s in svc_ctx._sockets if not s.closed]  # noqa: SLF001
+        assert not open_socks and all(s.closed for s in socks.values())
+        assert svc.ctx is None
+        left = _live_greenlets() - before
+        assert not left, f"{len(left)} greenlet(s) still alive after stop"
+
+
+class TestPlainCallable:
+    def test_runs_until_stopped(self, logs: Any) -> None:
+        """A plain callable runs until stop(); its finally blocks run; exit code 0."""
+        logs()
+        ticks: list[int] = []
+        cleaned: list[bool] = []
+
+        def app() -> None:
+            try:
+                while True:
+                    ticks.append(1)
+                    gevent.sleep(0.005)
+            finally:
+                cleaned.append(True)
+
+        svc = CallableService(app)
+        run = gevent.spawn(svc.serve, install_signals=False)
+        green_wait_for(lambda: len(ticks) >= 5, 10, "the app to run")
+        assert not run.dead
+        svc.stop()
+        assert run.get(timeout=5) == 0
+        assert cleaned == [True]
+
+    def test_failing_callable_exits_1(self, logs: Any) -> None:
+        """A plain callable that raises makes the service exit 1 and log the failure."""
+        events = logs()
+
+        def app() -> None:
+            raise RuntimeError("boom")
+
+        svc = CallableService(app)
+        assert gevent.spawn(svc.serve, install_signals=False).get(timeout=5) == 1
+        (failed,) = events("service.greenlet_failed")
+        assert "boom" in failed["error"]
+
+    def test_plain_callable_process(
+        self, tmp_path: Path, service: Callable[..., ServiceProcess]
+    ) -> None:
+        """``greenzmq module:function`` runs a plain function until SIGTERM, then exits 0."""
+        (tmp_path / "plainapp.py").write_text(
+            textwrap.dedent("""
+            import gevent
+            from greenzmq import get_logger
+
+            def forever():
+                get_logger().info("plain.running")
+                while True:
+                    gevent.sleep(0.05)
+        """)
+        )
+        env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+        p = service("plainapp:forever", env=env)
+        p.wait_event("plain.running")
+        assert p.proc.poll() is None
+        p.signal(signal.SIGTERM)
+        assert p.wait(5) == 0
+        assert p.wait_event("service.exit")["code"] == 0
+
+
+class TestCliErrors:
+    @pytest.mark.deadline(60)
+    def test_one_line_errors(
+        self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
+    ) -> None:
+        """Bad endpoint names/addresses, a port in use, a bad spec: one line, non-zero exit."""
+        with pysocket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            in_use = f"tcp://127.0.0.1:{busy.getsockname()[1]}"
+            cases = {
+                "unknown endpoint name 'nope'": service(
+                    "services.broker:app", "--endpoint", f"nope={endpoint()}"
+                ),
+                "malformed endpoint 'tcp://127.0.0.1'": service(
+                    "services.broker:app", "--endpoint", "frontend=tcp://127.0.0.1"
+                ),
+                "malformed --endpoint 'frontend'": service(
+                    "services.broker:app", "--endpoint", "frontend"
+                ),
+                f"cannot bind socket 'frontend' to {in_use}": service(
+                    "services.broker:app", "--endpoint", f"frontend={in_use}",
+                    "--endpoint", f"backend={endpoint()}", "--endpoint", f"kill={endpoint()}",
+                ),
+                "no module named 'services.nosuch'": service("services.nosuch:app"),
+                "failed to find attribute 'nosuch'": service("services.broker:nosuch"),
+            }  # fmt: skip
+            for expected, p in cases.items():
+                code = p.wait(10)
+                out = p.output().strip().splitlines()
+                assert code != 0, f"{p.args}: exit 0"
+                assert len(out) == 1, f"{p.args}: not one line:\n" + "\n".join(out)
+                assert out[0].startswith("greenzmq: error: "), out[0]
+                assert expected in out[0], out[0]
