@@ -1,4 +1,4 @@
-"""Service lifecycle: signals, the kill switch, graceful stop, leaks, plain callables, CLI errors."""
+"""Service lifecycle: signals, kill switch, graceful stop, leaks, plain callables, CLI errors."""
 
 from __future__ import annotations
 
@@ -69,9 +69,8 @@ class TestSignals:
         self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
     ) -> None:
         """SIGINT (Ctrl-C) stops a service as cleanly as SIGTERM."""
-        p = service("services.broker:app", *endpoint_args(
-            ("frontend", "backend", "kill"), {n: endpoint() for n in ("frontend", "backend", "kill")}
-        ))  # fmt: skip
+        names = ("frontend", "backend", "kill")
+        p = service("services.broker:app", *endpoint_args(names, {n: endpoint() for n in names}))
         p.wait_started()
         p.signal(signal.SIGINT)
         assert p.wait(5) == 0
@@ -150,7 +149,7 @@ def _live_greenlets() -> set[int]:
 def _start(svc: Service, endpoints: dict[str, str]) -> tuple[gevent.Greenlet, Any, dict[str, Any]]:
     """Serve in a greenlet; return it, the service's context and its sockets once open."""
     run = gevent.spawn(svc.serve, endpoints, install_signals=False)
-    green_wait_for(lambda: svc._main is not None or run.dead, 10, "the service to start")  # noqa: SLF001
+    green_wait_for(lambda: svc._main is not None or run.dead, 10, "the service to start")
     assert not run.dead, run.exception
     return run, svc.ctx, dict(svc.socks)
 
@@ -200,7 +199,7 @@ class TestCleanStop:
         for s in peers:
             s.close()
         assert svc_ctx.closed, "the service's context was not terminated"
-        open_socks = [s for s in svc_ctx._sockets if not s.closed]  # noqa: SLF001
+        open_socks = [s for s in svc_ctx._sockets if not s.closed]
         assert not open_socks and all(s.closed for s in socks.values())
         assert svc.ctx is None
         left = _live_greenlets() - before
