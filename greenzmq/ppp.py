@@ -344,16 +344,18 @@ class PPPWorkerService(Service):
         reconnect_max: float = 32.0,
         options: Mapping[int, Any] | None = None,
         name: str | None = None,
+        socket: str = "backend",
     ) -> None:
         super().__init__(
             name=name,
             specs=(
-                SocketSpec("backend", "DEALER", connect=(endpoint,), options=dict(options or {})),
+                SocketSpec(socket, "DEALER", connect=(endpoint,), options=dict(options or {})),
                 kill_spec(),
             ),
         )
+        self.socket_name = socket
         self.handler = handler
-        self.worker_args = {
+        self.worker_args: dict[str, Any] = {
             "heartbeat": heartbeat,
             "liveness": liveness,
             "reconnect": reconnect,
@@ -367,22 +369,24 @@ class PPPWorkerService(Service):
         self._resolved = {s.name: s for s in apply_endpoints(self.specs, endpoints or {})}
         super().open(endpoints)
 
-    def make_worker(self) -> HeartbeatWorker:
-        """The worker object (overridden by MDP services)."""
+    def make_worker(self, **extra: Any) -> HeartbeatWorker:
+        """The worker object; ``extra`` goes to the worker class (MDP: service, version)."""
         assert self.ctx is not None
+        name = self.socket_name
         return self.worker_class(
             self.ctx,
-            self._resolved["backend"],
+            self._resolved[name],
             self.handler,
-            sock=self.socks["backend"],
+            sock=self.socks[name],
             on_socket=self._on_socket,
             on_answer=self.request_done,
             tracer=self.tracer,
-            **self.worker_args,  # type: ignore[arg-type]
+            **self.worker_args,
+            **extra,
         )
 
     def _on_socket(self, sock: Socket) -> None:
-        self.socks["backend"] = sock  # close() closes the current socket
+        self.socks[self.socket_name] = sock  # close() closes the current socket
 
     def on_stop(self) -> None:
         """Let the worker finish its request and leave."""

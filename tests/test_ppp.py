@@ -5,6 +5,7 @@ Heartbeat intervals are short (0.2 s) so dead workers are found within a second.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Any
@@ -27,6 +28,11 @@ def start_queue(service: Any, fe: str, be: str) -> ServiceProcess:
     q: ServiceProcess = service(QUEUE, "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}")
     q.wait_started()
     return q
+
+
+def sigkill(p: ServiceProcess) -> None:
+    """SIGKILL the whole process group: the launcher's master and the serving process."""
+    os.killpg(p.pid, signal.SIGKILL)
 
 
 def ready_workers(q: ServiceProcess, n: int) -> None:
@@ -177,7 +183,7 @@ class TestFaults:
 
         def kill() -> None:
             killed_at.append(time.time())
-            workers[0].signal(signal.SIGKILL)
+            sigkill(workers[0])
 
         with LazyPirate(fe, timeout=1.0, retries=5, ctx=ctx) as c:
             took = run_200(c, {50: kill, 100: lambda: workers[1].signal(signal.SIGTERM)})
@@ -201,7 +207,7 @@ class TestFaults:
         restarted: list[ServiceProcess] = []
 
         def restart() -> None:
-            q.signal(signal.SIGKILL)
+            sigkill(q)
             q.wait()
             restarted.append(start_queue(service, fe, be))
 
