@@ -22,12 +22,20 @@ from collections.abc import Sequence
 from typing import Any
 
 import zmq
+from zmq.backend import Socket as _CSocket
 
 from .poller import GreenPoller
 from .service import Service, kill_spec
 from .sockets import Socket, SocketSpec, type_name
 
 __all__ = ["Broker", "envelope_problem"]
+
+# The hot path calls the compiled socket methods with plain int flags: pyzmq's
+# Python-level send/recv_multipart (type checks, IntFlag arithmetic, RCVMORE via
+# the sugar layer) cost about 2x the libzmq calls themselves (benchmarks/).
+_recv, _send = _CSocket.recv, _CSocket.send
+_NB, _NB_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 
 FRONTEND = "tcp://127.0.0.1:5560"
 BACKEND = "tcp://127.0.0.1:5561"
@@ -76,28 +84,31 @@ class Broker(Service):
         poller.register(fe, zmq.POLLIN)
         poller.register(be, zmq.POLLIN)
         other = {fe: be, be: fe}
-        pending: dict[Socket, deque[list[bytes]]] = {fe: deque(), be: deque()}
+        pending: dict[Socket, deque[list[Any]]] = {fe: deque(), be: deque()}
         label = {fe: "frontend->backend", be: "backend->frontend"}
         tracer = self.tracer
         assert tracer is not None  # open() made it
-        trace = {
-            s: tracer.for_socket(s.name, type_name(s.socket_type)) for s in (fe, be)
-        }
+        trace = {s: tracer.for_socket(s.name, type_name(s.socket_type)) for s in (fe, be)}
         # drops are always logged; other hops only when tracing is on
         hop_tr = {s: (t if t.on else None) for s, t in trace.items()}
-        flags = {fe: zmq.POLLIN, be: zmq.POLLIN}
-        nb, again, batch = zmq.NOBLOCK, zmq.Again, self.batch
+        flags: dict[Socket, int] = {fe: _POLLIN, be: _POLLIN}
+        again, batch = zmq.Again, self.batch
 
         def set_flags(s: Socket) -> None:
-            want = (0 if pending[other[s]] else zmq.POLLIN) | (zmq.POLLOUT if pending[s] else 0)
+            want = (0 if pending[other[s]] else _POLLIN) | (_POLLOUT if pending[s] else 0)
             if want != flags[s]:
                 flags[s] = want
                 poller.modify(s, want)
 
-        def send(dst: Socket, m: list[bytes]) -> bool:
+        def send(dst: Socket, m: list[Any]) -> bool:
             """Send raw; False if dst is full (the caller queues)."""
+            rdst = dst.raw
             try:
-                dst.raw.send_multipart(m, nb)
+                # EAGAIN (HWM) and EHOSTUNREACH come on the first frame; once
+                # it is taken libzmq accepts the rest of the message.
+                for f in m[:-1]:
+                    _send(rdst, f, _NB_MORE, False)
+                _send(rdst, m[-1], _NB, False)
             except again:
                 return False
             except zmq.ZMQError as e:
@@ -111,10 +122,17 @@ class Broker(Service):
             dst, rsrc, taken, dropped = other[src], src.raw, 0, 0
             tr, q = hop_tr[src], pending[dst]
             while taken < batch and not q:
+                # zmq.Frame (copy=False) knows whether more frames follow
+                # without a getsockopt(RCVMORE) through pyzmq's option enum;
+                # Frames are buffers, so hop keys and the envelope check work.
                 try:
-                    m = rsrc.recv_multipart(nb)
+                    f = _recv(rsrc, _NB, False)
                 except again:
                     break
+                m: list[Any] = [f]
+                while f.more:
+                    f = _recv(rsrc, _NB, False)
+                    m.append(f)
                 taken += 1
                 problem = envelope_problem(m)
                 if problem is not None:
@@ -142,9 +160,9 @@ class Broker(Service):
         stopping = self.stopping
         while not stopping.is_set():
             for sock, ev in poller.poll():
-                if ev & zmq.POLLOUT:
+                if ev & _POLLOUT:
                     flush(sock)
-                if ev & zmq.POLLIN:
+                if ev & _POLLIN:
                     pump(sock)
         poller.close_watchers()
         self.log.info(
@@ -153,4 +171,3 @@ class Broker(Service):
             drops=dict(self.drops),
             pending=sum(map(len, pending.values())),
         )
-
