@@ -1,0 +1,223 @@
+"""Majordomo: greenzmq's broker with majortomo's client and worker, greenzmq's client and
+worker with majortomo's broker, MDP/0.1 and 0.2 side by side, mmi.service, expiry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import pytest
+import zmq
+
+pytest.importorskip("majortomo")
+
+from majortomo import Client as MajortomoClient  # noqa: E402
+
+from greenzmq.mdp import (  # noqa: E402
+    C_CLIENT01,
+    C_CLIENT02,
+    MDPClient,
+    MDPWorkerService,
+    W_WORKER02,
+)
+
+from .helpers import ROOT, ServiceProcess  # noqa: E402
+
+HB = 0.2
+BROKER = f"services.majordomo:make(heartbeat={HB})"
+
+# majortomo's own worker: squares, and sends a PARTIAL first when asked for "p<N>"
+MAJORTOMO_WORKER = """
+import sys
+from majortomo import Worker, WorkerRequestsIterator
+it = WorkerRequestsIterator(Worker(sys.argv[1], b"square", heartbeat_interval=0.2,
+                                   heartbeat_timeout=3.0))
+for req in it:
+    text = req[0].decode()
+    if text.startswith("p"):
+        it.send_reply_partial([b"partial"])
+        text = text[1:]
+    it.send_reply_final([str(int(text) ** 2).encode()])
+"""
+
+MAJORTOMO_BROKER = """
+import sys
+from majortomo.broker import Broker
+Broker(bind=sys.argv[1], heartbeat_interval=0.2, heartbeat_timeout=3.0).run()
+"""
+
+
+@pytest.fixture
+def python() -> Iterator[Any]:
+    """Start ``python -c SCRIPT ARGS`` processes; all are killed at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(script: str, *args: str) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def start_broker(service: Any, ep: str) -> ServiceProcess:
+    b: ServiceProcess = service(BROKER, "--endpoint", f"broker={ep}")
+    b.wait_started()
+    return b
+
+
+def mdp_worker(service: Any, ep: str, version: str) -> ServiceProcess:
+    w: ServiceProcess = service(
+        f"services.majordomo:worker(version={version!r}, heartbeat={HB})", "--endpoint",
+        f"broker={ep}",
+    )
+    return w
+
+
+def ready(b: ServiceProcess, n: int) -> None:
+    from .helpers import wait_for
+
+    wait_for(lambda: len(b.events("mdp.worker_ready")) >= n, 15, f"{n} MDP workers ready")
+
+
+class TestWithMajortomo:
+    def test_majortomo_client_and_worker_on_greenzmq_broker(
+        self, service: Any, endpoint: Any, python: Any
+    ) -> None:
+        """majortomo's Client and Worker talk MDP/0.2 through greenzmq's broker, PARTIAL too."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        python(MAJORTOMO_WORKER, ep)
+        ready(b, 1)
+        with MajortomoClient(ep) as c:
+            for i in (3, 4):
+                c.send(b"square", str(i).encode())
+                assert c.recv_all_as_list(timeout=5) == [str(i * i).encode()]
+            c.send(b"square", b"p5")
+            assert list(c.recv_all(timeout=5)) == [[b"partial"], [b"25"]]
+            c.send(b"mmi.service", b"square")
+            assert c.recv_all_as_list(timeout=5) == [b"200"]
+
+    def test_greenzmq_client_and_worker_on_majortomo_broker(
+        self, endpoint: Any, python: Any, ctx: Any
+    ) -> None:
+        """greenzmq's MDP/0.2 client and worker talk through majortomo's broker."""
+        ep = endpoint()
+        python(MAJORTOMO_BROKER, ep)
+        app = MDPWorkerService("echo", lambda body: [b"echo:", *body], endpoint=ep,
+                               heartbeat=HB, reconnect=0.2)
+        g = gevent.spawn(app.serve, install_signals=False)
+        with MDPClient(ep, timeout=1.0, retries=10, ctx=ctx) as c:
+            assert c.request("echo", b"a", b"b") == [b"echo:", b"a", b"b"]
+            assert c.request(b"echo", b"") == [b"echo:", b""]
+        app.stop()
+        assert g.get(timeout=10) == 0
+        assert app.requests == 2
+
+
+class TestVersions:
+    def test_both_versions_one_socket(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """0.1 and 0.2 clients are served by 0.1 and 0.2 workers of one service, translated."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        w1 = mdp_worker(service, ep, "0.1")
+        ready(b, 1)
+        with MDPClient(ep, version="0.1", timeout=2, retries=1, ctx=ctx) as c1, MDPClient(
+            ep, version="0.2", timeout=2, retries=1, ctx=ctx
+        ) as c2:
+            assert c1.request("square", b"6") == [b"36"]  # 0.1 -> 0.1
+            assert c2.request("square", b"7") == [b"49"]  # 0.2 -> 0.1
+            w1.signal(15)
+            b.wait_event("mdp.worker_left")
+            mdp_worker(service, ep, "0.2")
+            ready(b, 2)
+            assert c1.request("square", b"8") == [b"64"]  # 0.1 -> 0.2
+            assert c2.request("square", b"9") == [b"81"]  # 0.2 -> 0.2
+        versions = {e["version"] for e in b.events("mdp.worker_ready")}
+        assert versions == {"0.1", "0.2"}
+
+    def test_partial_to_an_old_client(self, service: Any, endpoint: Any, python: Any,
+                                      ctx: Any) -> None:
+        """A 0.2 worker's PARTIAL + FINAL reach a 0.1 client as one reply."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        python(MAJORTOMO_WORKER, ep)
+        ready(b, 1)
+        with MDPClient(ep, version=1, timeout=3, retries=1, ctx=ctx) as c:
+            assert c.request("square", b"p3") == [b"partial", b"9"]
+
+    def test_raw_frames(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """The exact reply frames: 0.1 carries the service name, 0.2 (majortomo) does not."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        s = ctx.socket(zmq.DEALER)
+        s.connect(ep)
+        with gevent.Timeout(5):
+            s.send_multipart([b"", C_CLIENT01, b"mmi.service", b"nope"])
+            assert s.recv_multipart() == [b"", C_CLIENT01, b"mmi.service", b"404"]
+            s.send_multipart([b"", C_CLIENT02, b"\x02", b"mmi.service", b"nope"])
+            assert s.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"404"]
+            s.send_multipart([b"", C_CLIENT02, b"\x02", b"mmi.other", b"x"])
+            assert s.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"501"]
+        s.close(linger=0)
+        assert not b.events("hop", op="drop")
+
+
+class TestWorkers:
+    def test_silent_worker_expires(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """A worker silent for 3 intervals is dropped, told DISCONNECT, and mmi says 404."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        mute = ctx.socket(zmq.DEALER)
+        mute.connect(ep)
+        mute.send_multipart([b"", W_WORKER02, b"\x01", b"mute"])
+        got = b.wait_event("mdp.worker_ready")
+        lost = b.wait_event("mdp.worker_lost", why="expired")
+        took = lost["timestamp"] - got["timestamp"]
+        print(f"silent MDP worker expired after {took:.3f} s (3 x {HB} s)")
+        assert took >= 3 * HB * 0.9
+        with gevent.Timeout(5):
+            while (m := mute.recv_multipart())[2] == b"\x05":
+                pass  # heartbeats until then
+        assert m == [b"", W_WORKER02, b"\x06"]
+        with MDPClient(ep, timeout=2, retries=1, ctx=ctx) as c:
+            assert c.request("mmi.service", b"mute") == [b"404"]
+        mute.close(linger=0)
+
+    def test_unregistered_worker_is_told_to_go(self, service: Any, endpoint: Any,
+                                                ctx: Any) -> None:
+        """A heartbeat from an unknown worker is a logged drop and gets DISCONNECT."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        s = ctx.socket(zmq.DEALER)
+        s.connect(ep)
+        s.send_multipart([b"", W_WORKER02, b"\x05"])
+        with gevent.Timeout(5):
+            assert s.recv_multipart() == [b"", W_WORKER02, b"\x06"]
+        drop = b.wait_event("hop", op="drop")
+        assert drop["reason"] == "command from an unregistered worker"
+        s.close(linger=0)
+
+    def test_request_waits_for_a_worker_and_sigterm_leaves(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A request for a service with no worker yet is held until one comes; SIGTERM leaves."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        s = ctx.socket(zmq.DEALER)
+        s.connect(ep)
+        s.send_multipart([b"", C_CLIENT02, b"\x02", b"square", b"11"])
+        w = mdp_worker(service, ep, "0.2")
+        with gevent.Timeout(10):
+            assert s.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"121"]
+        w.signal(15)
+        assert w.wait(10) == 0
+        assert b.wait_event("mdp.worker_left")["lost_request"] is False
+        s.close(linger=0)
