@@ -15,6 +15,7 @@ __all__ = ["main"]
 
 SUBCOMMANDS = {
     "demo": "greenzmq.demo",
+    "keygen": "greenzmq.auth",
 }
 
 
