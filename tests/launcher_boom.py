@@ -1,0 +1,3 @@
+"""An app module whose import raises (the launcher must show this traceback)."""
+
+raise RuntimeError("boom at import time")
