@@ -279,3 +279,49 @@ class TestOutbox:
         finally:
             box.close(timeout=0.1)
             push.close()
+
+
+class TestStopWhileHandling:
+    def test_consumer_can_reply_after_stop(self, ctx: Any) -> None:
+        """stop() from another greenlet mid-request: the consumer still sends its reply."""
+        ep = f"inproc://rep-{next(_inproc)}"
+        rep = ctx.build(SocketSpec("rep", "REP", bind=(ep,)))
+        req = ctx.build(SocketSpec("req", "REQ", connect=(ep,)))
+        mux = PollerListener([rep])
+        stopper = gevent.spawn(mux.stop)  # runs while the consumer handles the request
+        try:
+            req.send(b"q")
+            with gevent.Timeout(5):
+                name, frames = mux.get()
+                assert (name, frames) == ("rep", [b"q"])
+                gevent.sleep(0)  # let the stopper run: a service's kill switch, say
+                assert stopper.dead
+                rep.send(b"a")  # the in-flight request is still answered
+                assert req.recv() == b"a"
+                assert list(mux) == []
+            assert rep.closed
+        finally:
+            req.close()
+
+
+class TestOutboxFailure:
+    def test_writer_failure_surfaces(self, ctx: Any, endpoint: Callable[[], str]) -> None:
+        """If the writer dies (a send error), the next send raises instead of queueing forever."""
+        ep = f"inproc://fail-{next(_inproc)}"
+        pull = ctx.build(SocketSpec("pull", "PULL", bind=(ep,)))
+        push = ctx.build(SocketSpec("push", "PUSH", connect=(ep,)))
+        box = Outbox(push, maxsize=2)
+        try:
+            box.send([b"ok"])
+            with gevent.Timeout(5):
+                assert pull.recv() == b"ok"
+            push.close()  # the writer's socket breaks under it
+            box.send([b"lost"])  # the writer takes it and fails (ENOTSOCK)
+            green_wait_for(lambda: box._writer.dead, 5, "the writer to die")
+            with pytest.raises(ClosedError, match="writer") as info, gevent.Timeout(5):
+                for _ in range(5):  # more than maxsize: must not block forever
+                    box.send([b"x"])
+            assert isinstance(info.value.__cause__, zmq.ZMQError)
+        finally:
+            box.close(timeout=0.1)
+            pull.close()

@@ -252,3 +252,27 @@ class TestTracingOff:
         assert Tracer().on
         logs(trace_sample=0.0, level="debug")
         assert not Tracer().on
+
+
+class TestInProcessHops:
+    def test_readers_hops_share_the_key(
+        self, ctx: Any, endpoint: Callable[[], str], logs: Any
+    ) -> None:
+        """recv, put and take of one message through Readers carry one key, with peer."""
+        events = logs(trace_sample=1.0)
+        ep = endpoint()
+        router = ctx.build(SocketSpec("in", "ROUTER", bind=(ep,)))
+        dealer = ctx.build(SocketSpec("d", "DEALER", connect=(ep,), identity=b"peer-1"))
+        mux = Readers([router], tracer=Tracer()).start()
+        try:
+            dealer.send(b"payload")  # [peer-1, payload]: no delimiter, routed by the ROUTER
+            with gevent.Timeout(5):
+                assert mux.get() == ("in", [b"peer-1", b"payload"])
+        finally:
+            mux.stop()
+            dealer.close()
+        hops = events("hop")
+        assert [h["op"] for h in hops] == ["recv", "put", "take"]
+        assert {h["key"] for h in hops} == {_k(b"payload")}
+        assert hops[0]["peer"] == b"peer-1".hex()
+        assert hops[0]["socket"] == "in" and hops[0]["sock_type"] == "ROUTER"
