@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -244,3 +245,54 @@ class TestProcesses:
             bad.close()
             broker.stop()
             assert run.get(timeout=10) == 0
+
+
+class TinyBroker(Broker):
+    """A broker with HWM 5 on both sides: backpressure happens at once."""
+
+    specs = tuple(dataclasses.replace(s, hwm=5) if s.name != "kill" else s for s in Broker.specs)
+
+
+class TestBackpressure:
+    @pytest.mark.deadline(60)
+    def test_late_worker_and_tiny_hwm(
+        self, ctx: Any, endpoint: Callable[[], str], logs: Any
+    ) -> None:
+        """Requests queued before any worker exists, at HWM 5, all get answered; none dropped."""
+        logs(trace_sample=0)
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+        broker = TinyBroker()
+        run = gevent.spawn(
+            broker.serve, {"frontend": fe, "backend": be, "kill": kill}, install_signals=False
+        )
+        # one DEALER client with many requests in flight (a REQ allows only one)
+        client = ctx.build(SocketSpec("client", "DEALER", connect=(fe,), hwm=5000))
+        n = 500
+        worker: Worker | None = None
+        wrun = None
+        try:
+            sender = gevent.spawn(
+                lambda: [client.send_multipart([b"", b"%d" % j]) for j in range(n)]
+            )
+            # nobody on the backend: the broker holds one message and stops reading
+            green_wait_for(lambda: broker.forwarded["frontend->backend"] >= 1, 10, "a forward")
+            gevent.sleep(0.1)  # time to misbehave: it must not read on while it cannot send
+            assert broker.forwarded["frontend->backend"] == 1, "no backpressure"
+            worker = Worker("tasks")
+            wrun = gevent.spawn(worker.serve, {"backend": be, "kill": kill}, install_signals=False)
+            got = set()
+            with gevent.Timeout(30):
+                while len(got) < n:
+                    _, body = client.recv_multipart()
+                    got.add(int(body))
+            sender.get(timeout=5)
+            assert got == {j * j for j in range(n)}
+            assert not broker.drops
+        finally:
+            client.close()
+            if worker is not None:
+                worker.stop()
+            broker.stop()
+            assert run.get(timeout=10) == 0
+            if wrun is not None:
+                assert wrun.get(timeout=10) == 0
