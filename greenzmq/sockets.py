@@ -204,6 +204,15 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
         self.check_owner("recv")
         return super().recv(flags, copy=copy, track=track)
 
+    def poll(self, timeout: int | None = None, flags: int = zmq.POLLIN) -> int:
+        """``zmq.Socket.poll`` for the owner only.
+
+        A poll by another greenlet would consume the edge-triggered wakeup the
+        owner is parked on, stalling it until pyzmq's 11.6 s fallback (rule 2).
+        """
+        self.check_owner("poll")
+        return int(super().poll(timeout, flags))
+
     def close(self, linger: int | None = None) -> None:
         """Close (idempotent); the raw shadow goes with it."""
         self._raw = None

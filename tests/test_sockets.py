@@ -323,3 +323,22 @@ class TestOwnership:
             gevent.killall([t1, t2])
             for s in (frontend, backend, client, worker):
                 s.close()
+
+
+class TestPollOwnership:
+    def test_poll_by_another_greenlet(self, ctx: Any, endpoint: Callable[[], str]) -> None:
+        """Polling a socket another greenlet is parked on raises instead of stealing its wakeup."""
+        pull, push = _pair(ctx, endpoint)
+        try:
+            owner = gevent.spawn(pull.recv)
+            owner.name = "owner"
+            gevent.sleep(0)
+            with pytest.raises(SocketBusyError, match="tried to poll"):
+                pull.poll(10)
+            push.send(b"x")
+            assert owner.get(timeout=5) == b"x"
+            # the owner itself may poll
+            assert pull.poll(0) == 0
+        finally:
+            pull.close()
+            push.close()
