@@ -109,13 +109,19 @@ def load_app(spec: str | AppSpec) -> Any:
         ) from None
     if parsed.call:
         if not callable(obj):
-            raise AppImportError(f"{parsed.module}:{parsed.attr} is not callable (app spec {parsed.text!r})")
+            raise AppImportError(
+                f"{parsed.module}:{parsed.attr} is not callable (app spec {parsed.text!r})"
+            )
         try:
             obj = obj(*parsed.args, **parsed.kwargs)
         except TypeError as e:
-            raise AppImportError(f"calling {parsed.attr} failed: {e} (app spec {parsed.text!r})") from e
+            raise AppImportError(
+                f"calling {parsed.attr} failed: {e} (app spec {parsed.text!r})"
+            ) from e
         if obj is None:
-            raise AppImportError(f"factory {parsed.attr!r} returned None (app spec {parsed.text!r})")
+            raise AppImportError(
+                f"factory {parsed.attr!r} returned None (app spec {parsed.text!r})"
+            )
     return obj
 
 

@@ -117,8 +117,15 @@ class MasterLog:
             return
         out = self._f or sys.stderr
         if self.fmt == "json":
-            rec = {"event": event, "level": level, "timestamp": time.time(),
-                   "service": self.service, "role": "master", "pid": os.getpid(), **fields}
+            rec = {
+                "event": event,
+                "level": level,
+                "timestamp": time.time(),
+                "service": self.service,
+                "role": "master",
+                "pid": os.getpid(),
+                **fields,
+            }
             line = json.dumps(rec, default=str)
         else:
             ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -227,8 +234,13 @@ class Arbiter:
         for sig in SIGNALS:
             signal.signal(sig, self._on_signal)
         self.title(f"master [{self.name}]")
-        self.log.info("master.start", workers=self.num_workers, app=self.cfg.app,
-                      timeout=self.cfg.timeout, graceful_timeout=self.cfg.graceful_timeout)
+        self.log.info(
+            "master.start",
+            workers=self.num_workers,
+            app=self.cfg.app,
+            timeout=self.cfg.timeout,
+            graceful_timeout=self.cfg.graceful_timeout,
+        )
 
     def _write_pidfile(self, path: str) -> None:
         try:
@@ -298,7 +310,7 @@ class Arbiter:
     def _shutdown(self) -> None:
         try:
             self.cfg.run_hook("on_exit", self)
-        except Exception:  # noqa: BLE001 - a broken hook must not keep the pidfile
+        except Exception:
             self.log.error("master.hook_failed", hook="on_exit", error=traceback.format_exc())
         self._remove_pidfile()
         self.log.info("master.exit", code=self.exit_code)
@@ -367,11 +379,12 @@ class Arbiter:
         try:
             new = load_config(self.argv)
             if self.reload_check is not None and (
-                new.app != self.cfg.app or new.endpoint != self.cfg.endpoint
+                new.app != self.cfg.app
+                or new.endpoint != self.cfg.endpoint
                 or new.workers != self.cfg.workers
             ):
                 self.info = self.reload_check(new)
-        except Exception as e:  # noqa: BLE001 - also SystemExit from argparse
+        except Exception as e:
             self.log.error("master.reload_failed", error=str(e))
             return
         except SystemExit:
@@ -451,11 +464,17 @@ class Arbiter:
 
     def _worker_exited(self, w: Worker, code: int) -> None:
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
-        self.log.info("worker.exit", worker_pid=w.pid, wid=w.wid, how=how,
-                      reason=w.exit_reason, booted=w.booted_at is not None)
+        self.log.info(
+            "worker.exit",
+            worker_pid=w.pid,
+            wid=w.wid,
+            how=how,
+            reason=w.exit_reason,
+            booted=w.booted_at is not None,
+        )
         try:
             self.cfg.run_hook("worker_exit", self, w)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.log.error("master.hook_failed", hook="worker_exit", error=traceback.format_exc())
         if self.stopping:
             return
@@ -463,8 +482,11 @@ class Arbiter:
             f = w.failure
             if "message" in f:
                 raise HaltServer(str(f["message"]), int(f.get("code", 1)))
-            raise HaltServer("worker failed to boot (traceback above)", int(f.get("code", 3)),
-                             detail=str(f.get("traceback", "")))
+            raise HaltServer(
+                "worker failed to boot (traceback above)",
+                int(f.get("code", 3)),
+                detail=str(f.get("traceback", "")),
+            )
         if w.booted_at is None and not w.retiring and not w.aborted:
             raise HaltServer(f"worker failed to boot ({how})", 3)
         if w.retiring:
@@ -479,18 +501,27 @@ class Arbiter:
         now = time.monotonic()
         stable = w.booted_at is not None and now - w.booted_at >= STABLE_AFTER
         self.crash_streak = 1 if stable else self.crash_streak + 1
-        delay = 0.0 if self.crash_streak <= 1 else min(MAX_BACKOFF, 0.1 * 2 ** (self.crash_streak - 1))
+        delay = (
+            0.0 if self.crash_streak <= 1 else min(MAX_BACKOFF, 0.1 * 2 ** (self.crash_streak - 1))
+        )
         self.spawn_not_before = now + delay
-        self.log.warning("worker.crashed", worker_pid=w.pid, wid=w.wid, how=how,
-                         streak=self.crash_streak, backoff=delay)
+        self.log.warning(
+            "worker.crashed",
+            worker_pid=w.pid,
+            wid=w.wid,
+            how=how,
+            streak=self.crash_streak,
+            backoff=delay,
+        )
 
     def murder_workers(self) -> None:
         """KILL what is past its deadline; ABRT workers that stopped beating."""
         now = time.monotonic()
         if self.stopping and now >= self.stop_deadline:
             if self.workers:
-                self.log.warning("master.stop_timeout", mode=self.stopping,
-                                 killed=sorted(self.workers))
+                self.log.warning(
+                    "master.stop_timeout", mode=self.stopping, killed=sorted(self.workers)
+                )
             self.kill_all(signal.SIGKILL)
             self._wait_children(2.0)
             return
@@ -500,8 +531,13 @@ class Arbiter:
                 self._kill(w.pid, signal.SIGKILL)
                 w.kill_at = None
             elif timeout > 0 and not w.aborted and now - w.last_beat > timeout:
-                self.log.error("worker.timeout", worker_pid=w.pid, wid=w.wid,
-                               silent=round(now - w.last_beat, 3), timeout=timeout)
+                self.log.error(
+                    "worker.timeout",
+                    worker_pid=w.pid,
+                    wid=w.wid,
+                    silent=round(now - w.last_beat, 3),
+                    timeout=timeout,
+                )
                 w.aborted = True
                 w.kill_at = now + KILL_GRACE
                 self._kill(w.pid, signal.SIGABRT)
@@ -511,7 +547,7 @@ class Arbiter:
         if self.stopping:
             return
         live = sorted((w for w in self.workers.values() if not w.retiring), key=lambda w: w.wid)
-        for w in live[self.num_workers:]:
+        for w in live[self.num_workers :]:
             self.retire(w)  # the highest indexes go first
         live = live[: self.num_workers]
         if len(live) < self.num_workers and time.monotonic() >= self.spawn_not_before:
@@ -524,9 +560,12 @@ class Arbiter:
                     break  # wait for the old holder of a slot to exit
                 held.add(wid)
                 self.spawn_worker(wid)
-        if not self.ready_announced and self.workers and all(
-            w.booted_at is not None for w in self.workers.values()
-        ) and len(self.workers) >= self.num_workers:
+        if (
+            not self.ready_announced
+            and self.workers
+            and all(w.booted_at is not None for w in self.workers.values())
+            and len(self.workers) >= self.num_workers
+        ):
             self.ready_announced = True
             self.log.info("master.ready", workers=len(self.workers))
             self.cfg.run_hook("when_ready", self)
@@ -552,7 +591,7 @@ class Arbiter:
             try:
                 parent.close()
                 code = self._child(wid, child, old_mask)
-            except BaseException:  # noqa: BLE001
+            except BaseException:
                 traceback.print_exc()
                 code = 3
             finally:
@@ -623,8 +662,13 @@ class Arbiter:
                 if done:
                     w = self.workers.pop(pid)
                     self._close_channel(w)
-                    self.log.info("worker.exit", worker_pid=pid, wid=w.wid,
-                                  how=f"code {os.waitstatus_to_exitcode(status)}",
-                                  reason="killed", booted=w.booted_at is not None)
+                    self.log.info(
+                        "worker.exit",
+                        worker_pid=pid,
+                        wid=w.wid,
+                        how=f"code {os.waitstatus_to_exitcode(status)}",
+                        reason="killed",
+                        booted=w.booted_at is not None,
+                    )
             if self.workers:
                 time.sleep(0.01)

@@ -150,9 +150,12 @@ def _endpoints(v: Any) -> dict[str, str]:
 
 
 def _hook(v: Any) -> Callable[..., Any] | None:
-    if v is not None and not callable(v):
+    if v is None:
+        return None
+    if not callable(v):
         raise ConfigError(f"not callable: {v!r}")
-    return v
+    fn: Callable[..., Any] = v
+    return fn
 
 
 @dataclass(frozen=True)
@@ -176,41 +179,130 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("config", ("-c", "--config"), _opt_str, None,
-            "Python config file: module-level names are settings and hooks", "PATH"),
-    Setting("workers", ("-w", "--workers"), _int(1), 1,
-            "number of worker processes", "N"),
-    Setting("graceful_timeout", ("--graceful-timeout",), _float(0.0), 30.0,
-            "seconds workers get to finish in-flight work on TERM/HUP before KILL", "S"),
-    Setting("timeout", ("-t", "--timeout"), _float(0.0), 30.0,
-            "a worker silent (no heartbeat) this long is killed and replaced; 0: off", "S"),
-    Setting("block_threshold", ("--block-threshold",), _float(0.0), 1.0,
-            "report a worker hub blocked longer than this (gevent monitor thread); 0: off",
-            "S"),
-    Setting("max_requests", ("--max-requests",), _int(0), 0,
-            "recycle a worker after this many requests; 0: never", "N"),
-    Setting("max_requests_jitter", ("--max-requests-jitter",), _int(0), 0,
-            "add 0..N to max-requests per worker, so restarts are staggered", "N"),
-    Setting("pid", ("-p", "--pid"), _opt_str, None,
-            "write the master's pid to PATH (removed on exit)", "PATH"),
-    Setting("name", ("-n", "--name"), _opt_str, None,
-            "process title prefix (needs setproctitle); default: the service name", "NAME"),
-    Setting("endpoint", ("--endpoint",), _endpoints, {},
-            "replace socket NAME's endpoint (repeatable; {wid}, {BASE+wid} per worker)",
-            "NAME=ADDR", action="append"),
-    Setting("log_format", ("--log-format",), _choice("json", "console", optional=True), None,
-            "json or console (default: console on a TTY, json otherwise)", "FORMAT",
-            choices=("json", "console")),
-    Setting("log_file", ("--log-file",), _opt_str, None,
-            "append logs to PATH (master and workers; USR1 reopens)", "PATH"),
-    Setting("log_level", ("--log-level",), _choice(*LOG_LEVELS), "info",
-            "debug, info, warning, error or critical", "LEVEL", choices=LOG_LEVELS),
-    Setting("trace_sample", ("--trace-sample",), _float(0.0, 1.0), 1.0,
-            "share of messages whose hops are logged: 0 none, 1 all", "RATE"),
-    Setting("check_config", ("--check-config",), _bool, False,
-            "load the app, validate settings and endpoints, exit 0 or 1", action="store_true"),
-    Setting("print_config", ("--print-config",), _bool, False,
-            "print one `name = value` line per setting and exit", action="store_true"),
+    Setting(
+        "config",
+        ("-c", "--config"),
+        _opt_str,
+        None,
+        "Python config file: module-level names are settings and hooks",
+        "PATH",
+    ),
+    Setting("workers", ("-w", "--workers"), _int(1), 1, "number of worker processes", "N"),
+    Setting(
+        "graceful_timeout",
+        ("--graceful-timeout",),
+        _float(0.0),
+        30.0,
+        "seconds workers get to finish in-flight work on TERM/HUP before KILL",
+        "S",
+    ),
+    Setting(
+        "timeout",
+        ("-t", "--timeout"),
+        _float(0.0),
+        30.0,
+        "a worker silent (no heartbeat) this long is killed and replaced; 0: off",
+        "S",
+    ),
+    Setting(
+        "block_threshold",
+        ("--block-threshold",),
+        _float(0.0),
+        1.0,
+        "report a worker hub blocked longer than this (gevent monitor thread); 0: off",
+        "S",
+    ),
+    Setting(
+        "max_requests",
+        ("--max-requests",),
+        _int(0),
+        0,
+        "recycle a worker after this many requests; 0: never",
+        "N",
+    ),
+    Setting(
+        "max_requests_jitter",
+        ("--max-requests-jitter",),
+        _int(0),
+        0,
+        "add 0..N to max-requests per worker, so restarts are staggered",
+        "N",
+    ),
+    Setting(
+        "pid",
+        ("-p", "--pid"),
+        _opt_str,
+        None,
+        "write the master's pid to PATH (removed on exit)",
+        "PATH",
+    ),
+    Setting(
+        "name",
+        ("-n", "--name"),
+        _opt_str,
+        None,
+        "process title prefix (needs setproctitle); default: the service name",
+        "NAME",
+    ),
+    Setting(
+        "endpoint",
+        ("--endpoint",),
+        _endpoints,
+        {},
+        "replace socket NAME's endpoint (repeatable; {wid}, {BASE+wid} per worker)",
+        "NAME=ADDR",
+        action="append",
+    ),
+    Setting(
+        "log_format",
+        ("--log-format",),
+        _choice("json", "console", optional=True),
+        None,
+        "json or console (default: console on a TTY, json otherwise)",
+        "FORMAT",
+        choices=("json", "console"),
+    ),
+    Setting(
+        "log_file",
+        ("--log-file",),
+        _opt_str,
+        None,
+        "append logs to PATH (master and workers; USR1 reopens)",
+        "PATH",
+    ),
+    Setting(
+        "log_level",
+        ("--log-level",),
+        _choice(*LOG_LEVELS),
+        "info",
+        "debug, info, warning, error or critical",
+        "LEVEL",
+        choices=LOG_LEVELS,
+    ),
+    Setting(
+        "trace_sample",
+        ("--trace-sample",),
+        _float(0.0, 1.0),
+        1.0,
+        "share of messages whose hops are logged: 0 none, 1 all",
+        "RATE",
+    ),
+    Setting(
+        "check_config",
+        ("--check-config",),
+        _bool,
+        False,
+        "load the app, validate settings and endpoints, exit 0 or 1",
+        action="store_true",
+    ),
+    Setting(
+        "print_config",
+        ("--print-config",),
+        _bool,
+        False,
+        "print one `name = value` line per setting and exit",
+        action="store_true",
+    ),
 )
 
 HOOKS: tuple[tuple[str, str], ...] = (
@@ -293,8 +385,9 @@ def build_parser(prog: str = "greenzmq", *, for_env: bool = False) -> argparse.A
         description="Run MODULE:APP under a pre-fork master (-w workers).",
     )
     if not for_env:
-        p.add_argument("app", metavar="MODULE:APP", nargs="?",
-                       help="the app, e.g. services.broker:app")
+        p.add_argument(
+            "app", metavar="MODULE:APP", nargs="?", help="the app, e.g. services.broker:app"
+        )
     for s in SETTINGS:
         if not s.cli:
             continue
@@ -323,7 +416,7 @@ def _read_file(cfg: Config, path: str) -> None:
         raise ConfigError(f"config file {path!r} does not exist")
     try:
         namespace = runpy.run_path(path, run_name="__greenzmq_config__")
-    except Exception as e:  # noqa: BLE001 - any error in the user's file is a config error
+    except Exception as e:
         raise ConfigError(f"config file {path!r} failed: {type(e).__name__}: {e}") from e
     known = set(_BY_NAME) | set(HOOK_NAMES) | {_APP}
     for name, value in namespace.items():
@@ -331,7 +424,9 @@ def _read_file(cfg: Config, path: str) -> None:
             continue
         if name in known:
             if name in ("config", "check_config", "print_config"):
-                raise ConfigError(f"config file {path!r}: {name!r} can only be given on the command line")
+                raise ConfigError(
+                    f"config file {path!r}: {name!r} can only be given on the command line"
+                )
             try:
                 cfg.set(name, value, "file")
             except ConfigError as e:

@@ -134,7 +134,10 @@ def run_service(
     try:
         service = as_service(load_app(spec))
         configure_logging(
-            service.name, fmt=log_format, log_file=log_file, level=log_level,
+            service.name,
+            fmt=log_format,
+            log_file=log_file,
+            level=log_level,
             trace_sample=trace_sample,
         )
         apply_endpoints(service.specs, endpoints or {})

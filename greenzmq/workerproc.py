@@ -1,8 +1,8 @@
 """What a forked worker does: gevent first, then the app, then serve it with its own context.
 
 The master (:mod:`greenzmq.arbiter`) forks and calls :func:`run_worker` in the
-child; it never returns into the master's loop (the arbiter ``os._exit``\\ s
-with its result). Order matters (rule 7): the master imported neither gevent
+child; it never returns into the master's loop (the arbiter exits with its
+result through ``os._exit``). Order matters (rule 7): the master imported neither gevent
 nor zmq, so this process imports gevent first (with the monitor thread
 configured before the hub exists), then the app (which imports zmq.green),
 and :meth:`Service.serve` makes the context after that.
@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import traceback
 import warnings
@@ -122,7 +121,7 @@ def run_worker(cfg: Config, wid: int, fd: int, title: Callable[[str], None]) -> 
         gevent.config.monitor_thread = True
         gevent.config.max_blocking_time = cfg.block_threshold
         gevent.config.print_blocking_reports = False  # we log a structured event instead
-    import gevent.signal  # noqa: F401 - gevent.signal_handler
+    import gevent.signal
 
     chan = _Channel(fd)
     info = WorkerInfo(wid)
@@ -153,7 +152,7 @@ def run_worker(cfg: Config, wid: int, fd: int, title: Callable[[str], None]) -> 
         title(f"worker {wid} [{cfg.name or service.name}]")
         if cfg.block_threshold > 0:
             _install_monitor(cfg.block_threshold, log)
-    except BaseException as e:  # noqa: BLE001 - any boot failure goes to the master
+    except BaseException as e:
         return _boot_failure(chan, e, 2)
 
     state: dict[str, Any] = {"ready": False, "reason": None}
@@ -211,7 +210,7 @@ def run_worker(cfg: Config, wid: int, fd: int, title: Callable[[str], None]) -> 
     signal.signal(signal.SIGABRT, abort)
     for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)  # the master's business
-    handlers = [
+    handlers: list[Any] = [
         gevent.signal_handler(signal.SIGTERM, service.stop, "SIGTERM"),
         gevent.signal_handler(signal.SIGINT, quick, "SIGINT"),
         gevent.signal_handler(signal.SIGQUIT, quick, "SIGQUIT"),
@@ -222,7 +221,7 @@ def run_worker(cfg: Config, wid: int, fd: int, title: Callable[[str], None]) -> 
     log.debug("worker.boot", wid=wid, max_requests=limit or None)
     try:
         code = int(service.serve(endpoints, install_signals=False))
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         if state["ready"]:
             log.error("worker.failed", wid=wid, error=repr(e), exc_info=True)
             return 1

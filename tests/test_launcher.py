@@ -143,7 +143,9 @@ def broker(service: Start) -> Iterator[dict[str, str]]:
     yield eps
 
 
-def worker_args(eps: dict[str, str], *extra: str, app: str = "tests.launcher_apps:echo") -> list[str]:
+def worker_args(
+    eps: dict[str, str], *extra: str, app: str = "tests.launcher_apps:echo"
+) -> list[str]:
     """Arguments for a master of workers connected to ``eps``'s broker."""
     return [app, f"--endpoint=backend={eps['backend']}", f"--endpoint=kill={eps['kill']}", *extra]
 
@@ -151,12 +153,24 @@ def worker_args(eps: dict[str, str], *extra: str, app: str = "tests.launcher_app
 class TestGracefulStop:
     """TERM answers what is in flight; INT during it is quick."""
 
-    def test_term_answers_200_in_flight(self, broker: dict[str, str], service: Start,
-                                        tmp_path: Path) -> None:
+    def test_term_answers_200_in_flight(
+        self, broker: dict[str, str], service: Start, tmp_path: Path
+    ) -> None:
         """Scenario 1: 200 accepted requests are all answered, nothing new is taken, exit 0."""
         pidfile = tmp_path / "m.pid"
-        p = service(*worker_args(broker, "-w", "2", "--graceful-timeout", "5",
-                                 "--pid", str(pidfile), "--trace-sample", "0"))
+        p = service(
+            *worker_args(
+                broker,
+                "-w",
+                "2",
+                "--graceful-timeout",
+                "5",
+                "--pid",
+                str(pidfile),
+                "--trace-sample",
+                "0",
+            )
+        )
         wait_for(lambda: len(worker_pids(p)) == 2, 15, "2 workers")
         assert int(pidfile.read_text()) == p.pid
         workers = worker_pids(p)
@@ -181,7 +195,9 @@ class TestGracefulStop:
         assert not pidfile.exists()
         assert not [w for w in workers if alive(w)]
 
-    def test_int_during_graceful_stop_is_quick(self, broker: dict[str, str], service: Start) -> None:
+    def test_int_during_graceful_stop_is_quick(
+        self, broker: dict[str, str], service: Start
+    ) -> None:
         """Scenario 2: INT while TERM waits on long requests: exit within 2 s, workers gone."""
         p = service(*worker_args(broker, "-w", "2", "--graceful-timeout", "30"))
         wait_for(lambda: len(worker_pids(p)) == 2, 15, "2 workers")
@@ -206,9 +222,10 @@ class TestGracefulStop:
 class TestLiveness:
     """Heartbeats catch a blocked hub; workers notice a dead master."""
 
-    def test_blocked_hub_is_caught_and_replaced(self, broker: dict[str, str],
-                                                service: Start) -> None:
-        """Scenario 3: timeout logged within timeout +- 1 s, worker replaced, the other untouched."""
+    def test_blocked_hub_is_caught_and_replaced(
+        self, broker: dict[str, str], service: Start
+    ) -> None:
+        """Scenario 3: timeout logged within timeout +- 1 s, replaced, the other untouched."""
         p = service(*worker_args(broker, "-w", "2", "--timeout", "2", "--block-threshold", "0.5"))
         wait_for(lambda: len(worker_pids(p)) == 2, 15, "2 workers")
         first = set(worker_pids(p))
@@ -238,13 +255,16 @@ class TestLiveness:
         assert p.wait(10) == 0
 
     def test_killed_master_leaves_no_workers(self, service: Start) -> None:
-        """Scenario 6: SIGKILLed masters; workers exit within two beats; the ports rebind at once."""
+        """Scenario 6: masters SIGKILLed: workers exit within two beats; ports rebind at once."""
         eps = {"frontend": free_endpoint(), "backend": free_endpoint(), "kill": free_endpoint()}
-        bargs = ["services.broker:app", "--timeout", "2",
-                 *[f"--endpoint={k}={v}" for k, v in eps.items()]]
+        bargs = [
+            "services.broker:app",
+            "--timeout",
+            "2",
+            *[f"--endpoint={k}={v}" for k, v in eps.items()],
+        ]
         b = service(*bargs)
-        w = service(*worker_args(eps, "-w", "2", "--timeout", "2",
-                                 app="services.worker:app"))
+        w = service(*worker_args(eps, "-w", "2", "--timeout", "2", app="services.worker:app"))
         b.wait_started()
         wait_for(lambda: len(worker_pids(w)) == 2, 15, "2 workers")
         orphans = worker_pids(b) + worker_pids(w)
@@ -290,8 +310,12 @@ class TestRespawn:
         busy.listen()
         port = busy.getsockname()[1]
         try:
-            p = service("services.broker:app", f"--endpoint=frontend=tcp://127.0.0.1:{port}",
-                        f"--endpoint=backend={free_endpoint()}", f"--endpoint=kill={free_endpoint()}")
+            p = service(
+                "services.broker:app",
+                f"--endpoint=frontend=tcp://127.0.0.1:{port}",
+                f"--endpoint=backend={free_endpoint()}",
+                f"--endpoint=kill={free_endpoint()}",
+            )
             assert p.wait(10) != 0
         finally:
             busy.close()
@@ -350,8 +374,14 @@ class TestScaling:
         wait_for(count(2), 15, "2 workers")
         load = Load(broker["frontend"]).start()
         try:
-            for sig, n in ((signal.SIGTTIN, 3), (signal.SIGTTIN, 4), (signal.SIGTTOU, 3),
-                           (signal.SIGTTOU, 2), (signal.SIGTTOU, 1), (signal.SIGTTOU, 1)):
+            for sig, n in (
+                (signal.SIGTTIN, 3),
+                (signal.SIGTTIN, 4),
+                (signal.SIGTTOU, 3),
+                (signal.SIGTTOU, 2),
+                (signal.SIGTTOU, 1),
+                (signal.SIGTTOU, 1),
+            ):
                 t0 = time.monotonic()
                 p.signal(sig)
                 wait_for(count(n), 2, f"{n} workers")
@@ -364,11 +394,22 @@ class TestScaling:
         p.signal(signal.SIGTERM)
         assert p.wait(10) == 0
 
-    def test_max_requests_with_jitter_under_load(self, broker: dict[str, str],
-                                                 service: Start) -> None:
+    def test_max_requests_with_jitter_under_load(
+        self, broker: dict[str, str], service: Start
+    ) -> None:
         """Scenario 9: workers recycle at staggered counts; every request is answered."""
-        p = service(*worker_args(broker, "-w", "2", "--max-requests", "40",
-                                 "--max-requests-jitter", "30", app="services.worker:app"))
+        p = service(
+            *worker_args(
+                broker,
+                "-w",
+                "2",
+                "--max-requests",
+                "40",
+                "--max-requests-jitter",
+                "30",
+                app="services.worker:app",
+            )
+        )
         wait_for(lambda: len(worker_pids(p)) == 2, 15, "2 workers")
         load = Load(broker["frontend"]).start()
         try:
@@ -390,8 +431,12 @@ class TestOneWorker:
     def test_pidfile_usr1_and_term(self, service: Start, tmp_path: Path) -> None:
         """The pidfile names the master; USR1 reopens the log; TERM exits 0 and removes it."""
         pidfile = tmp_path / "b.pid"
-        p = service("services.broker:app", "--pid", str(pidfile),
-                    *[f"--endpoint={k}={free_endpoint()}" for k in ("frontend", "backend", "kill")])
+        p = service(
+            "services.broker:app",
+            "--pid",
+            str(pidfile),
+            *[f"--endpoint={k}={free_endpoint()}" for k in ("frontend", "backend", "kill")],
+        )
         p.wait_started()
         assert int(pidfile.read_text()) == p.pid
         rotated = p.log.with_suffix(".1")
@@ -427,6 +472,7 @@ class TestOneWorker:
 
     def test_per_worker_tcp_binds(self, service: Start) -> None:
         """`{BASE+wid}` gives each of 2 broker workers its own port."""
+
         def two_free() -> int:
             for _ in range(50):
                 base = free_port()
@@ -439,14 +485,17 @@ class TestOneWorker:
             raise AssertionError("no two consecutive free ports")
 
         fe, be = two_free(), two_free()
-        p = service("services.broker:app", "-w", "2",
-                    f"--endpoint=frontend=tcp://127.0.0.1:{{{fe}+wid}}",
-                    f"--endpoint=backend=tcp://127.0.0.1:{{{be}+wid}}",
-                    f"--endpoint=kill={free_endpoint()}")
+        p = service(
+            "services.broker:app",
+            "-w",
+            "2",
+            f"--endpoint=frontend=tcp://127.0.0.1:{{{fe}+wid}}",
+            f"--endpoint=backend=tcp://127.0.0.1:{{{be}+wid}}",
+            f"--endpoint=kill={free_endpoint()}",
+        )
         wait_for(lambda: len(worker_pids(p)) == 2, 15, "2 brokers")
         for port in (fe, fe + 1, be, be + 1):
             with socket.socket() as s, pytest.raises(OSError):
                 s.bind(("127.0.0.1", port))
         p.signal(signal.SIGTERM)
         assert p.wait(10) == 0
-
