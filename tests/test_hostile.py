@@ -69,7 +69,6 @@ def attack(ctx: Any, target: str, valid: Callable[[int], None], oracle: Callable
     def run(msg: tuple[str, list[bytes]]) -> None:
         kind, frames = msg
         s = ctx.socket(zmq.REQ if kind == "REQ" else zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
         s.connect(target)
         try:
             s.send_multipart(frames or [b""])
@@ -77,7 +76,8 @@ def attack(ctx: Any, target: str, valid: Callable[[int], None], oracle: Callable
             counter["bad"] += oracle(payload(kind, frames))
             valid(counter["sent"])
         finally:
-            s.close(linger=0)
+            # the connection may still be handshaking: linger lets libzmq deliver the message
+            s.close(linger=2000)
 
     return run
 
