@@ -300,3 +300,79 @@ class TestCliErrors:
                 assert len(out) == 1, f"{p.args}: not one line:\n" + "\n".join(out)
                 assert out[0].startswith("greenzmq: error: "), out[0]
                 assert expected in out[0], out[0]
+
+
+class Idle(Service):
+    """A service with one PULL socket whose run is given by the test."""
+
+    name = "idle"
+
+    def __init__(self, body: Callable[[Idle], None], **kw: Any) -> None:
+        super().__init__(specs=(SocketSpec("in", "PULL", bind=("inproc://idle",)),), **kw)
+        self.body = body
+
+    def run(self) -> None:
+        """Whatever the test says."""
+        self.body(self)
+
+
+class TestLifecycle:
+    def test_graceful_timeout(self, logs: Any) -> None:
+        """A run() that ignores the stop is killed after graceful_timeout; exit 0, logged."""
+        events = logs()
+        ignored: list[bool] = []
+
+        def stubborn(svc: Idle) -> None:
+            try:
+                while True:
+                    gevent.sleep(0.01)
+            finally:
+                ignored.append(True)
+
+        svc = Idle(stubborn)
+        svc.graceful_timeout = 0.2
+        run = gevent.spawn(svc.serve, install_signals=False)
+        green_wait_for(lambda: svc._main is not None, 5, "run to start")
+        svc.stop("test")
+        assert run.get(timeout=5) == 0
+        assert ignored == [True]
+        assert events("service.graceful_timeout", seconds=0.2)
+
+    def test_spawned_failure_stops_with_exit_1(self, logs: Any) -> None:
+        """A greenlet started with spawn() that raises stops the service; exit code 1."""
+        events = logs()
+
+        def body(svc: Idle) -> None:
+            svc.spawn(lambda: 1 / 0, name="divider")
+            svc.stopping.wait()
+
+        svc = Idle(body)
+        assert gevent.spawn(svc.serve, install_signals=False).get(timeout=5) == 1
+        assert svc.failed
+        assert svc.stop_reason == "greenlet 'divider' failed"
+        (failed,) = events("service.greenlet_failed")
+        assert failed["greenlet"] == "divider" and "ZeroDivisionError" in failed["error"]
+
+    def test_stop_before_serve(self, logs: Any) -> None:
+        """stop() before serve(): serve opens, sees the stop, closes; nothing left open."""
+        logs()
+        svc = Idle(lambda s: s.stopping.wait())
+        svc.stop("early")
+        assert gevent.spawn(svc.serve, install_signals=False).get(timeout=5) == 0
+        assert svc.ctx is None and all(s.closed for s in svc.socks.values())
+
+    def test_kill_switch_in_process(self, ctx: Any, endpoint: Callable[[], str], logs: Any) -> None:
+        """Any message on the ``kill`` SUB stops the service with reason 'kill switch'."""
+        logs()
+        kill = endpoint()
+        pub = ctx.build(SocketSpec("pub", "XPUB", bind=(kill,)))
+        svc = Worker("poller")
+        run = gevent.spawn(svc.serve, {"backend": endpoint(), "kill": kill}, install_signals=False)
+        try:
+            with gevent.Timeout(5):
+                assert pub.recv() == b"\x01"  # the service subscribed
+                pub.send(b"KILL")
+            assert run.get(timeout=5) == 0
+            assert svc.stop_reason == "kill switch"
+        finally:
+            pub.close()

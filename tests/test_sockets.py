@@ -342,3 +342,19 @@ class TestPollOwnership:
         finally:
             pull.close()
             push.close()
+
+
+class TestTimeouts:
+    def test_gevent_timeout_on_recv(self, ctx: Any, endpoint: Callable[[], str]) -> None:
+        """gevent.Timeout interrupts a green recv, repeatedly; the socket still works after."""
+        pull, push = _pair(ctx, endpoint)
+        try:
+            for _ in range(2):
+                with pytest.raises(gevent.Timeout), gevent.Timeout(0.02):
+                    pull.recv()
+            push.send(b"x")
+            with gevent.Timeout(5):
+                assert pull.recv() == b"x"
+        finally:
+            pull.close()
+            push.close()
