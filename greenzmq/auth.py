@@ -60,7 +60,9 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAIN = b"greenzmq"
 
 
-def generate_keys(directory: str | os.PathLike[str], name: str, *, force: bool = False) -> tuple[Path, Path]:
+def generate_keys(
+    directory: str | os.PathLike[str], name: str, *, force: bool = False
+) -> tuple[Path, Path]:
     """Write ``NAME.key`` (public) and ``NAME.key_secret`` (mode 0600) in ``directory``."""
     d = Path(directory)
     if not name or "/" in name or name.startswith("."):
@@ -135,7 +137,7 @@ class GreenAuthenticator:
         self.ctx = ctx
         self.log = get_logger(role="zap")
         self.sock: Socket | None = None
-        self.greenlet: gevent.Greenlet | None = None
+        self.greenlet: gevent.Greenlet[..., Any] | None = None
         self.allowed_count = 0
         self.refused_count = 0
         if isinstance(allowed, set):
@@ -160,7 +162,9 @@ class GreenAuthenticator:
         except (OSError, ConfigError) as e:
             self.log.error("auth.keys_unreadable", directory=self._dir, error=str(e))
 
-    def start(self, spawn: Callable[..., gevent.Greenlet] | None = None) -> GreenAuthenticator:
+    def start(
+        self, spawn: Callable[..., gevent.Greenlet[..., Any]] | None = None
+    ) -> GreenAuthenticator:
         """Bind the ZAP endpoint (before any secured socket binds) and start serving it."""
         self.sock = self.ctx.socket(zmq.REP)
         self.sock.name = "zap"
@@ -213,13 +217,22 @@ class GreenAuthenticator:
                 self.log.info("auth.allowed", address=peer, client_key=key.decode())
                 return [version, rid, b"200", b"OK", key, b""]
             self.refused_count += 1
-            self.log.warning("auth.refused", address=peer, mechanism="CURVE",
-                             client_key=key.decode(), domain=domain.decode(errors="replace"),
-                             reason="client key not allowed")
+            self.log.warning(
+                "auth.refused",
+                address=peer,
+                mechanism="CURVE",
+                client_key=key.decode(),
+                domain=domain.decode(errors="replace"),
+                reason="client key not allowed",
+            )
             return [version, rid, b"400", b"client key not allowed", b"", b""]
         self.refused_count += 1
-        self.log.warning("auth.refused", address=peer, mechanism=mechanism.decode(errors="replace"),
-                         reason="mechanism not allowed")
+        self.log.warning(
+            "auth.refused",
+            address=peer,
+            mechanism=mechanism.decode(errors="replace"),
+            reason="mechanism not allowed",
+        )
         return [version, rid, b"400", b"mechanism not allowed", b"", b""]
 
 
@@ -289,8 +302,11 @@ def secure(
 
 def main(argv: Sequence[str]) -> int:
     """``greenzmq keygen DIR NAME...``: write CURVE key pairs."""
-    p = argparse.ArgumentParser(prog="greenzmq keygen", description="write CURVE key pairs: "
-                                "NAME.key (public, give it out) and NAME.key_secret (keep it)")
+    p = argparse.ArgumentParser(
+        prog="greenzmq keygen",
+        description="write CURVE key pairs: "
+        "NAME.key (public, give it out) and NAME.key_secret (keep it)",
+    )
     p.add_argument("directory", help="where to write the keys (created if missing)")
     p.add_argument("names", nargs="+", metavar="NAME", help="one key pair per name")
     p.add_argument("--force", action="store_true", help="replace existing key files")

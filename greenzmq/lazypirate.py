@@ -112,4 +112,3 @@ class LazyPirate:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-

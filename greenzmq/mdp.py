@@ -220,9 +220,13 @@ class MDPBroker(Service):
         if tell:
             self._to_worker(w, _DISCONNECT[w.version])
         self.counts[f"workers {why}"] += 1
-        self.log.info("mdp.worker_lost" if why != "left" else "mdp.worker_left",
-                      worker=wid.hex(), mdp_service=w.service.decode(errors="replace"), why=why,
-                      lost_request=w.job is not None)
+        self.log.info(
+            "mdp.worker_lost" if why != "left" else "mdp.worker_left",
+            worker=wid.hex(),
+            mdp_service=w.service.decode(errors="replace"),
+            why=why,
+            lost_request=w.job is not None,
+        )
 
     def _tidy(self, svc: _Service) -> None:
         if not svc.workers and not svc.requests:
@@ -269,8 +273,12 @@ class MDPBroker(Service):
                     return
                 w = self.workers[wid] = _Worker(wid, rest[0], version, 0.0)
                 svc.workers.add(wid)
-                self.log.info("mdp.worker_ready", worker=wid.hex(), version=f"0.{version}",
-                              mdp_service=rest[0].decode(errors="replace"))
+                self.log.info(
+                    "mdp.worker_ready",
+                    worker=wid.hex(),
+                    version=f"0.{version}",
+                    mdp_service=rest[0].decode(errors="replace"),
+                )
                 self._idle(w)
             return
         if w is None:
@@ -395,9 +403,13 @@ class MDPBroker(Service):
                     elif not self._to_worker(w, _HEARTBEAT[w.version]):
                         self._forget(w.id, "unreachable")
         poller.close_watchers()
-        self.log.info("mdp.stats", counts=dict(self.counts), drops=dict(self.drops),
-                      workers=len(self.workers),
-                      queued=sum(len(s.requests) for s in self.services.values()))
+        self.log.info(
+            "mdp.stats",
+            counts=dict(self.counts),
+            drops=dict(self.drops),
+            workers=len(self.workers),
+            queued=sum(len(s.requests) for s in self.services.values()),
+        )
 
 
 class MDPClient:
@@ -422,7 +434,9 @@ class MDPClient:
         self.endpoint, self.timeout, self.retries = endpoint, timeout, retries
         self._own_ctx = ctx is None
         self.ctx: Context = ctx if ctx is not None else Context()
-        self.spec = SocketSpec("mdpclient", "DEALER", connect=(endpoint,), options=dict(options or {}))
+        self.spec = SocketSpec(
+            "mdpclient", "DEALER", connect=(endpoint,), options=dict(options or {})
+        )
         self.sock: Socket | None = None
         self.log = get_logger(client="mdp")
         self.resent = 0
@@ -501,20 +515,20 @@ class MDPWorker(HeartbeatWorker):
         self.version = _version(version)
         self.header = _WORKER_HEADER[self.version]
 
-    def ready_msg(self) -> list[bytes]:  # noqa: D102
+    def ready_msg(self) -> list[bytes]:
         return [b"", self.header, READY, self.service]
 
-    def heartbeat_msg(self) -> list[bytes]:  # noqa: D102
+    def heartbeat_msg(self) -> list[bytes]:
         return [b"", self.header, _HEARTBEAT[self.version]]
 
-    def disconnect_msg(self) -> list[bytes] | None:  # noqa: D102
+    def disconnect_msg(self) -> list[bytes] | None:
         return [b"", self.header, _DISCONNECT[self.version]]
 
-    def reply_msg(self, envelope: list[bytes], body: list[bytes]) -> list[bytes]:  # noqa: D102
+    def reply_msg(self, envelope: list[bytes], body: list[bytes]) -> list[bytes]:
         cmd = REPLY01 if self.version == 1 else FINAL02
         return [b"", self.header, cmd, *envelope, b"", *body]
 
-    def parse(self, frames: list[bytes]) -> Parsed | str:  # noqa: D102
+    def parse(self, frames: list[bytes]) -> Parsed | str:
         if len(frames) < 3 or frames[0] != b"":
             return "malformed broker message"
         if frames[1] != self.header:
@@ -568,6 +582,5 @@ class MDPWorkerService(PPPWorkerService):
         self.mdp_service = service
         self.version = _version(version)
 
-    def make_worker(self, **extra: Any) -> HeartbeatWorker:  # noqa: D102
+    def make_worker(self, **extra: Any) -> HeartbeatWorker:
         return super().make_worker(service=self.mdp_service, version=self.version, **extra)
-

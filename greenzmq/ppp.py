@@ -120,7 +120,7 @@ class HeartbeatWorker:
         self._wake = gevent.event.Event()
         self._done: deque[tuple[list[bytes], list[bytes]]] = deque()
         self._backlog: deque[tuple[list[bytes], list[bytes]]] = deque()
-        self._busy: gevent.Greenlet | None = None
+        self._busy: gevent.Greenlet[..., Any] | None = None
         self._group = gevent.pool.Group()
         self._heard = time.monotonic()
 
@@ -142,7 +142,7 @@ class HeartbeatWorker:
         raise NotImplementedError
 
     def parse(self, frames: list[bytes]) -> Parsed | str:
-        """``(kind, envelope, body)``, kind in request/heartbeat/disconnect/ack; or a drop reason."""
+        """``(kind, envelope, body)`` (request/heartbeat/disconnect/ack) or a drop reason."""
         raise NotImplementedError
 
     # -- control -----------------------------------------------------------
@@ -187,7 +187,7 @@ class HeartbeatWorker:
     def _work(self, envelope: list[bytes], body: list[bytes]) -> None:
         try:
             reply = [bytes(f) for f in self.handler(body)]
-        except Exception as e:  # noqa: BLE001 - the client gets an error reply, the worker lives
+        except Exception as e:
             self.log.error("worker.handler_failed", error=repr(e))
             reply = [b"error: " + type(e).__name__.encode()]
         self._done.append((envelope, reply))
@@ -275,8 +275,11 @@ class HeartbeatWorker:
                 if now - self._heard > patience and leaving_since is None:
                     if self._stopping and self._busy is None:
                         break
-                    self.log.warning("worker.peer_lost", silent_for=round(now - self._heard, 3),
-                                     reconnect_in=backoff)
+                    self.log.warning(
+                        "worker.peer_lost",
+                        silent_for=round(now - self._heard, 3),
+                        reconnect_in=backoff,
+                    )
                     self._wake.clear()
                     if not self._stopping:
                         self._wake.wait(backoff)
@@ -298,19 +301,19 @@ class PPPWorker(HeartbeatWorker):
 
     kind = "ppworker"
 
-    def ready_msg(self) -> list[bytes]:  # noqa: D102
+    def ready_msg(self) -> list[bytes]:
         return [READY]
 
-    def heartbeat_msg(self) -> list[bytes]:  # noqa: D102
+    def heartbeat_msg(self) -> list[bytes]:
         return [HEARTBEAT]
 
-    def disconnect_msg(self) -> list[bytes] | None:  # noqa: D102
+    def disconnect_msg(self) -> list[bytes] | None:
         return [DISCONNECT]
 
-    def reply_msg(self, envelope: list[bytes], body: list[bytes]) -> list[bytes]:  # noqa: D102
+    def reply_msg(self, envelope: list[bytes], body: list[bytes]) -> list[bytes]:
         return [*envelope, *body]
 
-    def parse(self, frames: list[bytes]) -> Parsed | str:  # noqa: D102
+    def parse(self, frames: list[bytes]) -> Parsed | str:
         if len(frames) == 1:
             if frames[0] == HEARTBEAT:
                 return ("heartbeat", [], [])
@@ -444,7 +447,7 @@ class PPPQueue(Service):
         self.drops[reason] += 1
         tr.drop(frames, reason)
 
-    def run(self) -> None:  # noqa: C901 - one readable loop, like the zguide's ppqueue
+    def run(self) -> None:
         """Route requests to idle live workers and replies back, until stopped."""
         fe, be = self.socks["frontend"], self.socks["backend"]
         fe.claim()

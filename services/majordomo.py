@@ -1,5 +1,6 @@
-"""The Majordomo broker: broker ROUTER bind tcp://127.0.0.1:5555 (MDP/0.1 and 0.2), plus the
-kill switch.
+"""The Majordomo broker: broker ROUTER bind tcp://127.0.0.1:5555, MDP/0.1 and 0.2.
+
+Plus the kill switch.
 
 ``services.majordomo:make(heartbeat=0.2)`` sets the heartbeat interval
 (seconds); ``liveness``, ``busy_timeout``, ``maxmsgsize`` and CURVE
@@ -40,7 +41,11 @@ def worker(
 ) -> MDPWorkerService:
     """Factory: a squaring worker, ``services.majordomo:worker(version="0.1")``."""
     return MDPWorkerService(
-        service, answer, version=version, heartbeat=heartbeat, reconnect=reconnect,
+        service,
+        answer,
+        version=version,
+        heartbeat=heartbeat,
+        reconnect=reconnect,
         name=f"mdpworker-{service}",
     )
 

@@ -1,5 +1,7 @@
-"""The Paranoid Pirate queue: frontend ROUTER bind tcp://127.0.0.1:5555, backend ROUTER
-bind tcp://127.0.0.1:5556, plus the kill switch.
+"""The Paranoid Pirate queue: frontend ROUTER bind :5555, backend ROUTER bind :5556.
+
+Endpoints: frontend ROUTER bind tcp://127.0.0.1:5555, backend ROUTER bind
+tcp://127.0.0.1:5556, plus the kill switch.
 
 ``services.ppqueue:make(heartbeat=0.2)`` sets the heartbeat interval (seconds);
 ``liveness`` is how many silent intervals make a worker dead (default 3);

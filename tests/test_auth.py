@@ -99,10 +99,14 @@ def queues(keys: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> I
         if kind == "curve":
             spec += f", secret_key={str(keys['server.key_secret'])!r}"
             spec += f", allowed_keys={str(keys['allowed'])!r}"
-        q = ServiceProcess([spec + ")", "--endpoint", f"frontend={fe}", "--endpoint",
-                            f"backend={be}"], logs / f"{kind}-queue.log")
-        w = ServiceProcess(["services.ppworker:make(heartbeat=0.2)", "--endpoint",
-                            f"backend={be}"], logs / f"{kind}-worker.log")
+        q = ServiceProcess(
+            [spec + ")", "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}"],
+            logs / f"{kind}-queue.log",
+        )
+        w = ServiceProcess(
+            ["services.ppworker:make(heartbeat=0.2)", "--endpoint", f"backend={be}"],
+            logs / f"{kind}-worker.log",
+        )
         procs += [q, w]
         out[kind] = (q, fe)
     for q, _ in (out["curve"], out["plain"]):
@@ -156,8 +160,9 @@ class TestZAP:
 
 
 class TestCurve:
-    def test_allowed_client_talks_encrypted(self, queues: Any, keys: dict[str, Path],
-                                            ctx: Any) -> None:
+    def test_allowed_client_talks_encrypted(
+        self, queues: Any, keys: dict[str, Path], ctx: Any
+    ) -> None:
         """An allowed key is answered, and neither request nor reply is readable on the wire."""
         q, fe = queues["curve"]
         relay = Relay(_port(fe))
@@ -179,14 +184,17 @@ class TestCurve:
         relay.close()
         assert MARKER in relay.captured and SQUARE in relay.captured
 
-    def test_unknown_key_gets_nothing_and_is_logged(self, queues: Any, keys: dict[str, Path],
-                                                   ctx: Any) -> None:
+    def test_unknown_key_gets_nothing_and_is_logged(
+        self, queues: Any, keys: dict[str, Path], ctx: Any
+    ) -> None:
         """A key not in the allowed directory gets no reply; the refusal names address and key."""
         q, fe = queues["curve"]
         opts = client_options(keys["server.key"], keys["intruder.key_secret"])
-        with LazyPirate(fe, timeout=0.5, retries=2, ctx=ctx, options=opts) as c:
-            with pytest.raises(RequestTimeout):
-                c.request(MARKER)
+        with (
+            LazyPirate(fe, timeout=0.5, retries=2, ctx=ctx, options=opts) as c,
+            pytest.raises(RequestTimeout),
+        ):
+            c.request(MARKER)
         refused = q.wait_event("auth.refused")
         assert refused["address"] == "127.0.0.1"
         assert refused["client_key"] == load_keypair(keys["intruder.key_secret"])[0].decode()
@@ -195,19 +203,30 @@ class TestCurve:
     def test_plaintext_client_gets_nothing(self, queues: Any, ctx: Any) -> None:
         """A client without CURVE cannot talk to the secured queue."""
         _, fe = queues["curve"]
-        with LazyPirate(fe, timeout=0.5, retries=1, ctx=ctx) as c:
-            with pytest.raises(RequestTimeout):
-                c.request(MARKER)
+        with LazyPirate(fe, timeout=0.5, retries=1, ctx=ctx) as c, pytest.raises(RequestTimeout):
+            c.request(MARKER)
 
     def test_bad_key_path_is_one_line(self, tmp_path: Path) -> None:
         """A missing secret key file fails before anything binds, naming the file."""
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         missing = str(tmp_path / "nope.key_secret")
         r = subprocess.run(
-            [sys.executable, "-m", "greenzmq", f"services.ppqueue:make(secret_key={missing!r})",
-             "--endpoint", f"frontend=tcp://127.0.0.1:{free_port()}", "--endpoint",
-             f"backend=tcp://127.0.0.1:{free_port()}", "--log-format", "json"],
-            env=env, capture_output=True, text=True, timeout=30,
+            [
+                sys.executable,
+                "-m",
+                "greenzmq",
+                f"services.ppqueue:make(secret_key={missing!r})",
+                "--endpoint",
+                f"frontend=tcp://127.0.0.1:{free_port()}",
+                "--endpoint",
+                f"backend=tcp://127.0.0.1:{free_port()}",
+                "--log-format",
+                "json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert r.returncode != 0
         assert "nope.key_secret" in r.stderr and r.stderr.count("\n") == 1

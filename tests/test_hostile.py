@@ -23,8 +23,19 @@ from greenzmq.mdp import MDPClient
 
 from .helpers import ServiceProcess, wait_for
 
-HEADERS = [b"MDPC01", b"MDPW01", b"MDPC02", b"MDPW02", b"\x01", b"\x02", b"\x03", b"\x04",
-           b"\x05", b"\x06", b""]
+HEADERS = [
+    b"MDPC01",
+    b"MDPW01",
+    b"MDPC02",
+    b"MDPW02",
+    b"\x01",
+    b"\x02",
+    b"\x03",
+    b"\x04",
+    b"\x05",
+    b"\x06",
+    b"",
+]
 frame = st.one_of(st.sampled_from(HEADERS), st.binary(max_size=64), st.binary(max_size=3000))
 hostile = st.tuples(st.sampled_from(["DEALER", "REQ"]), st.lists(frame, max_size=6))
 EXAMPLES = settings(
@@ -60,8 +71,13 @@ def drops(p: ServiceProcess) -> list[dict[str, Any]]:
     return p.events("hop", op="drop")
 
 
-def attack(ctx: Any, target: str, valid: Callable[[int], None], oracle: Callable[[list[bytes]],
-           bool], counter: dict[str, int]) -> Callable[..., None]:
+def attack(
+    ctx: Any,
+    target: str,
+    valid: Callable[[int], None],
+    oracle: Callable[[list[bytes]], bool],
+    counter: dict[str, int],
+) -> Callable[..., None]:
     """One hypothesis example: a hostile message at ``target``, then a valid request."""
 
     @EXAMPLES
@@ -82,15 +98,22 @@ def attack(ctx: Any, target: str, valid: Callable[[int], None], oracle: Callable
     return run
 
 
-def check_after(procs: list[ServiceProcess], logger: ServiceProcess, counter: dict[str, int]) -> None:
+def check_after(
+    procs: list[ServiceProcess], logger: ServiceProcess, counter: dict[str, int]
+) -> None:
     """Everyone alive; at least one logged drop with a reason per certainly-bad message."""
     for p in procs:
         assert p.proc.poll() is None, f"{p.args} died:\n{p.output()}"
-    wait_for(lambda: len(drops(logger)) >= counter["bad"], 10,
-             f"{counter['bad']} drops logged (have {len(drops(logger))})")
+    wait_for(
+        lambda: len(drops(logger)) >= counter["bad"],
+        10,
+        f"{counter['bad']} drops logged (have {len(drops(logger))})",
+    )
     assert all(d.get("reason") for d in drops(logger))
-    print(f"{counter['sent']} hostile, {counter['bad']} certainly bad, {len(drops(logger))} drops:",
-          sorted({d["reason"] for d in drops(logger)}))
+    print(
+        f"{counter['sent']} hostile, {counter['bad']} certainly bad, {len(drops(logger))} drops:",
+        sorted({d["reason"] for d in drops(logger)}),
+    )
 
 
 class TestHostile:
@@ -98,8 +121,14 @@ class TestHostile:
     def test_tutorial_broker(self, service: Any, endpoint: Any, ctx: Any) -> None:
         """The tutorial broker's ROUTER frontend survives random frames; valid requests answered."""
         fe, be = endpoint(), endpoint()
-        b = service("services.broker:app", "--endpoint", f"frontend={fe}", "--endpoint",
-                    f"backend={be}", *QUIET)
+        b = service(
+            "services.broker:app",
+            "--endpoint",
+            f"frontend={fe}",
+            "--endpoint",
+            f"backend={be}",
+            *QUIET,
+        )
         w = service("services.worker:app", "--endpoint", f"backend={be}", *QUIET)
         counter = {"sent": 0, "bad": 0}
         with LazyPirate(fe, timeout=2, retries=3, ctx=ctx) as c:
@@ -113,10 +142,16 @@ class TestHostile:
     @pytest.mark.deadline(80)
     @pytest.mark.parametrize("router", ["frontend", "backend"])
     def test_ppp_queue(self, router: str, service: Any, endpoint: Any, ctx: Any) -> None:
-        """Both PPP queue routers survive random frames (fake READYs too); valid requests answered."""
+        """Both PPP queue routers survive random frames (fake READYs too); valid ones answered."""
         fe, be = endpoint(), endpoint()
-        q = service("services.ppqueue:make(heartbeat=0.2)", "--endpoint", f"frontend={fe}",
-                    "--endpoint", f"backend={be}", *QUIET)
+        q = service(
+            "services.ppqueue:make(heartbeat=0.2)",
+            "--endpoint",
+            f"frontend={fe}",
+            "--endpoint",
+            f"backend={be}",
+            *QUIET,
+        )
         w = service("services.ppworker:make(heartbeat=0.2)", "--endpoint", f"backend={be}", *QUIET)
         wait_for(lambda: q.events("ppqueue.worker_ready"), 15, "worker ready")
         counter = {"sent": 0, "bad": 0}
@@ -134,13 +169,15 @@ class TestHostile:
         """The Majordomo ROUTER survives random frames and fake headers; 0.1 and 0.2 answered."""
         ep = endpoint()
         b = service("services.majordomo:make(heartbeat=0.2)", "--endpoint", f"broker={ep}", *QUIET)
-        w = service("services.majordomo:worker(heartbeat=0.2)", "--endpoint", f"broker={ep}",
-                    *QUIET)
+        w = service(
+            "services.majordomo:worker(heartbeat=0.2)", "--endpoint", f"broker={ep}", *QUIET
+        )
         wait_for(lambda: b.events("mdp.worker_ready"), 15, "worker ready")
         counter = {"sent": 0, "bad": 0}
-        with MDPClient(ep, version=1, timeout=2, retries=3, ctx=ctx) as c1, MDPClient(
-            ep, version=2, timeout=2, retries=3, ctx=ctx
-        ) as c2:
+        with (
+            MDPClient(ep, version=1, timeout=2, retries=3, ctx=ctx) as c1,
+            MDPClient(ep, version=2, timeout=2, retries=3, ctx=ctx) as c2,
+        ):
 
             def valid(i: int) -> None:
                 c = c1 if i % 2 else c2
@@ -197,8 +234,14 @@ class TestMaxMsgSize:
     def test_queue_maxmsgsize(self, service: Any, endpoint: Any, ctx: Any) -> None:
         """ppqueue make(maxmsgsize=...) refuses an oversized request and serves small ones."""
         fe, be = endpoint(), endpoint()
-        q = service("services.ppqueue:make(heartbeat=0.2, maxmsgsize=1000)", "--endpoint",
-                    f"frontend={fe}", "--endpoint", f"backend={be}", *QUIET)
+        q = service(
+            "services.ppqueue:make(heartbeat=0.2, maxmsgsize=1000)",
+            "--endpoint",
+            f"frontend={fe}",
+            "--endpoint",
+            f"backend={be}",
+            *QUIET,
+        )
         service("services.ppworker:make(heartbeat=0.2)", "--endpoint", f"backend={be}", *QUIET)
         wait_for(lambda: q.events("ppqueue.worker_ready"), 15, "worker ready")
         with LazyPirate(fe, timeout=0.5, retries=1, ctx=ctx) as c:

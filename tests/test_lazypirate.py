@@ -82,8 +82,9 @@ class TestLazyPirate:
     def test_tutorial_broker_with_late_worker(self, service: Any, endpoint: Any, ctx: Any) -> None:
         """Through the tutorial broker (worker started after the client): all answered."""
         fe, be = endpoint(), endpoint()
-        broker = service("services.broker:app", "--endpoint", f"frontend={fe}",
-                         "--endpoint", f"backend={be}")
+        broker = service(
+            "services.broker:app", "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}"
+        )
         broker.wait_started()
         with LazyPirate(fe, timeout=0.5, retries=20, ctx=ctx) as c:
             # the first request waits in the broker's DEALER until a worker connects

@@ -35,8 +35,9 @@ def serve(svc: Any, endpoints: dict[str, str]) -> gevent.Greenlet:
 
 
 class TestManyFds:
-    def test_plain_green_poller_fails_here(self, many_fds: list[int], ctx: Any,
-                                           endpoint: Any) -> None:
+    def test_plain_green_poller_fails_here(
+        self, many_fds: list[int], ctx: Any, endpoint: Any
+    ) -> None:
         """The control: zmq.green.Poller cannot wait on a socket whose FD is >= 1024."""
         s = ctx.socket(zmq.PULL)
         s.bind(endpoint())

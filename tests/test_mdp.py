@@ -14,17 +14,17 @@ import zmq
 
 pytest.importorskip("majortomo")
 
-from majortomo import Client as MajortomoClient  # noqa: E402
+from majortomo import Client as MajortomoClient
 
-from greenzmq.mdp import (  # noqa: E402
+from greenzmq.mdp import (
     C_CLIENT01,
     C_CLIENT02,
+    W_WORKER02,
     MDPClient,
     MDPWorkerService,
-    W_WORKER02,
 )
 
-from .helpers import ROOT, ServiceProcess  # noqa: E402
+from .helpers import ROOT, ServiceProcess
 
 HB = 0.2
 BROKER = f"services.majordomo:make(heartbeat={HB})"
@@ -56,8 +56,12 @@ def python() -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(script: str, *args: str) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, "-c", script, *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(p)
         return p
 
@@ -75,7 +79,8 @@ def start_broker(service: Any, ep: str) -> ServiceProcess:
 
 def mdp_worker(service: Any, ep: str, version: str) -> ServiceProcess:
     w: ServiceProcess = service(
-        f"services.majordomo:worker(version={version!r}, heartbeat={HB})", "--endpoint",
+        f"services.majordomo:worker(version={version!r}, heartbeat={HB})",
+        "--endpoint",
         f"broker={ep}",
     )
     return w
@@ -111,8 +116,9 @@ class TestWithMajortomo:
         """greenzmq's MDP/0.2 client and worker talk through majortomo's broker."""
         ep = endpoint()
         python(MAJORTOMO_BROKER, ep)
-        app = MDPWorkerService("echo", lambda body: [b"echo:", *body], endpoint=ep,
-                               heartbeat=HB, reconnect=0.2)
+        app = MDPWorkerService(
+            "echo", lambda body: [b"echo:", *body], endpoint=ep, heartbeat=HB, reconnect=0.2
+        )
         g = gevent.spawn(app.serve, install_signals=False)
         with MDPClient(ep, timeout=1.0, retries=10, ctx=ctx) as c:
             assert c.request("echo", b"a", b"b") == [b"echo:", b"a", b"b"]
@@ -129,9 +135,10 @@ class TestVersions:
         b = start_broker(service, ep)
         w1 = mdp_worker(service, ep, "0.1")
         ready(b, 1)
-        with MDPClient(ep, version="0.1", timeout=2, retries=1, ctx=ctx) as c1, MDPClient(
-            ep, version="0.2", timeout=2, retries=1, ctx=ctx
-        ) as c2:
+        with (
+            MDPClient(ep, version="0.1", timeout=2, retries=1, ctx=ctx) as c1,
+            MDPClient(ep, version="0.2", timeout=2, retries=1, ctx=ctx) as c2,
+        ):
             assert c1.request("square", b"6") == [b"36"]  # 0.1 -> 0.1
             assert c2.request("square", b"7") == [b"49"]  # 0.2 -> 0.1
             w1.signal(15)
@@ -143,8 +150,9 @@ class TestVersions:
         versions = {e["version"] for e in b.events("mdp.worker_ready")}
         assert versions == {"0.1", "0.2"}
 
-    def test_partial_to_an_old_client(self, service: Any, endpoint: Any, python: Any,
-                                      ctx: Any) -> None:
+    def test_partial_to_an_old_client(
+        self, service: Any, endpoint: Any, python: Any, ctx: Any
+    ) -> None:
         """A 0.2 worker's PARTIAL + FINAL reach a 0.1 client as one reply."""
         ep = endpoint()
         b = start_broker(service, ep)
@@ -191,8 +199,7 @@ class TestWorkers:
             assert c.request("mmi.service", b"mute") == [b"404"]
         mute.close(linger=0)
 
-    def test_unregistered_worker_is_told_to_go(self, service: Any, endpoint: Any,
-                                                ctx: Any) -> None:
+    def test_unregistered_worker_is_told_to_go(self, service: Any, endpoint: Any, ctx: Any) -> None:
         """A heartbeat from an unknown worker is a logged drop and gets DISCONNECT."""
         ep = endpoint()
         b = start_broker(service, ep)

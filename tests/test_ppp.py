@@ -25,7 +25,9 @@ WORKER = f"services.ppworker:make(heartbeat={HB}, reconnect=0.2)"
 
 
 def start_queue(service: Any, fe: str, be: str) -> ServiceProcess:
-    q: ServiceProcess = service(QUEUE, "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}")
+    q: ServiceProcess = service(
+        QUEUE, "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}"
+    )
     q.wait_started()
     return q
 
@@ -193,7 +195,8 @@ class TestFaults:
         lost = q.wait_event("ppqueue.worker_lost")
         print(
             f"200/200 answered, {resent} resent, slowest {max(took):.3f} s; "
-            f"SIGKILLed worker dropped after {lost['timestamp'] - killed_at[0]:.3f} s ({lost['why']})"
+            f"SIGKILLed worker dropped after {lost['timestamp'] - killed_at[0]:.3f} s "
+            f"({lost['why']})"
         )
         q.wait_event("ppqueue.worker_left")
 
@@ -221,8 +224,9 @@ class TestFaults:
         """A worker SIGTERMed while handling a request answers it, then exits 0."""
         fe, be = endpoint(), endpoint()
         q = start_queue(service, fe, be)
-        w = service(f"services.ppworker:make(heartbeat={HB}, delay=1.0)", "--endpoint",
-                    f"backend={be}")
+        w = service(
+            f"services.ppworker:make(heartbeat={HB}, delay=1.0)", "--endpoint", f"backend={be}"
+        )
         ready_workers(q, 1)
         req = ctx.socket(zmq.REQ)
         req.connect(fe)
