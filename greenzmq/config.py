@@ -249,7 +249,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("--endpoint",),
         _endpoints,
         {},
-        "replace socket NAME's endpoint (repeatable; {wid}, {BASE+wid} per worker)",
+        "replace socket NAME's endpoint (repeatable; `{wid}`, `{BASE+wid}`: per worker)",
         "NAME=ADDR",
         action="append",
     ),
