@@ -63,10 +63,10 @@ class TestLoad:
 
     def test_missing_module_and_attribute(self) -> None:
         """`services.nope:app` and `services.broker:missing` are named exactly."""
-        with pytest.raises(AppImportError, match="no module named 'services.nope'"):
+        with pytest.raises(AppImportError, match=r"no module named 'services\.nope'"):
             load_app("services.nope:app")
         with pytest.raises(
-            AppImportError, match="failed to find attribute 'missing' in 'services.broker'"
+            AppImportError, match=r"failed to find attribute 'missing' in 'services\.broker'"
         ):
             load_app("services.broker:missing")
 
@@ -119,12 +119,12 @@ class TestCheck:
 
     def test_unknown_endpoint_name(self) -> None:
         """An endpoint name the service does not have is refused with its names."""
-        with pytest.raises(ConfigError, match="unknown endpoint name 'nope'.*backend, frontend"):
+        with pytest.raises(ConfigError, match=r"unknown endpoint name 'nope'.*backend, frontend"):
             check_app("services.broker:app", {"nope": "tcp://127.0.0.1:1"}, 1)
 
 
 class TestCommand:
-    """Scenario 4 through `python -m greenzmq`: the message, non-zero exit, nothing forked or bound."""
+    """Scenario 4 via `python -m greenzmq`: the message, non-zero exit, nothing forked or bound."""
 
     def test_bad_specs(self, tmp_path: Path) -> None:
         """The four bad specs, run in parallel; the broker's ports stay free."""

@@ -214,7 +214,7 @@ class TestDocs:
     def test_every_setting_has_a_flag_and_help(self) -> None:
         """Each declared setting drives argparse."""
         parser = build_parser()
-        dests = {a.dest for a in parser._actions}  # noqa: SLF001
+        dests = {a.dest for a in parser._actions}
         for s in SETTINGS:
             assert s.help and s.name in dests
 
