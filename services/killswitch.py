@@ -34,6 +34,9 @@ class KillSwitch(Service):
         sock = self.socks["kill"]
         seen = wait_for_subscribers(sock, self.expect, self.wait)
         sock.send(b"KILL")
+        tr = self.tracer
+        if tr is not None and tr.on:
+            tr.for_socket("kill", "XPUB").hop("send", [b"KILL"])
         self.log.info("killswitch.sent", subscribers=seen, expected=self.expect)
 
 

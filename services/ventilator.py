@@ -34,11 +34,16 @@ class Ventilator(Service):
     def run(self) -> None:
         """Send the tasks."""
         sock = self.socks["tasks"]
+        tr = self.tracer
+        st = tr.for_socket("tasks", "PUSH") if tr is not None and tr.on else None
         for i in range(1, self.count + 1):
             if self.stopping.is_set():
                 break
             gevent.sleep(random.random() * self.pause)
-            sock.send(str(i).encode())
+            body = str(i).encode()
+            sock.send(body)
+            if st is not None:
+                st.hop("send", [body])
             self.log.info("ventilator.sent", task=i)
 
 

@@ -37,11 +37,16 @@ class Weather(Service):
         sock = self.socks["updates"]
         seen = wait_for_subscribers(sock, self.expect, self.wait)
         self.log.info("weather.subscribers", seen=seen, expected=self.expect)
+        tr = self.tracer
+        st = tr.for_socket("updates", "XPUB") if tr is not None and tr.on else None
         for i in range(1, self.count + 1):
             if self.stopping.is_set():
                 break
             gevent.sleep(random.random() * self.pause)
-            sock.send(str(i).encode())
+            body = str(i).encode()
+            sock.send(body)
+            if st is not None:
+                st.hop("send", [body])
             self.log.info("weather.sent", update=i)
 
 

@@ -148,6 +148,40 @@ class TestAcrossProcesses:
         assert 0 < len(b_keys) < n, "sampling at 0.5 kept all or nothing"
 
 
+class TestCaseOneHops:
+    @pytest.mark.deadline(60)
+    def test_tasks_and_updates_join_by_key(
+        self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
+    ) -> None:
+        """Ventilator/weather send -> listener recv, put, take: one key per message."""
+        eps = {n: endpoint() for n in ("tasks", "weather", "kill")}
+        listener = service(
+            "services.listener:tasks_app",
+            *(a for n in ("tasks", "weather", "kill") for a in ("--endpoint", f"{n}={eps[n]}")),
+        )
+        listener.wait_started()
+        vent = service("services.ventilator:make(count=5, pause=0)",
+                       "--endpoint", f"tasks={eps['tasks']}")  # fmt: skip
+        weather = service("services.weather:make(count=5, pause=0)",
+                          "--endpoint", f"updates={eps['weather']}")  # fmt: skip
+        assert vent.wait(15) == 0 and weather.wait(15) == 0
+        ks = service("services.killswitch:app", "--endpoint", f"kill={eps['kill']}")
+        assert ks.wait(15) == 0 and listener.wait(10) == 0
+        done = listener.wait_event("listener.done")
+        assert sorted(done["tasks"]) == sorted(done["weather"]) == ["1", "2", "3", "4", "5"]
+        for sender, sock in ((vent, "tasks"), (weather, "weather")):
+            for i in range(1, 6):
+                key = _k(b"%d" % i)
+                assert sender.events("hop", op="send", key=key), f"{sock} {i}: no send hop"
+                ops = [e["op"] for e in listener.events("hop", key=key, socket=sock)]
+                assert ops == ["recv", "put"], f"{sock} {i}: {ops}"
+                # same bodies on both sockets, same keys: the take names its source
+                (take,) = listener.events("hop", key=key, op="take", source=sock)
+                assert take["socket"] == "mux" and take["sock_type"] == "queue"
+        (kill_send,) = ks.events("hop", op="send")
+        assert listener.events("hop", socket="kill", key=kill_send["key"], op="recv")
+
+
 class TestTracingOff:
     @pytest.mark.deadline(60)
     def test_sample_zero_logs_only_drops(
