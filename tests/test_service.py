@@ -376,3 +376,34 @@ class TestLifecycle:
             assert svc.stop_reason == "kill switch"
         finally:
             pub.close()
+
+
+class TestEndpointOverrides:
+    def test_wildcard_bind(
+        self, ctx: Any, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
+    ) -> None:
+        """``--endpoint frontend=tcp://*:PORT`` binds every interface; clients reach it."""
+        from .helpers import free_port
+
+        port, be = free_port(), endpoint()
+        p = service(
+            "services.broker:app",
+            "--endpoint", f"frontend=tcp://*:{port}",
+            "--endpoint", f"backend={be}",
+            "--endpoint", f"kill={endpoint()}",
+        )  # fmt: skip
+        p.wait_started()
+        worker = ctx.build(SocketSpec("w", "DEALER", connect=(be,)))
+        client = ctx.build(SocketSpec("c", "REQ", connect=(f"tcp://127.0.0.1:{port}",)))
+        try:
+            client.send(b"hi")
+            with gevent.Timeout(10):
+                env = worker.recv_multipart()
+                assert env[1:] == [b"", b"hi"]
+                worker.send_multipart([*env[:2], b"ho"])
+                assert client.recv() == b"ho"
+        finally:
+            worker.close()
+            client.close()
+        p.signal(signal.SIGTERM)
+        assert p.wait(5) == 0
