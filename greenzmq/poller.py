@@ -32,6 +32,7 @@ class GreenPoller(gzmq.Poller):
     def __init__(self) -> None:
         super().__init__()
         self._watchers: dict[int, Any] = {}
+        self._fallback: Any = None  # the one fallback timer, started per wait
         self._waiter: Waiter[Any] | None = None
         self._woken = False
 
@@ -73,6 +74,10 @@ class GreenPoller(gzmq.Poller):
             w.stop()
             w.close()
         self._watchers.clear()
+        if self._fallback is not None:
+            self._fallback.stop()
+            self._fallback.close()
+            self._fallback = None
 
     def wake(self) -> None:
         """Make the current (or next) ``poll`` return ``[]`` at once. Any greenlet may call it."""
@@ -101,25 +106,30 @@ class GreenPoller(gzmq.Poller):
             if self._woken:
                 self._woken = False
                 return []
-            wait_for = self._gevent_bug_timeout
+            loop = get_hub().loop
+            timer = self._fallback
             if deadline is not None:
-                left = deadline - get_hub().loop.now()
+                left = deadline - loop.now()
                 if left <= 0:
                     return []
-                wait_for = min(wait_for, left)
+                if left < self._gevent_bug_timeout:
+                    timer = loop.timer(left)
+            if timer is None:
+                # one timer object for every wait: no allocation on the wake-up path
+                timer = self._fallback = loop.timer(self._gevent_bug_timeout)
             waiter: Waiter[Any] = Waiter()
             self._waiter = waiter
             watchers = list(self._watchers.values())
             for w in watchers:
                 w.start(self._on_ready)
-            timer = get_hub().loop.timer(wait_for)
             timer.start(self._on_ready)
             try:
                 waiter.get()
             finally:
                 self._waiter = None
                 timer.stop()
-                timer.close()
+                if timer is not self._fallback:
+                    timer.close()
                 for w in watchers:
                     w.stop()
             if self._woken:
