@@ -352,7 +352,8 @@ class Config:
             try:
                 v = s.validator(value)
             except ConfigError as e:
-                raise ConfigError(f"{_flag(s)}: {e}") from None
+                # endpoint messages already say "malformed --endpoint ..." / "malformed endpoint"
+                raise ConfigError(str(e) if name == "endpoint" else f"{_flag(s)}: {e}") from None
             if name == "endpoint":
                 v = {**self.values["endpoint"], **v}
             self.values[name] = v
