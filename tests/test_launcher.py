@@ -223,10 +223,19 @@ class TestLiveness:
     """Heartbeats catch a blocked hub; workers notice a dead master."""
 
     def test_blocked_hub_is_caught_and_replaced(
-        self, broker: dict[str, str], service: Start
+        self, broker: dict[str, str], service: Start, tmp_path: Path
     ) -> None:
         """Scenario 3: timeout logged within timeout +- 1 s, replaced, the other untouched."""
-        p = service(*worker_args(broker, "-w", "2", "--timeout", "2", "--block-threshold", "0.5"))
+        conf = tmp_path / "conf.py"
+        record = tmp_path / "aborted.txt"
+        conf.write_text(
+            f"def worker_abort(w):\n    open({str(record)!r}, 'a').write(f'{{w.pid}}\\n')\n"
+        )
+        p = service(
+            *worker_args(broker, "-w", "2", "--timeout", "2", "--block-threshold", "0.5"),
+            "-c",
+            str(conf),
+        )
         wait_for(lambda: len(worker_pids(p)) == 2, 15, "2 workers")
         first = set(worker_pids(p))
         client = Client(broker["frontend"])
@@ -241,6 +250,8 @@ class TestLiveness:
             assert "time.sleep" in hub["stack"] or "_handle" in hub["stack"]
             abort = p.wait_event("worker.abort", 3, pid=blocked)
             assert "_handle" in abort["stack"]
+            wait_for(lambda: not alive(blocked), 3, "the blocked worker gone")
+            assert record.read_text().split() == [str(blocked)]  # worker_abort ran in it
             wait_for(lambda: len(worker_pids(p)) == 3, 10, "a replacement")
             (other,) = first - {blocked}
             now = set(worker_pids(p))
@@ -343,26 +354,38 @@ class TestScaling:
     def test_100_hups_keep_master_fds_flat(self, service: Start, tmp_path: Path) -> None:
         """Scenario 7: 100 HUPs (config re-read each time): fd count flat, no zmq in the master."""
         conf = tmp_path / "conf.py"
-        conf.write_text("workers = 2\ntimeout = 5\n")
+        record = tmp_path / "hooks.txt"
+        hooks = ("on_starting", "when_ready", "pre_fork", "post_fork", "post_worker_init",
+                 "worker_exit", "nworkers_changed", "on_exit")  # fmt: skip
+        body = "".join(
+            f"def {h}(*args):\n    open({str(record)!r}, 'a').write('{h}\\n')\n" for h in hooks
+        )
+        conf.write_text("workers = 2\ntimeout = 5\n" + body)
         p = service("tests.launcher_apps:idle", "-c", str(conf))
 
-        def settled() -> bool:
-            kids = children(p.pid)
-            started = set(worker_pids(p))
-            return len(kids) == 2 and kids <= started
+        def settled(n: int = 2) -> Callable[[], bool]:
+            def check() -> bool:
+                kids = children(p.pid)
+                return len(kids) == n and kids <= set(worker_pids(p))
 
-        wait_for(settled, 15, "2 workers up")
+            return check
+
+        wait_for(settled(), 15, "2 workers up")
         before = fd_count(p.pid)
         for i in range(1, 101):
             p.signal(signal.SIGHUP)
             wait_for(lambda i=i: len(p.events("master.reload")) >= i, 5, f"reload {i}")
-        wait_for(settled, 15, "2 workers up after the HUPs")
+        wait_for(settled(), 15, "2 workers up after the HUPs")
         after = fd_count(p.pid)
         maps = Path(f"/proc/{p.pid}/maps").read_text()
+        conf.write_text(conf.read_text().replace("workers = 2", "workers = 3"))
+        p.signal(signal.SIGHUP)  # the file is read again
+        wait_for(settled(3), 15, "3 workers after editing the file")
         p.signal(signal.SIGTERM)
         assert p.wait(10) == 0
         assert after == before, (before, after)
         assert "libzmq" not in maps and "gevent" not in maps
+        assert set(record.read_text().split()) == set(hooks)
 
     def test_ttin_ttou_under_load(self, broker: dict[str, str], service: Start) -> None:
         """Scenario 8: TTIN/TTOU reach the target count within 2 s; every request is answered."""
@@ -439,6 +462,8 @@ class TestOneWorker:
         )
         p.wait_started()
         assert int(pidfile.read_text()) == p.pid
+        title = Path(f"/proc/{p.pid}/cmdline").read_bytes()
+        assert title.startswith(b"greenzmq: master [broker]"), title
         rotated = p.log.with_suffix(".1")
         p.log.rename(rotated)
         p.signal(signal.SIGUSR1)
