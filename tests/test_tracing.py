@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import timeit
 from collections.abc import Callable
@@ -310,3 +311,38 @@ class TestInProcessHops:
         assert {h["key"] for h in hops} == {_k(b"payload")}
         assert hops[0]["peer"] == b"peer-1".hex()
         assert hops[0]["socket"] == "in" and hops[0]["sock_type"] == "ROUTER"
+
+
+class TestConfigure:
+    def test_json_lines_to_a_stream(self, tmp_path: Any, logs: Any) -> None:
+        """JSON format writes one orjson line per event to the stream's bytes buffer."""
+        import json
+
+        from greenzmq.tracing import configure_logging, get_logger
+
+        path = tmp_path / "stream.log"
+        with open(path, "w") as stream:
+            configure_logging("svc", fmt="json", stream=stream)
+            get_logger(extra=1).info("hello", n=2)
+            stream.flush()
+        (line,) = path.read_bytes().splitlines()
+        ev = json.loads(line)
+        assert ev["event"] == "hello" and ev["service"] == "svc" and ev["pid"] == os.getpid()
+        assert (ev["extra"], ev["n"], ev["level"]) == (1, 2, "info")
+        assert isinstance(ev["timestamp"], float)
+        logs()  # back to a file the test owns
+
+    @pytest.mark.parametrize(
+        ("kw", "message"),
+        [
+            ({"fmt": "xml"}, "unknown log format"),
+            ({"trace_sample": 1.5}, "not between 0 and 1"),
+            ({"level": "loud"}, "unknown log level"),
+        ],
+    )
+    def test_bad_settings(self, kw: dict[str, Any], message: str) -> None:
+        """Bad format, sample rate or level: ValueError naming the value."""
+        from greenzmq.tracing import configure_logging
+
+        with pytest.raises(ValueError, match=message):
+            configure_logging("svc", **kw)
