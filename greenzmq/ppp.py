@@ -123,6 +123,7 @@ class HeartbeatWorker:
         self._busy: gevent.Greenlet[..., Any] | None = None
         self._group = gevent.pool.Group()
         self._heard = time.monotonic()
+        self._alive = False  # heard the peer since the last reconnect: backoff starts over
 
     # -- protocol: subclasses define the frames ----------------------------
     def ready_msg(self) -> list[bytes]:
@@ -224,6 +225,7 @@ class HeartbeatWorker:
             except zmq.Again:
                 return
             self._heard = time.monotonic()
+            self._alive = True
             parsed = self.parse(frames)
             if isinstance(parsed, str):
                 self.trace.drop(frames, parsed)
@@ -287,7 +289,8 @@ class HeartbeatWorker:
                     self.reconnects += 1
                     self._connect()
                     next_hb = time.monotonic() + hb
-                elif now - self._heard <= hb:
+                elif self._alive:
+                    self._alive = False
                     backoff = self.reconnect
         finally:
             self._group.kill(block=True)

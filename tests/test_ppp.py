@@ -14,8 +14,9 @@ import gevent
 import pytest
 import zmq
 
+from greenzmq import SocketSpec
 from greenzmq.lazypirate import LazyPirate
-from greenzmq.ppp import DISCONNECT, HEARTBEAT, READY, PPPWorkerService
+from greenzmq.ppp import DISCONNECT, HEARTBEAT, READY, PPPWorker, PPPWorkerService
 
 from .helpers import ServiceProcess, wait_for
 
@@ -159,6 +160,37 @@ class TestWorkerAPI:
         assert not q.events("ppqueue.worker_lost")
         app.stop()
         assert g.get(timeout=10) == 0
+
+
+class TestReconnect:
+    def test_backoff_doubles_on_fresh_sockets(self, ctx: Any, endpoint: Any) -> None:
+        """With no queue, the worker reconnects on a fresh socket each time, backoff doubling."""
+        from structlog.testing import capture_logs
+
+        spec = SocketSpec("backend", "DEALER", connect=(endpoint(),))
+        socks: list[Any] = []
+        with capture_logs() as logs:
+            w = PPPWorker(
+                ctx,
+                spec,
+                lambda body: body,
+                heartbeat=0.05,
+                liveness=2,
+                reconnect=0.05,
+                reconnect_max=0.2,
+                on_socket=socks.append,
+            )
+            g = gevent.spawn(w.run)
+            with gevent.Timeout(20):
+                while w.reconnects < 5:
+                    gevent.sleep(0.05)
+            w.stop()
+            g.get(timeout=5)
+        waits = [e["reconnect_in"] for e in logs if e["event"] == "worker.peer_lost"]
+        assert waits[:5] == [0.05, 0.1, 0.2, 0.2, 0.2]
+        assert len({id(s) for s in socks}) == len(socks) >= 6
+        assert all(s.closed for s in socks[:-1])
+        socks[-1].close(linger=0)
 
 
 def run_200(c: LazyPirate, at: dict[int, Any]) -> list[float]:
