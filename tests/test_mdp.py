@@ -3,8 +3,11 @@ worker with majortomo's broker, MDP/0.1 and 0.2 side by side, mmi.service, expir
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -228,3 +231,29 @@ class TestWorkers:
         assert w.wait(10) == 0
         assert b.wait_event("mdp.worker_left")["lost_request"] is False
         s.close(linger=0)
+
+
+class TestFaults:
+    def test_worker_sigkilled_nothing_lost(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """100 requests to two workers (0.1 and 0.2); one SIGKILLed at 30: all answered."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        doomed = mdp_worker(service, ep, "0.1")
+        mdp_worker(service, ep, "0.2")
+        ready(b, 2)
+        killed_at = 0.0
+        with MDPClient(ep, timeout=1.0, retries=5, ctx=ctx) as c:
+            for i in range(1, 101):
+                assert c.request("square", str(i).encode()) == [str(i * i).encode()]
+                if i == 30:
+                    killed_at = time.time()
+                    os.killpg(doomed.pid, signal.SIGKILL)
+            resent = c.resent
+        lost = b.wait_event("mdp.worker_lost")
+        print(
+            f"MDP: 100/100 answered, {resent} resent; SIGKILLed worker dropped after "
+            f"{lost['timestamp'] - killed_at:.3f} s ({lost['why']})"
+        )
+        assert lost["why"] in ("unreachable", "expired")
+        with MDPClient(ep, timeout=2, retries=1, ctx=ctx) as c:
+            assert c.request("mmi.service", b"square") == [b"200"]  # the other one is there
