@@ -61,10 +61,10 @@ def consume_greenzmq(kind: str, addrs: list[str], logdir: str) -> int:
     configure_logging("bench", fmt="json", log_file=log, trace_sample=sample)
     tracer = Tracer("bench", sample)
     ctx = Context()
-    socks = [
-        ctx.build(SocketSpec(f"in{i}", "PULL", bind=(a,), hwm=0)) for i, a in enumerate(addrs)
-    ]
-    mux: Any = Readers(socks, tracer=tracer) if base == "readers" else PollerListener(socks, tracer=tracer)
+    socks = [ctx.build(SocketSpec(f"in{i}", "PULL", bind=(a,), hwm=0)) for i, a in enumerate(addrs)]
+    mux: Any = (
+        Readers(socks, tracer=tracer) if base == "readers" else PollerListener(socks, tracer=tracer)
+    )
     got = ends = 0
     for _name, frames in mux:
         if frames[0] == b"END":
@@ -127,7 +127,9 @@ def main() -> None:
     if sys.argv[1:2] == ["_one"]:
         print(json.dumps(one(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
         return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("-n", type=int, default=100000, help="messages per producer (3 producers)")
     ap.add_argument("-r", type=int, default=2, help="rounds (kinds interleaved)")
     ap.add_argument("--port", type=int, default=0, help="first port (default: random)")
@@ -141,7 +143,9 @@ def main() -> None:
             port += 3
             out = subprocess.run(
                 [sys.executable, HERE, "_one", k, str(a.n), str(port)],
-                check=True, capture_output=True, text=True,
+                check=True,
+                capture_output=True,
+                text=True,
             ).stdout
             res.setdefault(k, []).append(json.loads(out.strip().splitlines()[-1]))
     for k in a.kinds:
@@ -149,8 +153,10 @@ def main() -> None:
         if a.json:
             print(json.dumps({"kind": k, "n": a.n, "rounds": v}))
         else:
-            print(f"{k:20s} msgs/s={max(r['msgs_s'] for r in v):9.0f} "
-                  f"consumer_cpu_us/msg={min(r['cpu_us'] for r in v):6.2f}")
+            print(
+                f"{k:20s} msgs/s={max(r['msgs_s'] for r in v):9.0f} "
+                f"consumer_cpu_us/msg={min(r['cpu_us'] for r in v):6.2f}"
+            )
 
 
 if __name__ == "__main__":

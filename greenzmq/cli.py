@@ -16,6 +16,9 @@ __all__ = ["main"]
 SUBCOMMANDS = {
     "demo": "greenzmq.demo",
     "keygen": "greenzmq.auth",
+    "bench": "greenzmq.bench",
+    "trace": "greenzmq.trace",
+    "stats": "greenzmq.stats",
 }
 
 

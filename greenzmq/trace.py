@@ -1,0 +1,326 @@
+"""``greenzmq trace LOGFILE...``: follow messages across processes through their hop logs.
+
+Reads the JSON hop events (``event="hop"``, see :mod:`greenzmq.tracing`) of any
+number of processes and joins them into one path per message:
+
+* hops with the same ``key`` are the same message (the key is a digest of the
+  body, the same in every process);
+* a reply's hops (another key) join its request's path through ``reply_to``,
+  which the process that pairs them (a worker's send, a client's recv) logs.
+
+Messages with identical bodies share a key. When such messages follow one
+another, a hop that repeats a (process, socket, op) already on the path starts
+a new path; identical bodies in flight at the same time cannot be told apart.
+
+The default report gives per-hop latency percentiles and counts (time from one
+hop of a path to the next), and lists the messages whose path stops: the last
+hop seen is a send, forward, put or drop, or a recv on a REP/ROUTER socket that
+got no reply. ``--key K`` prints the timeline of the message(s) with key K.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import orjson
+
+__all__ = ["Hop", "Path", "build_paths", "hop_latencies", "load_hops", "main", "stopped"]
+
+# a path whose last hop is one of these was not seen arriving anywhere
+_UNFINISHED_OPS = frozenset({"send", "forward", "put", "drop"})
+# a request taken by one of these expects a reply
+_REPLYING_TYPES = frozenset({"REP", "ROUTER"})
+# where each op sits on a message's way through the processes
+_RANK = {"send": 0, "forward": 1, "drop": 1, "recv": 2, "put": 3, "take": 4}
+
+
+@dataclasses.dataclass(frozen=True)
+class Hop:
+    """One hop event, with what the report needs."""
+
+    ts: float
+    key: str
+    op: str
+    service: str
+    pid: int
+    socket: str
+    sock_type: str
+    reply_to: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
+    source: str = ""
+
+    @property
+    def where(self) -> str:
+        """``service/socket op``: a hop's place, the same for every process of a service."""
+        return f"{self.service}/{self.socket} {self.op}"
+
+
+@dataclasses.dataclass
+class Path:
+    """One message's hops in time order, its reply's hops included."""
+
+    hops: list[Hop]
+    keys: list[str]
+
+    @property
+    def last(self) -> Hop:
+        """The last hop seen."""
+        return self.hops[-1]
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+_KNOWN = {
+    "event",
+    "timestamp",
+    "key",
+    "op",
+    "service",
+    "pid",
+    "socket",
+    "sock_type",
+    "reply_to",
+    "level",
+}
+
+
+def load_hops(paths: Iterable[str]) -> tuple[list[Hop], int]:
+    """Every hop event in the files, in time order; and how many lines were not JSON events."""
+    hops: list[Hop] = []
+    skipped = 0
+    for path in paths:
+        with open(path, "rb") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    ev = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    skipped += 1
+                    continue
+                if not isinstance(ev, dict) or ev.get("event") != "hop" or not ev.get("key"):
+                    continue
+                ts = _timestamp(ev.get("timestamp"))
+                if ts is None:
+                    skipped += 1
+                    continue
+                hops.append(
+                    Hop(
+                        ts=ts,
+                        key=str(ev["key"]),
+                        op=str(ev.get("op", "?")),
+                        service=str(ev.get("service", "?")),
+                        pid=int(ev.get("pid", 0) or 0),
+                        socket=str(ev.get("socket", "?")),
+                        sock_type=str(ev.get("sock_type", "?")),
+                        reply_to=ev.get("reply_to"),
+                        extra={k: v for k, v in ev.items() if k not in _KNOWN},
+                        source=path,
+                    )
+                )
+    hops.sort(key=lambda h: h.ts)
+    return hops, skipped
+
+
+def _segments(hops: Sequence[Hop]) -> list[list[Hop]]:
+    """Hops grouped by key; a hop repeating a (pid, socket, op) starts a new group."""
+    open_seg: dict[str, tuple[list[Hop], set[tuple[int, str, str]]]] = {}
+    segs: list[list[Hop]] = []
+    for h in hops:
+        place = (h.pid, h.socket, h.op)
+        cur = open_seg.get(h.key)
+        if cur is None or place in cur[1]:
+            cur = ([], set())
+            open_seg[h.key] = cur
+            segs.append(cur[0])
+        cur[0].append(h)
+        cur[1].add(place)
+    return segs
+
+
+def build_paths(hops: Sequence[Hop]) -> list[Path]:
+    """Join the hops into one path per message (a request and its reply are one path)."""
+    segs = _segments(hops)
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for i, seg in enumerate(segs):
+        by_key[seg[0].key].append(i)
+    parent: dict[int, int] = {}
+    child: dict[int, int] = {}
+    for i, seg in enumerate(segs):
+        req = next((h.reply_to for h in seg if h.reply_to), None)
+        if req is None or req == seg[0].key:
+            continue  # not a reply, or a reply with its request's body: already one segment
+        start = seg[0].ts
+        # the latest earlier segment of the request's key that has no reply yet
+        for j in reversed(by_key.get(req, [])):
+            if j != i and j not in child and segs[j][0].ts <= start:
+                parent[i], child[j] = j, i
+                break
+    paths = []
+    for i, seg in enumerate(segs):
+        if i in parent:
+            continue  # reached from its request
+        hops_ = _causal(seg)
+        keys = [seg[0].key]
+        j = i
+        while j in child:
+            j = child[j]
+            hops_.extend(_causal(segs[j]))
+            keys.append(segs[j][0].key)
+        paths.append(Path(hops_, keys))
+    return paths
+
+
+def _causal(seg: list[Hop]) -> list[Hop]:
+    """A segment's hops in the order the message took them.
+
+    Processes log a hop right after the socket operation, so a fast receiver
+    can log before its sender: order by op (send, forward/drop, recv, put,
+    take), then time. A reply with its request's body shares the request's
+    segment; there only the timestamps can order the hops.
+    """
+    if any(h.reply_to == h.key for h in seg):
+        return sorted(seg, key=lambda h: h.ts)
+    return sorted(seg, key=lambda h: (_RANK.get(h.op, 1), h.ts))
+
+
+def stopped(path: Path) -> str | None:
+    """Why a path looks unfinished (lost or still in flight), or None if it arrived."""
+    last = path.last
+    if last.op == "drop":
+        return f"dropped: {last.extra.get('reason', '?')}"
+    if last.op in _UNFINISHED_OPS:
+        return f"not seen after {last.op}"
+    if last.sock_type in _REPLYING_TYPES and len(path.keys) == 1 and last.reply_to is None:
+        return f"no reply after {last.op} on {last.sock_type}"
+    return None
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) of already sorted values, nearest rank."""
+    if not sorted_values:
+        return float("nan")
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def hop_latencies(paths: Iterable[Path]) -> dict[tuple[str, str], list[float]]:
+    """Seconds from each hop to the next on every path, by (from place, to place)."""
+    out: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for p in paths:
+        for a, b in zip(p.hops, p.hops[1:], strict=False):
+            # clamped: a receiver can log a few us before its sender does
+            out[(a.where, b.where)].append(max(0.0, b.ts - a.ts))
+    for v in out.values():
+        v.sort()
+    return out
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3f}"
+
+
+def report(paths: Sequence[Path], hops: Sequence[Hop], limit: int) -> list[str]:
+    """The default report: counts, per-hop latency percentiles, stopped messages."""
+    bad = [(p, why) for p in paths if (why := stopped(p)) is not None]
+    out = [
+        f"{len(hops)} hops, {len(paths)} messages: {len(paths) - len(bad)} arrived, "
+        f"{len(bad)} stopped",
+        "",
+        "per-hop latency (ms)",
+        "| from | to | count | p50 | p90 | p99 | max |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lat = hop_latencies(paths)
+    for (a, b), v in sorted(lat.items(), key=lambda kv: -len(kv[1])):
+        out.append(
+            f"| {a} | {b} | {len(v)} | {_ms(percentile(v, 0.5))} | {_ms(percentile(v, 0.9))} "
+            f"| {_ms(percentile(v, 0.99))} | {_ms(v[-1])} |"
+        )
+    counts: dict[str, int] = defaultdict(int)
+    for h in hops:
+        counts[h.where] += 1
+    out += ["", "hops", "| where | count |", "| --- | ---: |"]
+    out += [f"| {w} | {n} |" for w, n in sorted(counts.items())]
+    out += ["", f"stopped messages: {len(bad)}"]
+    for p, why in bad[:limit]:
+        h = p.last
+        out.append(
+            f"  {p.keys[0]}  {why}; last hop {h.where} pid {h.pid} at "
+            f"{datetime.datetime.fromtimestamp(h.ts, datetime.timezone.utc):%H:%M:%S.%f}"
+        )
+    if len(bad) > limit:
+        out.append(f"  ... and {len(bad) - limit} more (--limit)")
+    return out
+
+
+def timeline(path: Path) -> list[str]:
+    """One message's hops: time since the earliest hop logged, and (+) since the previous hop."""
+    t0 = min(h.ts for h in path.hops)
+    out = [f"message {' -> reply '.join(path.keys)} ({len(path.hops)} hops)"]
+    prev = path.hops[0].ts
+    for h in path.hops:
+        prev = min(prev, h.ts)  # the time at this hop is never negative (see hop_latencies)
+        details = " ".join(
+            f"{k}={h.extra[k]}" for k in ("peer", "dest", "reason", "source") if k in h.extra
+        )
+        rt = f" reply_to={h.reply_to}" if h.reply_to else ""
+        out.append(
+            f"  {_ms(h.ts - t0):>10} ms  (+{_ms(h.ts - prev)})  {h.service}[{h.pid}] "
+            f"{h.socket} {h.sock_type} {h.op} key={h.key}{rt} {details}".rstrip()
+        )
+        prev = h.ts
+    why = stopped(path)
+    out.append(f"  => {why}" if why else "  => arrived")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of ``greenzmq trace``."""
+    p = argparse.ArgumentParser(prog="greenzmq trace", description=__doc__.split("\n\n")[0])
+    p.add_argument("logs", nargs="+", metavar="LOGFILE", help="JSON log files (any processes)")
+    p.add_argument("--key", help="print this message's timeline (a key or a unique prefix)")
+    p.add_argument("--limit", type=int, default=20, help="stopped messages to list (default 20)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``greenzmq trace``; 0, or 1 if --key matches nothing, 2 on bad input."""
+    ns = build_parser().parse_args(argv)
+    try:
+        hops, skipped = load_hops(ns.logs)
+    except OSError as e:
+        print(f"greenzmq trace: error: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    paths = build_paths(hops)
+    if ns.key:
+        chosen = [p for p in paths if any(k.startswith(ns.key) for k in p.keys)]
+        if not chosen:
+            print(
+                f"greenzmq trace: no message with key {ns.key!r} in {len(hops)} hops",
+                file=sys.stderr,
+            )
+            return 1
+        for p in chosen:
+            print("\n".join(timeline(p)))
+        return 0
+    print("\n".join(report(paths, hops, ns.limit)))
+    if skipped:
+        print(f"({skipped} lines were not JSON events and were skipped)")
+    return 0
