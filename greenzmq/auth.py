@@ -53,6 +53,7 @@ __all__ = [
     "load_keypair",
     "main",
     "secure",
+    "secured",
     "server_options",
 ]
 
@@ -298,6 +299,26 @@ def secure(
     # an instance attribute shadows the method for this one service
     setattr(service, "open", open_secure)  # noqa: B010
     return service
+
+
+def secured(
+    app: str,
+    *,
+    secret_key: str,
+    allowed_keys: str | None,
+    sockets: Sequence[str],
+) -> Service:
+    """An app spec factory that secures any other app (for the command line).
+
+    For example::
+
+    greenzmq "greenzmq.auth:secured('services.broker:app', sockets=['frontend'],
+              secret_key='keys/server.key_secret', allowed_keys='allowed')"
+    """
+    from .appspec import as_service, load_app
+
+    service = as_service(load_app(app))
+    return secure(service, secret_key=secret_key, allowed_keys=allowed_keys, sockets=sockets)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -229,5 +229,27 @@ class TestCurve:
             timeout=30,
         )
         assert r.returncode != 0
-        assert "nope.key_secret" in r.stderr and r.stderr.count("\n") == 1
+        errors = [line for line in r.stderr.splitlines() if line.startswith("greenzmq: error:")]
+        assert len(errors) == 1 and "nope.key_secret" in errors[0], r.stderr
         assert zmq.CURVE_SERVER  # CURVE is compiled in (else the tests above could not pass)
+
+
+class TestSecuredAnyApp:
+    def test_tutorial_broker_secured_from_the_command_line(
+        self, service: Any, endpoint: Any, keys: dict[str, Path], ctx: Any
+    ) -> None:
+        """greenzmq.auth:secured(...) wraps any app: the tutorial broker with CURVE frontend."""
+        fe, be = endpoint(), endpoint()
+        spec = (
+            f"greenzmq.auth:secured('services.broker:app', sockets=['frontend'], "
+            f"secret_key={str(keys['server.key_secret'])!r}, "
+            f"allowed_keys={str(keys['allowed'])!r})"
+        )
+        b = service(spec, "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}")
+        service("services.worker:app", "--endpoint", f"backend={be}")
+        b.wait_event("auth.secured")
+        opts = client_options(keys["server.key"], keys["client.key_secret"])
+        with LazyPirate(fe, timeout=3, retries=2, ctx=ctx, options=opts) as c:
+            assert c.request(b"7") == [b"49"]
+        with LazyPirate(fe, timeout=0.5, retries=1, ctx=ctx) as c, pytest.raises(RequestTimeout):
+            c.request(b"7")
