@@ -5,11 +5,12 @@ No colon means the attribute ``app``. Factory arguments are Python literals
 bad part; an exception raised by the app module's own code propagates with
 its traceback.
 
-``python -m greenzmq.appspec JSON`` is the master's pre-fork check: the master
-must not import zmq.green (rule 7) and importing an app imports it, so the
-master runs this short-lived subprocess instead (:func:`check_app`). It
-prints the service's name and sockets as JSON on stdout, or a one-line
-``greenzmq: error: ...`` (exit 2) or the app's own traceback (exit 1) on stderr.
+:func:`check_app` is the launcher's pre-fork check (the master itself must not
+import an app: that imports zmq.green, rule 7). ``python -m greenzmq.appspec
+JSON`` runs it in a short-lived subprocess (used when HUP changes the app or
+its endpoints): it prints the service's name and binds as JSON on stdout, or
+a one-line ``greenzmq: error: ...`` (exit 2) or the app's own traceback
+(exit 1) on stderr.
 """
 
 from __future__ import annotations
@@ -144,7 +145,12 @@ def _is_shared_bind(addr: str) -> bool:
 
 
 def check_app(spec: str, endpoints: dict[str, str], workers: int = 1) -> dict[str, Any]:
-    """Load the app, validate the endpoint overrides for every worker index; describe it.
+    """Load the app and :func:`describe_service` it."""
+    return describe_service(as_service(load_app(spec)), endpoints, workers)
+
+
+def describe_service(service: Any, endpoints: dict[str, str], workers: int = 1) -> dict[str, Any]:
+    """Validate the endpoint overrides for every worker index; the service's name and binds.
 
     With ``workers`` above 1 a tcp or ipc bind without a per-worker
     placeholder is refused: libzmq has no SO_REUSEPORT, N processes cannot
@@ -154,7 +160,6 @@ def check_app(spec: str, endpoints: dict[str, str], workers: int = 1) -> dict[st
     from .errors import ConfigError
     from .sockets import apply_endpoints
 
-    service = as_service(load_app(spec))
     for wid in sorted({0, workers - 1}):
         apply_endpoints(service.specs, {n: expand_endpoint(a, wid) for n, a in endpoints.items()})
     sockets = []

@@ -1,11 +1,15 @@
 """The pre-fork master: keeps ``workers`` processes serving the app, and nothing else.
 
 Stdlib only: the master never imports zmq, zmq.green or gevent, so no context,
-socket or hub crosses a fork (rule 7). It does not even import the app: the
-spec was checked before the master started, in a short-lived subprocess
-(``python -m greenzmq.appspec``, see :func:`greenzmq.runner.check_in_subprocess`),
-and each forked worker imports gevent, then the app, then makes its own
-context (:mod:`greenzmq.workerproc`).
+socket or hub crosses a fork (rule 7). It does not even import the app, which
+would import zmq.green. The app is checked before any fork by the first
+worker, which the master starts with exec (``python -m greenzmq.workerproc``):
+that fresh interpreter imports the app, validates the endpoints for every
+worker index and reports ``checked`` (or prints the one-line error or the
+traceback and exits; the master then exits with its code). Only then does
+the master fork the other workers; each imports gevent, then the app, then
+makes its own context (:mod:`greenzmq.workerproc`). Spec syntax and settings
+were checked earlier, in the command (:mod:`greenzmq.runner`).
 
 The loop reads top to bottom, like gunicorn's::
 
@@ -47,7 +51,7 @@ from typing import IO, Any
 
 from .config import Config, load_config
 
-__all__ = ["Arbiter", "HaltServer", "MasterLog"]
+__all__ = ["Arbiter", "HaltServer", "MasterLog", "title_setter"]
 
 KILL_GRACE = 1.0  # seconds between ABRT (or a quick stop) and KILL
 STABLE_AFTER = 5.0  # a worker up this long ends a crash streak
@@ -68,11 +72,14 @@ SIGNALS = (
 class HaltServer(BaseException):
     """Stop the master now (a BaseException: hooks and app code cannot swallow it)."""
 
-    def __init__(self, reason: str, exit_status: int = 1, detail: str = "") -> None:
+    def __init__(
+        self, reason: str, exit_status: int = 1, detail: str = "", *, quiet: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.exit_status = exit_status
         self.detail = detail
+        self.quiet = quiet  # the message is already on stderr (the first worker printed it)
 
 
 class MasterLog:
@@ -147,7 +154,8 @@ class MasterLog:
         self.log("error", event, **fields)
 
 
-def _title_setter() -> Callable[[str], None]:
+def title_setter() -> Callable[[str], None]:
+    """``setproctitle`` with a ``greenzmq:`` prefix, or a no-op without it."""
     try:
         from setproctitle import setproctitle
     except ImportError:  # optional: titles are a nicety
@@ -169,6 +177,7 @@ class Worker:
         self.aborted = False
         self.failure: dict[str, Any] | None = None
         self.exit_reason: str | None = None
+        self.checked: dict[str, Any] | None = None
         self._buf = b""
 
     def feed(self, data: bytes) -> None:
@@ -187,19 +196,20 @@ class Worker:
                     self.failure = {"message": line[5:]}
             elif line.startswith("exit "):
                 self.exit_reason = line[5:]
+            elif line.startswith("checked "):
+                self.checked = json.loads(line[8:])
 
 
 class Arbiter:
     """The master process (see the module docstring)."""
 
-    def __init__(
-        self, cfg: Config, info: dict[str, Any], *, argv: list[str], reload_check: Any = None
-    ) -> None:
+    def __init__(self, cfg: Config, *, argv: list[str], reload_check: Any = None) -> None:
         self.cfg = cfg
-        self.info = info
+        self.info: dict[str, Any] = {}  # from the first worker's check: name, binds
+        self.checked = False
         self.argv = argv
         self.reload_check = reload_check
-        self.name = cfg.name or str(info.get("service", "greenzmq"))
+        self.name = cfg.name or "greenzmq"
         self.num_workers = int(cfg.workers)
         self.workers: dict[int, Worker] = {}
         self.sig_queue: list[int] = []
@@ -209,7 +219,7 @@ class Arbiter:
         self.crash_streak = 0
         self.spawn_not_before = 0.0
         self.ready_announced = False
-        self.title = _title_setter()
+        self.title = title_setter()
         self.log = MasterLog(cfg.log_format, cfg.log_file, cfg.log_level, self.name)
         self.pipe: tuple[int, int] = (-1, -1)
         self.selector: selectors.BaseSelector | None = None
@@ -233,6 +243,13 @@ class Arbiter:
         self.selector.register(r, selectors.EVENT_READ, None)
         for sig in SIGNALS:
             signal.signal(sig, self._on_signal)
+        self.title(f"master [{self.name}]")
+
+    def _on_checked(self, info: dict[str, Any]) -> None:
+        self.checked = True
+        self.info = info
+        self.name = self.cfg.name or str(info.get("service", "greenzmq"))
+        self.log.service = self.name
         self.title(f"master [{self.name}]")
         self.log.info(
             "master.start",
@@ -300,7 +317,8 @@ class Arbiter:
             self.log.error("master.halt", reason=h.reason, exit_code=h.exit_status)
             if detail:
                 sys.stderr.write(detail if detail.endswith("\n") else detail + "\n")
-            print(f"greenzmq: error: {h.reason}", file=sys.stderr, flush=True)
+            if not h.quiet:
+                print(f"greenzmq: error: {h.reason}", file=sys.stderr, flush=True)
             self.kill_all(signal.SIGKILL)
             self._wait_children(5.0)
         finally:
@@ -349,6 +367,8 @@ class Arbiter:
                 data = b""
             if data:
                 w.feed(data)
+                if w.checked is not None and not self.checked:
+                    self._on_checked(w.checked)
             else:
                 self._close_channel(w)  # EOF: the worker is exiting; reap tells how
 
@@ -478,6 +498,13 @@ class Arbiter:
             self.log.error("master.hook_failed", hook="worker_exit", error=traceback.format_exc())
         if self.stopping:
             return
+        if not self.checked:
+            # the first worker is the pre-fork check and printed why it failed
+            if code == 2:
+                raise HaltServer("the app does not check", 2, quiet=True)
+            if code == 1:
+                raise HaltServer(f"importing {self.cfg.app!r} failed (traceback above)", 1)
+            raise HaltServer(f"worker failed to boot ({how})", 3)
         if w.failure is not None:
             f = w.failure
             if "message" in f:
@@ -546,6 +573,10 @@ class Arbiter:
         """Start or retire workers until the count matches."""
         if self.stopping:
             return
+        if not self.checked:
+            if not self.workers:
+                self.spawn_first_worker()
+            return  # nothing is forked before the first worker checked the app
         live = sorted((w for w in self.workers.values() if not w.retiring), key=lambda w: w.wid)
         for w in live[self.num_workers :]:
             self.retire(w)  # the highest indexes go first
@@ -605,6 +636,33 @@ class Arbiter:
         self.selector.register(parent, selectors.EVENT_READ, w)
         self.log.info("worker.spawn", worker_pid=pid, wid=wid)
         return w
+
+    def spawn_first_worker(self) -> Worker:
+        """Start worker 0 with exec: a fresh interpreter that also checks the app."""
+        assert self.selector is not None
+        parent, child = socket.socketpair()
+        placeholder = Worker(0, 0, parent)
+        self.cfg.run_hook("pre_fork", self, placeholder)
+        os.set_inheritable(child.fileno(), True)
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        # the app is found where the command was started, greenzmq where it was imported
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (os.getcwd(), pkg_parent, env.get("PYTHONPATH", "")) if p
+        )
+        req = json.dumps({"argv": self.argv, "wid": 0, "fd": child.fileno()})
+        try:
+            pid = os.posix_spawn(
+                sys.executable, [sys.executable, "-m", "greenzmq.workerproc", req], env
+            )
+        finally:
+            child.close()
+        parent.setblocking(False)
+        placeholder.pid = pid
+        self.workers[pid] = placeholder
+        self.selector.register(parent, selectors.EVENT_READ, placeholder)
+        self.log.info("worker.spawn", worker_pid=pid, wid=0, exec=True)
+        return placeholder
 
     def _child(self, wid: int, chan: socket.socket, mask: Any) -> int:
         # forget the master: its handlers, self-pipe, selector, other workers' pipes

@@ -1,22 +1,23 @@
-"""``greenzmq [OPTIONS] MODULE:APP``: settings, the pre-fork check, then the master.
+"""``greenzmq [OPTIONS] MODULE:APP``: settings, then the master.
 
-The command path is stdlib only until a worker forks (rule 7):
+The command path is stdlib only until a worker exists (rule 7):
 
 1. :func:`greenzmq.config.load_config` resolves the settings (defaults <
-   ``-c`` file < ``GREENZMQ_CMD_ARGS`` < CLI); ``--print-config`` stops here.
-2. The spec's syntax is checked here (no import); then the app is imported
-   and its endpoints validated for every worker index in a short-lived
-   subprocess (``python -m greenzmq.appspec``), because importing an app
-   imports zmq.green, which the master must never have. A bad spec, an
-   unknown endpoint name, a malformed endpoint or a tcp bind shared by
-   ``-w N`` workers is one ``greenzmq: error:`` line and exit 2; an exception
-   raised by the app module's own code prints its traceback and exits 1.
-   Nothing is forked or bound before this passes.
-3. :class:`greenzmq.arbiter.Arbiter` forks the workers, also for ``-w 1``,
-   so HUP, TTIN and the heartbeat work the same whatever the count.
+   ``-c`` file < ``GREENZMQ_CMD_ARGS`` < CLI); a bad value is one
+   ``greenzmq: error:`` line and exit 2; ``--print-config`` stops here.
+2. The spec's syntax is checked here, without importing anything.
+3. :class:`greenzmq.arbiter.Arbiter` runs, also for ``-w 1``, so HUP, TTIN
+   and the heartbeat work whatever the count. Its first worker is exec'd and
+   is the pre-fork check: it imports the app and validates the endpoints for
+   every worker index; a bad spec, an unknown endpoint name, a malformed
+   endpoint or a tcp bind shared by ``-w N`` workers is one line and exit 2,
+   an exception in the app module's own code its traceback and exit 1, with
+   nothing forked or bound (see :mod:`greenzmq.workerproc`).
 
 ``--check-config`` imports the app in this process (it never forks), checks
-everything the subprocess checks, and exits 0 or 1.
+what the first worker checks, and exits 0 or 1. When HUP changes the app or
+its endpoints, the master checks the new ones in a short-lived subprocess
+(:func:`check_in_subprocess`) before replacing any worker.
 
 :func:`run_service` is kept for embedding: one service, in this process, no
 master.
@@ -102,18 +103,15 @@ def main(argv: Sequence[str]) -> int:
             return 0
         if not cfg.app:
             raise ConfigError("no app given: greenzmq [OPTIONS] MODULE:APP")
-        parse_app_spec(cfg.app)  # syntax, before spending a subprocess on it
+        parse_app_spec(cfg.app)  # syntax, before starting anything
     except GreenZMQError as e:
         # --check-config promises 0 or 1
         return fail(str(e), EXIT_FAILED if "--check-config" in argv else EXIT_CONFIG)
     if cfg.check_config:
         return check_config(cfg)
-    info = check_in_subprocess(cfg)
-    if isinstance(info, int):
-        return info
     from .arbiter import Arbiter
 
-    return Arbiter(cfg, info, argv=list(argv), reload_check=_reload_check).run()
+    return Arbiter(cfg, argv=list(argv), reload_check=_reload_check).run()
 
 
 def run_service(

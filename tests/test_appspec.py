@@ -152,7 +152,9 @@ class TestCommand:
                 lines = p.output().strip().splitlines()
                 assert len(lines) == 1 and lines[0].startswith("greenzmq: error: "), lines
                 assert needle in lines[0]
-                assert not p.events()  # no master started, nothing forked
+                # only the exec'd first worker (the check) ran: nothing forked, nothing served
+                assert [e.get("exec") for e in p.events("worker.spawn")] in ([], [True])
+                assert not p.events("master.start") and not p.events("service.start")
         finally:
             for p in procs.values():
                 p.stop()

@@ -303,7 +303,9 @@ class TestRespawn:
         out = p.output()
         assert "RuntimeError: boom at import time" in out and "Traceback" in out
         assert out.strip().splitlines()[-1].startswith("greenzmq: error: importing")
-        assert not p.events("worker.spawn")
+        # only the exec'd first worker (the check) ran: nothing was forked, nothing served
+        assert [e.get("exec") for e in p.events("worker.spawn")] == [True]
+        assert not p.events("service.start") and not p.events("master.start")
 
     def test_boot_failure_halts_with_worker_traceback(self, service: Start) -> None:
         """A worker failing in setup() halts the master (exit 3) with that traceback."""
