@@ -10,6 +10,10 @@ pending queue, the broker stops reading the source (backpressure) and polls
 the destination for POLLOUT: the loop never blocks, so the kill switch and
 SIGTERM are always seen.
 
+On a stop (kill switch, SIGTERM) the broker takes no new requests but keeps
+forwarding replies to the requests it already accepted, for up to 80% of
+``graceful_timeout``, then exits.
+
 A malformed message (no envelope delimiter, empty body) or a reply to a client
 that has gone (EHOSTUNREACH, with ROUTER_MANDATORY) is logged as a ``drop`` hop
 with its reason, counted, and the broker keeps serving.
@@ -17,6 +21,7 @@ with its reason, counted, and the broker keeps serving.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
@@ -94,8 +99,11 @@ class Broker(Service):
         flags: dict[Socket, int] = {fe: _POLLIN, be: _POLLIN}
         again, batch = zmq.Again, self.batch
 
+        draining = False  # stopped: no new requests, replies still flow
+
         def set_flags(s: Socket) -> None:
-            want = (0 if pending[other[s]] else _POLLIN) | (_POLLOUT if pending[s] else 0)
+            closed = pending[other[s]] or (draining and s is fe)
+            want = (0 if closed else _POLLIN) | (_POLLOUT if pending[s] else 0)
             if want != flags[s]:
                 flags[s] = want
                 poller.modify(s, want)
@@ -157,17 +165,33 @@ class Broker(Service):
                 set_flags(dst)
                 set_flags(other[dst])
 
-        stopping = self.stopping
-        while not stopping.is_set():
-            for sock, ev in poller.poll():
+        def in_flight() -> int:
+            return self.forwarded["frontend->backend"] - self.forwarded["backend->frontend"]
+
+        def serve(timeout: float = -1) -> None:
+            for sock, ev in poller.poll(timeout):
                 if ev & _POLLOUT:
                     flush(sock)
                 if ev & _POLLIN:
                     pump(sock)
+
+        stopping = self.stopping
+        while not stopping.is_set():
+            serve()
+        # Stopped: take no new requests, but forward the replies to requests
+        # already accepted, for most of the graceful timeout.
+        if in_flight() > 0:
+            draining = True
+            set_flags(fe)
+            self.log.info("broker.draining", in_flight=in_flight())
+            deadline = time.monotonic() + self.graceful_timeout * 0.8
+            while in_flight() > 0 and (left := deadline - time.monotonic()) > 0:
+                serve(left * 1000)
         poller.close_watchers()
         self.log.info(
             "broker.stats",
             forwarded=dict(self.forwarded),
             drops=dict(self.drops),
             pending=sum(map(len, pending.values())),
+            in_flight=in_flight(),
         )

@@ -296,3 +296,39 @@ class TestBackpressure:
             assert run.get(timeout=10) == 0
             if wrun is not None:
                 assert wrun.get(timeout=10) == 0
+
+
+class TestGracefulStop:
+    @pytest.mark.deadline(60)
+    def test_sigterm_forwards_replies_in_flight(self, broker_proc: BrokerProc) -> None:
+        """SIGTERM: requests already forwarded get their replies; new requests are not taken."""
+        broker, fe, be, _ = broker_proc
+        ctx = Context()
+        worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
+        clients = [ctx.build(SocketSpec(f"c{i}", "REQ", connect=(fe,))) for i in range(5)]
+        try:
+            for i, c in enumerate(clients):
+                c.send(b"%d" % i)
+            held = []
+            with gevent.Timeout(10):
+                while len(held) < len(clients):
+                    held.append(worker.recv_multipart())  # the worker holds them: in flight
+            broker.signal(signal.SIGTERM)
+            broker.wait_event("broker.draining", in_flight=len(clients))
+            late = ctx.build(SocketSpec("late", "REQ", connect=(fe,)))
+            late.send(b"late")  # after the stop: must not be forwarded
+            for env in held:
+                worker.send_multipart([*env[:-1], env[-1] + b"!"])
+            with gevent.Timeout(10):
+                for i, c in enumerate(clients):
+                    assert c.recv() == b"%d!" % i
+            assert broker.wait(10) == 0, broker.output()
+            stats = broker.wait_event("broker.stats")
+            assert stats["forwarded"]["frontend->backend"] == len(clients)
+            assert stats["in_flight"] == 0
+            assert worker.poll(200) == 0, "a request sent after SIGTERM was forwarded"
+            late.close(linger=0)
+        finally:
+            for s in [worker, *clients]:
+                s.close(linger=0)
+            ctx.term()
