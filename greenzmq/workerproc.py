@@ -14,8 +14,8 @@ endpoints for every worker index (:func:`greenzmq.appspec.describe_service`)
 and either prints the error and exits (the master exits with its code,
 nothing forked or bound) or reports ``checked {json}`` and goes on booting
 as worker 0. A separate check process would cost a second interpreter and a
-second import of gevent, zmq and the app on every start (measured: 0.45 s
-instead of 0.2 s to the first ``service.start``).
+second import of gevent, zmq and the app on every start (about 0.25 s on an
+idle 2-core machine).
 
 Talking to the master: one end of a socketpair, newline-framed lines:
 ``beat`` every heartbeat interval from a greenlet (so a blocked hub stops the
