@@ -98,6 +98,10 @@ class Broker(Service):
         hop_tr = {s: (t if t.on else None) for s, t in trace.items()}
         flags: dict[Socket, int] = {fe: _POLLIN, be: _POLLIN}
         again, batch = zmq.Again, self.batch
+        stats = self.stats
+        count = {s: stats.socket(s.name) for s in (fe, be)}  # added to once per batch
+        for s in (fe, be):
+            stats.gauge(f"pending:{s.name}", lambda s=s: len(pending[s]))  # type: ignore[misc]
 
         draining = False  # stopped: no new requests, replies still flow
 
@@ -123,12 +127,13 @@ class Broker(Service):
                 if e.errno != zmq.EHOSTUNREACH:
                     raise
                 self.drops["unknown peer"] += 1
+                count[dst].drop("unknown peer")
                 trace[dst].drop(m, "unknown peer")
             return True
 
         def pump(src: Socket) -> None:
-            dst, rsrc, taken, dropped = other[src], src.raw, 0, 0
-            tr, q = hop_tr[src], pending[dst]
+            dst, rsrc, taken, dropped, nbytes = other[src], src.raw, 0, 0, 0
+            tr, q, detailed = hop_tr[src], pending[dst], stats.detailed
             while taken < batch and not q:
                 # zmq.Frame (copy=False) knows whether more frames follow
                 # without a getsockopt(RCVMORE) through pyzmq's option enum;
@@ -145,14 +150,19 @@ class Broker(Service):
                 problem = envelope_problem(m)
                 if problem is not None:
                     self.drops[problem] += 1
+                    count[src].drop(problem)
                     dropped += 1
                     trace[src].drop(m, problem)
                     continue
+                if detailed:  # bytes only while someone watches the stats
+                    nbytes += sum(map(len, m))
                 if tr is not None:
                     tr.hop("forward", m, dest=dst.name)
                 if not send(dst, m):
                     q.append(m)
             self.forwarded[label[src]] += taken - dropped
+            count[src].add_in(taken, nbytes)
+            count[dst].add_out(taken - dropped, nbytes)
             if q:
                 set_flags(src)
                 set_flags(dst)

@@ -21,6 +21,7 @@ import gevent.pool
 import zmq
 
 from .sockets import Context, Socket, SocketSpec, apply_endpoints
+from .stats import Stats
 from .tracing import Tracer, get_logger
 
 __all__ = ["KILL_ENDPOINT", "CallableService", "Service", "kill_spec"]
@@ -61,6 +62,7 @@ class Service:
         self.socks: dict[str, Socket] = {}
         self.ctx: Context | None = None
         self.tracer: Tracer | None = None
+        self.stats = Stats(self.name)  # per-socket counters; GREENZMQ_STATS serves them
         self.log: Any = None
         self._failures: list[tuple[str, BaseException]] = []
         self._main: gevent.Greenlet[..., Any] | None = None
@@ -184,6 +186,7 @@ class Service:
             kill = self.socks.get(KILL)
             if kill is not None and kill.type == zmq.SUB:
                 self.spawn(self._watch_kill, kill, name="kill-switch")
+            self.stats.start_control(self)
             self.log.info("service.start", sockets={n: s.name for n, s in self.socks.items()})
             self.setup()
             for fn in self._ready_callbacks:
