@@ -228,6 +228,9 @@ def run_worker(
     def quick(signame: str) -> None:
         cfg.run_hook("worker_int", info)
         service.graceful_timeout = 0.0
+        if service.stopping.is_set():
+            # already in a graceful stop: end the in-flight work now
+            service.group.kill(block=False)
         service.stop(signame)
 
     def abort(signum: int, frame: Any) -> None:

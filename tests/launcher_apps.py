@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections import deque
 from typing import Any
@@ -105,7 +106,25 @@ class Idle(Service):
         self.stopping.wait()
 
 
+class Orphaner(Service):
+    """Leaves an orphan (``sleep 1`` whose parent shell has exited) behind, then idles.
+
+    Under PID 1 the orphan is re-parented to the master, which must reap it.
+    """
+
+    name = "orphaner"
+
+    def setup(self) -> None:
+        """Start a shell that backgrounds a sleep and exits at once."""
+        subprocess.run(["sh", "-c", "sleep 1 &"], check=True)
+
+    def run(self) -> None:
+        """Wait for the stop."""
+        self.stopping.wait()
+
+
 echo = Echo
+orphaner = Orphaner
 bootfails = BootFails
 crasher = Crasher
 idle = Idle

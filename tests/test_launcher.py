@@ -8,8 +8,11 @@ connect to its backend; the test's client is plain (blocking) pyzmq.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +21,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from .helpers import ServiceProcess, free_endpoint, free_port, wait_for
+from .helpers import ROOT, ServiceProcess, free_endpoint, free_port, read_events, wait_for
 
 Start = Callable[..., ServiceProcess]
 
@@ -39,6 +42,14 @@ def children(pid: int) -> set[int]:
         with open(f"/proc/{pid}/task/{task}/children") as f:
             out.update(int(x) for x in f.read().split())
     return {c for c in out if alive(c)}
+
+
+def cmdline(pid: int) -> bytes:
+    """A process's command line (empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def fd_count(pid: int) -> int:
@@ -196,10 +207,15 @@ class TestGracefulStop:
         assert not [w for w in workers if alive(w)]
 
     def test_int_during_graceful_stop_is_quick(
-        self, broker: dict[str, str], service: Start
+        self, broker: dict[str, str], service: Start, tmp_path: Path
     ) -> None:
         """Scenario 2: INT while TERM waits on long requests: exit within 2 s, workers gone."""
-        p = service(*worker_args(broker, "-w", "2", "--graceful-timeout", "30"))
+        conf = tmp_path / "conf.py"
+        record = tmp_path / "int.txt"
+        conf.write_text(
+            f"def worker_int(w):\n    open({str(record)!r}, 'a').write(f'{{w.pid}}\\n')\n"
+        )
+        p = service(*worker_args(broker, "-w", "2", "--graceful-timeout", "30", "-c", str(conf)))
         wait_for(lambda: len(worker_pids(p)) == 2, 15, "2 workers")
         workers = worker_pids(p)
         client = Client(broker["frontend"])
@@ -217,6 +233,9 @@ class TestGracefulStop:
             client.close()
         assert took < 2.0
         wait_for(lambda: not [w for w in workers if alive(w)], 2, "workers gone")
+        assert sorted(int(x) for x in record.read_text().split()) == sorted(workers)
+        # the workers ended their in-flight work themselves (QUIT), no KILL was needed
+        assert {e["how"] for e in p.events("worker.exit")} == {"code 0"}
 
 
 class TestLiveness:
@@ -526,3 +545,39 @@ class TestOneWorker:
                 s.bind(("127.0.0.1", port))
         p.signal(signal.SIGTERM)
         assert p.wait(10) == 0
+
+
+class TestContainer:
+    """PID 1 in a container: signals handled, orphans reaped."""
+
+    @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1)")
+    def test_as_pid_1(self, tmp_path: Path) -> None:
+        """In a new pid namespace the master is PID 1: it reaps an orphan and TERM exits 0."""
+        probe = subprocess.run(["unshare", "--fork", "--pid", "true"], capture_output=True)
+        if probe.returncode != 0:
+            pytest.skip("no permission for a pid namespace")
+        log = tmp_path / "pid1.log"
+        proc = subprocess.Popen(
+            ["unshare", "--fork", "--pid", "--mount-proc", sys.executable, "-m", "greenzmq",
+             "tests.launcher_apps:orphaner", "--log-format", "json", "--log-file", str(log)],
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(lambda: any(e.get("event") == "service.start" for e in read_events(log)), 15)
+            assert [e["pid"] for e in read_events(log) if e["event"] == "master.start"] == [1]
+            (master,) = children(proc.pid)
+
+            def orphans() -> list[int]:
+                return [c for c in children(master) if b"sleep" in cmdline(c)]
+
+            (orphan,) = wait_for(orphans, 5, "the orphan re-parented to the master")
+            # the master reaps it: it does not stay a zombie
+            wait_for(lambda: not os.path.exists(f"/proc/{orphan}"), 5, "the orphan reaped")
+            os.kill(master, signal.SIGTERM)
+            assert proc.wait(10) == 0
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
