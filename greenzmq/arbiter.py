@@ -287,8 +287,11 @@ class Arbiter:
             pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        # only enqueue: no logging, no allocation-heavy work, no locks
-        if len(self.sig_queue) < 64:
+        # only enqueue and wake the loop: no logging, no locks. CHLD needs no entry
+        # (the loop reaps on every turn); a full queue drops HUP/TTIN/... but never a stop.
+        if signum != signal.SIGCHLD and (
+            len(self.sig_queue) < 64 or signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+        ):
             self.sig_queue.append(signum)
         try:
             os.write(self.pipe[1], b".")
