@@ -9,8 +9,13 @@ number of processes and joins them into one path per message:
   which the process that pairs them (a worker's send, a client's recv) logs.
 
 Messages with identical bodies share a key. When such messages follow one
-another, a hop that repeats a (process, socket, op) already on the path starts
-a new path; identical bodies in flight at the same time cannot be told apart.
+another they are told apart (a process forwards or receives one message once;
+a process that received a body and sends it again sends a new message; a
+reply that reached its requester is done); identical bodies in flight at the
+same time cannot be told apart. Hops are logged just after the socket
+operation, so a fast receiver may log before its sender: a path is ordered by
+op (send, forward, recv, put, take), then time, and the time at a hop is
+never negative.
 
 The default report gives per-hop latency percentiles and counts (time from one
 hop of a path to the next), and lists the messages whose path stops: the last
@@ -138,19 +143,48 @@ def load_hops(paths: Iterable[str]) -> tuple[list[Hop], int]:
     return hops, skipped
 
 
+@dataclasses.dataclass
+class _Group:
+    hops: list[Hop] = dataclasses.field(default_factory=list)
+    places: set[tuple[int, str]] = dataclasses.field(default_factory=set)
+    receivers: set[int] = dataclasses.field(default_factory=set)
+    reply_to: str | None = None
+    done: bool = False  # a reply reached its requester
+
+    def takes(self, h: Hop) -> bool:
+        if (h.pid, h.op) in self.places:
+            return False  # one process forwards (receives, ...) one message once
+        if h.op == "send" and h.pid in self.receivers:
+            return False  # sent again by a process that received it: a new message
+        # a reply's own late hop (its sender logs after the requester got it)
+        # still belongs to it; anything else after the reply arrived is new
+        return not self.done or (h.reply_to is not None and h.reply_to == self.reply_to)
+
+    def add(self, h: Hop) -> None:
+        self.hops.append(h)
+        self.places.add((h.pid, h.op))
+        if h.reply_to is not None:
+            self.reply_to = h.reply_to
+        if h.op in ("recv", "take"):
+            self.receivers.add(h.pid)
+            self.done = self.done or h.reply_to is not None
+
+
 def _segments(hops: Sequence[Hop]) -> list[list[Hop]]:
-    """Hops grouped by key; a hop repeating a (pid, socket, op) starts a new group."""
-    open_seg: dict[str, tuple[list[Hop], set[tuple[int, str, str]]]] = {}
+    """Hops grouped by key, one group per message (see :meth:`_Group.takes`).
+
+    Processes log a hop just after the socket operation, so the timestamps of
+    different processes are only roughly in causal order; the rules allow for
+    a receiver that logs before its sender.
+    """
+    groups: dict[str, _Group] = {}
     segs: list[list[Hop]] = []
     for h in hops:
-        place = (h.pid, h.socket, h.op)
-        cur = open_seg.get(h.key)
-        if cur is None or place in cur[1]:
-            cur = ([], set())
-            open_seg[h.key] = cur
-            segs.append(cur[0])
-        cur[0].append(h)
-        cur[1].add(place)
+        g = groups.get(h.key)
+        if g is None or not g.takes(h):
+            g = groups[h.key] = _Group()
+            segs.append(g.hops)
+        g.add(h)
     return segs
 
 
@@ -164,8 +198,8 @@ def build_paths(hops: Sequence[Hop]) -> list[Path]:
     child: dict[int, int] = {}
     for i, seg in enumerate(segs):
         req = next((h.reply_to for h in seg if h.reply_to), None)
-        if req is None or req == seg[0].key:
-            continue  # not a reply, or a reply with its request's body: already one segment
+        if req is None:
+            continue
         start = seg[0].ts
         # the latest earlier segment of the request's key that has no reply yet
         for j in reversed(by_key.get(req, [])):
@@ -192,11 +226,8 @@ def _causal(seg: list[Hop]) -> list[Hop]:
 
     Processes log a hop right after the socket operation, so a fast receiver
     can log before its sender: order by op (send, forward/drop, recv, put,
-    take), then time. A reply with its request's body shares the request's
-    segment; there only the timestamps can order the hops.
+    take), then time.
     """
-    if any(h.reply_to == h.key for h in seg):
-        return sorted(seg, key=lambda h: h.ts)
     return sorted(seg, key=lambda h: (_RANK.get(h.op, 1), h.ts))
 
 

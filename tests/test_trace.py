@@ -1,0 +1,210 @@
+"""greenzmq trace: hop logs joined into paths, per-hop latency, stopped messages, timelines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from greenzmq import message_key
+from greenzmq.trace import build_paths, hop_latencies, load_hops, main, stopped
+
+from .helpers import ROOT, ServiceProcess
+
+K = message_key([b"3"])
+R = message_key([b"9"])
+T0 = 1_800_000_000.0
+
+
+def hop(
+    ts: float, key: str, op: str, service: str, pid: int, socket: str, sock_type: str, **extra: Any
+) -> dict[str, Any]:
+    """One hop event as the services log it (JSON fields of greenzmq.tracing)."""
+    ev = {
+        "event": "hop",
+        "level": "info",
+        "timestamp": T0 + ts,
+        "key": key,
+        "op": op,
+        "service": service,
+        "pid": pid,
+        "socket": socket,
+        "sock_type": sock_type,
+        "frames": 1,
+        "bytes": 1,
+    }
+    ev.update(extra)
+    return ev
+
+
+def write(path: Path, events: list[dict[str, Any]]) -> str:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events))
+    return str(path)
+
+
+def request_reply(t: float, key: str = K, reply: str = R, pid: int = 10) -> dict[str, list[Any]]:
+    """One request and its reply across client, broker and worker logs (ms offsets)."""
+    ms = 1e-3
+    return {
+        "client": [
+            hop(t + 0.2 * ms, key, "send", "client", pid, "frontend", "REQ"),
+            hop(t + 3.0 * ms, reply, "recv", "client", pid, "frontend", "REQ", reply_to=key),
+        ],
+        "broker": [
+            # logged before the client's send: the client logs after its send returns
+            hop(t + 0.1 * ms, key, "forward", "broker", 20, "frontend", "ROUTER", dest="backend"),
+            hop(t + 2.5 * ms, reply, "forward", "broker", 20, "backend", "DEALER", dest="frontend"),
+        ],
+        "worker": [
+            hop(t + 0.6 * ms, key, "recv", "worker", 30, "backend", "REP"),
+            hop(t + 2.6 * ms, reply, "send", "worker", 30, "backend", "REP", reply_to=key),
+        ],
+    }
+
+
+def logs(tmp_path: Path, *groups: dict[str, list[Any]]) -> list[str]:
+    merged: dict[str, list[Any]] = {}
+    for g in groups:
+        for name, evs in g.items():
+            merged.setdefault(name, []).extend(evs)
+    return [write(tmp_path / f"{name}.log", evs) for name, evs in merged.items()]
+
+
+class TestPaths:
+    def test_request_and_reply_are_one_path_in_causal_order(self, tmp_path: Path) -> None:
+        """A request and its reply (joined by reply_to) form one path, ordered send to recv."""
+        hops, skipped = load_hops(logs(tmp_path, request_reply(0.0)))
+        paths = build_paths(hops)
+        assert skipped == 0
+        assert len(paths) == 1
+        p = paths[0]
+        assert p.keys == [K, R]
+        assert [(h.service, h.op) for h in p.hops] == [
+            ("client", "send"), ("broker", "forward"), ("worker", "recv"),
+            ("worker", "send"), ("broker", "forward"), ("client", "recv"),
+        ]  # fmt: skip
+        assert stopped(p) is None
+
+    def test_same_body_again_is_a_new_message(self, tmp_path: Path) -> None:
+        """The same request body sent twice, one after the other, gives two paths."""
+        files = logs(tmp_path, request_reply(0.0), request_reply(0.010))
+        paths = build_paths(load_hops(files)[0])
+        assert len(paths) == 2
+        assert all(len(p.hops) == 6 and stopped(p) is None for p in paths)
+
+    def test_reply_with_the_request_body(self, tmp_path: Path) -> None:
+        """An echo (reply body == request body) still splits into request then reply."""
+        paths = build_paths(load_hops(logs(tmp_path, request_reply(0.0, reply=K)))[0])
+        assert len(paths) == 1
+        assert [h.op for h in paths[0].hops][:3] == ["send", "forward", "recv"]
+        assert paths[0].hops[-1].op == "recv" and paths[0].hops[-1].service == "client"
+        assert stopped(paths[0]) is None
+
+    def test_per_hop_latency(self, tmp_path: Path) -> None:
+        """Latency from hop to hop: broker forward -> worker recv is 0.5 ms on every path."""
+        groups = [request_reply(i * 0.01, message_key([b"%d" % i]), message_key([b"r%d" % i]))
+                  for i in range(20)]  # fmt: skip
+        lat = hop_latencies(build_paths(load_hops(logs(tmp_path, *groups))[0]))
+        fwd = lat[("broker/frontend forward", "worker/backend recv")]
+        assert len(fwd) == 20
+        assert all(abs(v - 0.5e-3) < 1e-6 for v in fwd)
+        # the client logs its send after the broker's forward: clamped to 0, never negative
+        assert lat[("client/frontend send", "broker/frontend forward")] == [0.0] * 20
+
+
+class TestStopped:
+    def test_lost_after_forward(self, tmp_path: Path) -> None:
+        """A request the broker forwarded that no worker logged is listed with its last hop."""
+        g = request_reply(0.0)
+        g["worker"], g["client"] = [], g["client"][:1]
+        g["broker"] = g["broker"][:1]
+        paths = build_paths(load_hops(logs(tmp_path, g))[0])
+        assert [stopped(p) for p in paths] == ["not seen after forward"]
+
+    def test_rep_without_reply(self, tmp_path: Path) -> None:
+        """A request a REP worker received but never answered has stopped."""
+        g = request_reply(0.0)
+        g["worker"] = g["worker"][:1]
+        g["broker"] = g["broker"][:1]
+        g["client"] = g["client"][:1]
+        (p,) = build_paths(load_hops(logs(tmp_path, g))[0])
+        assert stopped(p) == "no reply after recv on REP"
+
+    def test_drop_with_reason(self, tmp_path: Path) -> None:
+        """A dropped message is stopped with the drop's reason."""
+        ev = hop(0.0, K, "drop", "broker", 20, "frontend", "ROUTER", reason="no envelope")
+        (p,) = build_paths(load_hops([write(tmp_path / "b.log", [ev])])[0])
+        assert stopped(p) == "dropped: no envelope"
+
+
+class TestCommand:
+    def test_report(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """The report counts messages, has the latency table, and lists the stopped one."""
+        lost = request_reply(0.1, message_key([b"7"]), message_key([b"49"]))
+        lost["worker"], lost["client"], lost["broker"] = [], lost["client"][:1], lost["broker"][:1]
+        files = logs(tmp_path, request_reply(0.0), lost)
+        (tmp_path / "client.log").open("a").write("not json\n")
+        assert main(files) == 0
+        out = capsys.readouterr().out
+        assert "2 messages: 1 arrived, 1 stopped" in out
+        assert "| broker/frontend forward | worker/backend recv | 1 | 0.500 |" in out
+        assert f"{message_key([b'7'])}  not seen after forward; last hop broker/frontend" in out
+        assert "(1 lines were not JSON events and were skipped)" in out
+
+    def test_key_timeline(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """--key (a prefix is enough) prints every hop in order with the time at each."""
+        assert main([*logs(tmp_path, request_reply(0.0)), "--key", K[:6]]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == f"message {K} -> reply {R} (6 hops)"
+        assert "(+0.500)  worker[30] backend REP recv" in lines[3]
+        assert lines[-1] == "  => arrived"
+
+    def test_bad_input(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unknown key exits 1, a missing file 2, each with a one-line error."""
+        files = logs(tmp_path, request_reply(0.0))
+        assert main([*files, "--key", "ffffffff"]) == 1
+        assert main([str(tmp_path / "missing.log")]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0].startswith("greenzmq trace: no message with key 'ffffffff'")
+        assert err[1].startswith("greenzmq trace: error: cannot read")
+
+
+class TestRealLogs:
+    @pytest.mark.deadline(60)
+    def test_broker_worker_client(
+        self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
+    ) -> None:
+        """Real JSON logs of broker, worker and client: 6 requests, every path arrives."""
+        eps = {n: endpoint() for n in ("frontend", "backend", "kill")}
+        broker = service(
+            "services.broker:app", *(a for n in eps for a in ("--endpoint", f"{n}={eps[n]}"))
+        )
+        worker = service("services.worker:app", "--endpoint", f"backend={eps['backend']}",
+                         "--endpoint", f"kill={eps['kill']}")  # fmt: skip
+        broker.wait_started()
+        worker.wait_started()
+        client = service("services.client:make(i=6)", "--endpoint", f"frontend={eps['frontend']}")
+        assert client.wait(30) == 0, client.output()
+        worker.wait_event("hop", op="send", key=message_key([b"36"]))
+        broker.wait_event("hop", op="forward", key=message_key([b"36"]))
+        files = [str(p.log) for p in (broker, worker, client)]
+        out = subprocess.run(
+            [sys.executable, "-m", "greenzmq", "trace", *files],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert "36 hops, 6 messages: 6 arrived, 0 stopped" in out
+        # 4 -> 16 and 2 -> 4: a reply body that is also a request body stays apart
+        one = subprocess.run(
+            [sys.executable, "-m", "greenzmq", "trace", *files, "--key", message_key([b"4"])],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout.splitlines()  # fmt: skip
+        heads = [line for line in one if line.startswith("message")]
+        assert sorted(heads) == sorted([
+            f"message {message_key([b'2'])} -> reply {message_key([b'4'])} (6 hops)",
+            f"message {message_key([b'4'])} -> reply {message_key([b'16'])} (6 hops)",
+        ])  # fmt: skip
