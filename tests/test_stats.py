@@ -114,7 +114,7 @@ class TestServed:
         service: Callable[..., ServiceProcess],
     ) -> None:
         """After 20 requests and one malformed message the stats say so; the file is 0600."""
-        broker, eps, ctl = served_broker
+        _broker, eps, ctl = served_broker
         path = ctl[len("ipc://") :]
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         worker = service("services.worker:app", "--endpoint", f"backend={eps['backend']}",
