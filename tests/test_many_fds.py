@@ -1,4 +1,4 @@
-"""Many file descriptors: the broker, the PPP queue and the readers keep working in a process
+"""Many file descriptors: the brokers, the PPP queue and the readers keep working in a process
 that already holds 1,100 open files, where zmq.green.Poller's select() fails (pyzmq#844)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import zmq.green as gzmq
 
 from greenzmq import Broker, ClosedError, PollerListener, Readers
 from greenzmq.lazypirate import LazyPirate
+from greenzmq.mdp import MDPBroker, MDPClient, MDPWorkerService
 from greenzmq.ppp import PPPQueue, PPPWorkerService
 
 OPEN_FILES = 1100
@@ -87,6 +88,24 @@ class TestManyFds:
         queue.stop()
         assert qg.get(timeout=10) == 0
         assert queue.counts["replies"] == 100
+
+    def test_majordomo(self, many_fds: list[int], ctx: Any, endpoint: Any) -> None:
+        """The Majordomo broker and an MDP worker answer 0.1 and 0.2 clients."""
+        ep = endpoint()
+        broker = MDPBroker(heartbeat=0.2)
+        bg = serve(broker, {"broker": ep, "kill": endpoint()})
+        worker = MDPWorkerService("rev", lambda body: [body[0][::-1]], endpoint=ep, heartbeat=0.2)
+        wg = serve(worker, {"kill": endpoint()})
+        for version in (1, 2):
+            with MDPClient(ep, version=version, timeout=5, retries=1, ctx=ctx) as c:
+                for i in range(50):
+                    assert c.request("rev", b"ab%d" % i) == [(b"ab%d" % i)[::-1]]
+        assert broker.socks["broker"].getsockopt(zmq.FD) >= 1024
+        worker.stop()
+        assert wg.get(timeout=10) == 0
+        broker.stop()
+        assert bg.get(timeout=10) == 0
+        assert broker.counts["replies"] == 100
 
     @pytest.mark.parametrize("mux", [Readers, PollerListener])
     def test_readers(self, mux: Any, many_fds: list[int], ctx: Any, endpoint: Any) -> None:
