@@ -249,18 +249,18 @@ def check_targets(broker: Sequence[BrokerRow], mux: Sequence[MuxRow]) -> list[tu
     b = {(r.scenario, r.kind): r for r in broker}
     main, lat = "64x100B", "1x100B"
     gz, pyp, prx = b.get((main, "greenzmq")), b.get((main, "pypoll")), b.get((main, "proxy"))
-    if gz and prx:
+    if gz and prx and prx.rps:
         v = gz.rps / prx.rps
         res.append((f"broker untraced throughput >= 0.6x proxy: {v:.2f}x", v >= 0.6))
-    if gz and pyp:
+    if gz and pyp and pyp.cpu_us:
         v = gz.cpu_us / pyp.cpu_us
         res.append((f"broker untraced CPU/request <= pypoll's: {v:.2f}x", v <= 1.0))
     tr = b.get((main, "greenzmq@1"))
-    if gz and tr:
+    if gz and tr and gz.rps:
         v = tr.rps / gz.rps
         res.append((f"broker traced (every hop, JSON file) >= 0.5x untraced: {v:.2f}x", v >= 0.5))
     gz1, pyp1 = b.get((lat, "greenzmq")), b.get((lat, "pypoll"))
-    if gz1 and pyp1:
+    if gz1 and pyp1 and pyp1.p50_us:
         v = gz1.p50_us / pyp1.p50_us
         res.append((f"p50 at 1 in flight <= 1.1x pypoll's: {v:.2f}x", v <= 1.1))
     m = {r.kind: r for r in mux}
@@ -268,7 +268,7 @@ def check_targets(broker: Sequence[BrokerRow], mux: Sequence[MuxRow]) -> list[tu
         if kind in m:
             cpu = m[kind].cpu_us
             base = m.get("plain_poll")
-            rel = f", {cpu / base.cpu_us:.2f}x plain_poll" if base else ""
+            rel = f", {cpu / base.cpu_us:.2f}x plain_poll" if base and base.cpu_us else ""
             res.append((f"mux {kind} untraced <= 0.6 us CPU/msg: {cpu:.2f} us{rel}", cpu <= 0.6))
     return res
 
@@ -294,8 +294,8 @@ def plot(broker: Sequence[BrokerRow], mux: Sequence[MuxRow], path: str) -> bool:
         cpu = []
         for s in scen:
             r, p, q = b.get((s, k)), b.get((s, "proxy")), b.get((s, "pypoll"))
-            thr.append(r.rps / p.rps if r and p else 0.0)
-            cpu.append(r.cpu_us / q.cpu_us if r and q else 0.0)
+            thr.append(r.rps / p.rps if r and p and p.rps else 0.0)
+            cpu.append(r.cpu_us / q.cpu_us if r and q and q.cpu_us else 0.0)
         axes[0].bar(xs, thr, width, label=kind_label(k))
         axes[1].bar(xs, cpu, width, label=kind_label(k))
     for ax, title in ((axes[0], "broker req/s, x proxy"), (axes[1], "broker CPU/req, x pypoll")):
