@@ -17,6 +17,8 @@ setup(
     extras_require={
         "test": ["pytest>=7", "tox>=4", "hypothesis>=6", "majortomo>=0.2"],
         "title": ["setproctitle>=1.3"],
+        # greenzmq bench --plot PNG
+        "plot": ["matplotlib>=3.5"],
     },
     entry_points={"console_scripts": ["greenzmq = greenzmq.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Typing :: Typed"],
