@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -91,6 +92,48 @@ def _json_renderer(_: Any, __: str, event_dict: dict[str, Any]) -> bytes:
     return orjson.dumps(event_dict, default=str)
 
 
+def _hub_loop() -> Any:
+    """The gevent loop of a hub already running in this thread, else None (never makes one)."""
+    hub_local = sys.modules.get("gevent._hub_local")
+    hub = hub_local.get_hub_if_exists() if hub_local is not None else None
+    return None if hub is None else hub.loop
+
+
+class _HopWriter:
+    """JSON hop lines straight to the log file, flushed once per turn of the gevent loop.
+
+    structlog's BytesLogger flushes (one write syscall) per event; a busy
+    broker logs hundreds of hops per wake-up, so hops are buffered and flushed
+    by one loop callback, i.e. as soon as the logging greenlet yields. Other
+    events still flush at once (and carry buffered hops out with them).
+    Without a gevent hub every hop is flushed at once.
+    """
+
+    __slots__ = ("_file", "_pending")
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+        self._pending = False
+
+    def write(self, line: bytes) -> None:
+        self._file.write(line)
+        if self._pending:
+            return
+        loop = _hub_loop()
+        if loop is None:
+            self._file.flush()
+            return
+        self._pending = True
+        loop.run_callback(self._flush)
+
+    def _flush(self) -> None:
+        self._pending = False
+        try:
+            self._file.flush()
+        except (OSError, ValueError):
+            pass  # closed or broken pipe: the events after it report nothing either
+
+
 def configure_logging(
     service: str = "greenzmq",
     *,
@@ -120,20 +163,24 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt=None if fmt == "json" else "iso", utc=True),
     ]
     factory: Any
+    _state["hops"] = None
     if fmt == "json":
         processors.append(_json_renderer)
+        out_file: Any
         if log_file:
-            f = _ReopenableFile(log_file)
-            _files.append(f)
-            factory = structlog.BytesLoggerFactory(file=f)  # type: ignore[arg-type]
+            out_file = _ReopenableFile(log_file)
+            _files.append(out_file)
         else:
-            factory = structlog.BytesLoggerFactory(file=(stream or sys.stderr).buffer)  # type: ignore[union-attr]
+            out_file = (stream or sys.stderr).buffer  # type: ignore[union-attr]
+        factory = structlog.BytesLoggerFactory(file=out_file)
+        _state["hops"] = _HopWriter(out_file)
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=log_file is None))
         out: Any = stream or sys.stderr
         if log_file:
             out = open(log_file, "a", buffering=1)  # noqa: SIM115 - process lifetime
         factory = structlog.PrintLoggerFactory(file=out)
+    _state["processors"] = processors
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
@@ -193,13 +240,27 @@ class Tracer:
 class SocketTracer:
     """Hop events for one socket. Call sites test ``on`` before ``hop``."""
 
-    __slots__ = ("_log", "_parent", "_routed", "on")
+    __slots__ = ("_base", "_log", "_parent", "_routed", "_writer", "on")
 
     def __init__(self, parent: Tracer, name: str, sock_type: str) -> None:
         self._parent = parent
         self.on = parent.on
         self._routed = sock_type == "ROUTER"
         self._log = parent.log.bind(socket=name, sock_type=sock_type)
+        # JSON output: hops skip structlog's processor chain (same fields, one
+        # orjson call, buffered writes), but only while our configuration is
+        # the one in force (a test may be capturing logs).
+        writer = _state.get("hops")
+        if writer is not None and structlog.get_config()["processors"] is _state.get("processors"):
+            self._writer: _HopWriter | None = writer
+            self._base = {
+                **structlog.get_context(self._log),
+                "event": "hop",
+                "level": "info",
+            }
+        else:
+            self._writer = None
+            self._base = {}
 
     def key(self, frames: Sequence[bytes]) -> str:
         """The hop key of ``frames`` on this socket."""
@@ -233,7 +294,12 @@ class SocketTracer:
         fields = self._fields(op, frames, key)
         if reply_to is not None:
             fields["reply_to"] = reply_to
-        self._log.info("hop", **fields, **extra)
+        writer = self._writer
+        if writer is not None:
+            ev = {**self._base, **fields, **extra, "timestamp": time.time()}
+            writer.write(orjson.dumps(ev, default=str, option=orjson.OPT_APPEND_NEWLINE))
+        else:
+            self._log.info("hop", **fields, **extra)
         return key
 
     def drop(self, frames: Sequence[bytes], reason: str, **extra: Any) -> None:
