@@ -64,6 +64,7 @@ class FakeWorker:
 
     def beats_without_request(self, n: int, timeout: float = 5.0) -> None:
         """Answer ``n`` heartbeats; fail if a request comes meanwhile."""
+        self.sock.claim()  # may run in its own greenlet
         with gevent.Timeout(timeout):
             for _ in range(n):
                 m = self.sock.recv_multipart()
@@ -87,8 +88,9 @@ class TestQueue:
         ra, _ = a.next_request()
         rb, _ = b.next_request()
         assert (ra[-1], rb[-1]) == (b"r0", b"r1")  # A was idle first
-        a.beats_without_request(3)  # both busy: r2 waits in the queue
-        b.beats_without_request(3)
+        # both busy: r2 waits in the queue; both answer heartbeats at once, so neither expires
+        both = [gevent.spawn(w.beats_without_request, 3) for w in (a, b)]
+        gevent.joinall(both, raise_error=True)
         a.sock.send_multipart([*ra[:-1], b"done0"])
         ra2, _ = a.next_request()  # A is idle again, and first in line
         assert ra2[-1] == b"r2"
