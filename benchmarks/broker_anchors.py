@@ -8,7 +8,8 @@ carries its own benchmark. Changes to the copy, all applying to every kind alike
     instead of all or none of them;
   * ``--json`` prints one JSON object per kind with every round's numbers
     (``greenzmq bench`` reads it);
-  * ``-n`` of the warm-up is unchanged; the port base defaults to a random one.
+  * the port base defaults to a random one below Linux's ephemeral range
+    (32768+), where other processes' "free port" picks cannot collide.
 
 usage:
   python broker_anchors.py [-n REQUESTS] [-w WINDOW] [-s SIZE] [-r ROUNDS] KIND...
@@ -230,7 +231,7 @@ def main():
     ap.add_argument("--json", action="store_true", help="one JSON object per kind")
     ap.add_argument("kinds", nargs="+")
     a = ap.parse_args()
-    res, port = {}, a.port or random.randrange(20000, 60000, 2)
+    res, port = {}, a.port or random.randrange(20000, 32000, 2)
     for _ in range(a.r):
         for k in a.kinds:
             port += 2

@@ -86,16 +86,16 @@ def one(kind: str, n: int, port: int) -> dict[str, Any]:
     import queue  # noqa: F401
     import threading  # noqa: F401
 
-    import gevent  # noqa: F401
+    import gevent
     import gevent.queue  # noqa: F401
-    import zmq  # noqa: F401
-    import zmq.asyncio  # noqa: F401
+    import mux_anchors
+    import zmq
+    import zmq.asyncio
     import zmq.green  # noqa: F401
 
-    import greenzmq.mux  # noqa: F401
-    import greenzmq.sockets  # noqa: F401
+    import greenzmq.mux
+    import greenzmq.sockets
     import greenzmq.tracing  # noqa: F401
-    import mux_anchors
 
     addrs = [f"tcp://127.0.0.1:{port + i}" for i in range(3)]
     with tempfile.TemporaryDirectory(prefix="greenzmq-bench-") as logdir:
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="one JSON object per kind")
     ap.add_argument("kinds", nargs="+")
     a = ap.parse_args()
-    port = a.port or random.randrange(20000, 60000, 3)
+    port = a.port or random.randrange(20000, 32000, 3)
     res: dict[str, list[dict[str, Any]]] = {}
     for _ in range(a.r):
         for k in a.kinds:
