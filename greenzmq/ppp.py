@@ -16,6 +16,9 @@ be busy or dead. Here workers announce themselves instead:
 * A worker that hears nothing for ``liveness`` intervals closes its socket
   and reconnects on a fresh one after a backoff that doubles up to
   ``reconnect_max`` (rule 9).
+* Stopping (SIGTERM, kill switch), the queue reads no new requests but
+  still hands out the ones it holds and forwards replies, for up to
+  ``drain_timeout`` seconds.
 * Leaving (SIGTERM, kill switch): the worker finishes the request it holds,
   sends ``DISCONNECT`` (``0x03``, a greenzmq extension to RFC 6), answers
   anything the queue had already sent it, and exits when the queue
@@ -424,6 +427,7 @@ class PPPQueue(Service):
         heartbeat: float = 1.0,
         liveness: int = 3,
         maxmsgsize: int = -1,
+        drain_timeout: float = 5.0,
         name: str | None = None,
     ) -> None:
         specs = None
@@ -434,6 +438,8 @@ class PPPQueue(Service):
             ]
         super().__init__(name=name, specs=specs)
         self.heartbeat, self.liveness = heartbeat, liveness
+        #: seconds a stopping queue keeps forwarding replies from busy workers
+        self.drain_timeout = min(drain_timeout, self.graceful_timeout)
         self.drops: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self.idle: OrderedDict[bytes, float] = OrderedDict()  # worker -> expiry, LRU first
@@ -547,18 +553,26 @@ class PPPQueue(Service):
                 idle[wid] = expiry
 
         next_hb = time.monotonic() + hb
-        while not self.stopping.is_set():
+        drain_until: float | None = None
+        while True:
+            if self.stopping.is_set():
+                # graceful stop: take no new requests, forward the replies still coming
+                if drain_until is None:
+                    drain_until = time.monotonic() + self.drain_timeout
+                    log.info("ppqueue.draining", busy=len(busy), unsent=len(pending))
+                if not (busy or pending) or time.monotonic() >= drain_until:
+                    break
             while pending and idle:
                 dispatch(pending.popleft())
-            want_fe = bool(idle) and not pending
+            want_fe = bool(idle) and not pending and drain_until is None
             if want_fe != fe_on:
                 if want_fe:
                     poller.register(fe, zmq.POLLIN)
                 else:
                     poller.unregister(fe)
                 fe_on = want_fe
-            wait = max(0, int((next_hb - time.monotonic()) * 1000))
-            for sock, _ in poller.poll(wait):
+            wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
+            for sock, _ in poller.poll(max(0, int((wake_at - time.monotonic()) * 1000))):
                 raw, n = sock.raw, 0
                 while n < self.batch:
                     if sock is fe and (not idle or pending):

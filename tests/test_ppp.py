@@ -254,6 +254,27 @@ class TestFaults:
         assert all(w.events("worker.peer_lost") for w in workers)
         print(f"200/200 answered across a queue restart; slowest request {max(took):.3f} s")
 
+    def test_queue_sigterm_forwards_replies_in_flight(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A queue SIGTERMed while a worker holds a request still forwards its reply, exits 0."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        w = service(
+            f"services.ppworker:make(heartbeat={HB}, delay=1.0)", "--endpoint", f"backend={be}"
+        )
+        ready_workers(q, 1)
+        req = ctx.socket(zmq.REQ)
+        req.connect(fe)
+        req.send(b"12")
+        w.wait_event("hop", op="recv")
+        q.signal(signal.SIGTERM)
+        with gevent.Timeout(5):
+            assert req.recv() == b"144"
+        assert q.wait(10) == 0
+        assert q.wait_event("ppqueue.draining")["busy"] == 1
+        req.close(linger=0)
+
     def test_sigterm_with_request_in_flight(self, service: Any, endpoint: Any, ctx: Any) -> None:
         """A worker SIGTERMed while handling a request answers it, then exits 0."""
         fe, be = endpoint(), endpoint()
