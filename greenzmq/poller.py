@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 import zmq.green as gzmq
 from gevent.hub import Waiter, get_hub
+from zmq.backend import zmq_poll as _zmq_poll
 
 __all__ = ["GreenPoller"]
 
@@ -32,6 +33,9 @@ class GreenPoller(gzmq.Poller):
     def __init__(self) -> None:
         super().__init__()
         self._watchers: dict[int, Any] = {}
+        # what zmq_poll gets, flags as plain ints: zmq.Poller.poll passes the
+        # registered IntFlags, and converting them costs more than the poll
+        self._items: list[tuple[Any, int]] = []
         self._fallback: Any = None  # the one fallback timer, started per wait
         self._waiter: Waiter[Any] | None = None
         self._woken = False
@@ -61,6 +65,7 @@ class GreenPoller(gzmq.Poller):
         self._rebuild()
 
     def _rebuild(self) -> None:
+        self._items = [(sock, int(flags)) for sock, flags in self.sockets]
         self.close_watchers()
         loop = get_hub().loop
         for fd, mask in self._fds():
@@ -100,7 +105,7 @@ class GreenPoller(gzmq.Poller):
             timeout = -1
         deadline = None if timeout < 0 else get_hub().loop.now() + timeout / 1000.0
         while True:
-            events = zmq.Poller.poll(self, 0)
+            events: list[tuple[Any, int]] = _zmq_poll(self._items, 0)
             if events or timeout == 0:
                 return events
             if self._woken:
