@@ -37,7 +37,9 @@ for ``liveness`` intervals (``busy_timeout`` while it holds a request, since
 zguide and majortomo workers do not heartbeat while working), drops a worker
 it cannot reach (EHOSTUNREACH) and gives the request to the next one, and
 acknowledges a worker's DISCONNECT with DISCONNECT. Every malformed message is
-logged as a drop with its reason.
+logged as a drop with its reason. Stopping, it refuses new requests (a logged
+drop, "broker stopping") and forwards the replies of busy workers for up to
+``drain_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class MDPBroker(Service):
         max_queue: int = 10000,
         max_services: int = 10000,
         maxmsgsize: int = -1,
+        drain_timeout: float = 5.0,
         name: str | None = None,
     ) -> None:
         specs = None
@@ -152,6 +155,9 @@ class MDPBroker(Service):
         super().__init__(name=name, specs=specs)
         self.heartbeat, self.liveness, self.busy_timeout = heartbeat, liveness, busy_timeout
         self.max_queue, self.max_services = max_queue, max_services
+        #: seconds a stopping broker keeps forwarding replies from busy workers
+        self.drain_timeout = min(drain_timeout, self.graceful_timeout)
+        self._draining = False
         self.services: dict[bytes, _Service] = {}
         self.workers: dict[bytes, _Worker] = {}
         self.drops: Counter[str] = Counter()
@@ -322,6 +328,9 @@ class MDPBroker(Service):
 
     # -- clients ------------------------------------------------------------
     def _from_client(self, m: list[bytes], version: int) -> None:
+        if self._draining:
+            self._drop(m, "broker stopping")
+            return
         if version == 2:
             if len(m) < 4 or m[3] != REQUEST:
                 self._drop(m, "unknown client command")
@@ -383,9 +392,19 @@ class MDPBroker(Service):
         poller.register(sock, zmq.POLLIN)
         raw, nb, again = sock.raw, zmq.NOBLOCK, zmq.Again
         next_hb = time.monotonic() + self.heartbeat
-        while not self.stopping.is_set():
-            wait = max(0, int((next_hb - time.monotonic()) * 1000))
-            if poller.poll(wait):
+        drain_until: float | None = None
+        while True:
+            if self.stopping.is_set():
+                # graceful stop: refuse new requests, forward the replies of busy workers
+                busy = sum(w.job is not None for w in self.workers.values())
+                if drain_until is None:
+                    drain_until = time.monotonic() + self.drain_timeout
+                    self._draining = True
+                    self.log.info("mdp.draining", busy=busy)
+                if not busy or time.monotonic() >= drain_until:
+                    break
+            wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
+            if poller.poll(max(0, int((wake_at - time.monotonic()) * 1000))):
                 for _ in range(self.batch):
                     try:
                         m = raw.recv_multipart(nb)

@@ -46,6 +46,16 @@ for req in it:
     it.send_reply_final([str(int(text) ** 2).encode()])
 """
 
+# majortomo's worker for service "slow": one second per request
+SLOW_WORKER = """
+import sys, time
+from majortomo import Worker, WorkerRequestsIterator
+it = WorkerRequestsIterator(Worker(sys.argv[1], b"slow", heartbeat_interval=0.2))
+for req in it:
+    time.sleep(1.0)
+    it.send_reply_final([b"done " + req[0]])
+"""
+
 MAJORTOMO_BROKER = """
 import sys
 from majortomo.broker import Broker
@@ -257,3 +267,22 @@ class TestFaults:
         assert lost["why"] in ("unreachable", "expired")
         with MDPClient(ep, timeout=2, retries=1, ctx=ctx) as c:
             assert c.request("mmi.service", b"square") == [b"200"]  # the other one is there
+
+    def test_broker_sigterm_forwards_replies_in_flight(
+        self, service: Any, endpoint: Any, python: Any, ctx: Any
+    ) -> None:
+        """A broker SIGTERMed while a worker holds a request forwards its reply, then exits 0."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        python(SLOW_WORKER, ep)
+        ready(b, 1)
+        s = ctx.socket(zmq.DEALER)
+        s.connect(ep)
+        s.send_multipart([b"", C_CLIENT02, b"\x02", b"slow", b"x"])
+        b.wait_event("hop", op="send")  # the request went to the worker
+        b.signal(signal.SIGTERM)
+        with gevent.Timeout(5):
+            assert s.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"done x"]
+        assert b.wait(10) == 0
+        assert b.wait_event("mdp.draining")["busy"] == 1
+        s.close(linger=0)
