@@ -21,9 +21,13 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .auth import GreenAuthenticator, client_options, generate_keys, secure
     from .broker import Broker
+    from .lazypirate import LazyPirate
+    from .mdp import MDPBroker, MDPClient, MDPWorker, MDPWorkerService
     from .mux import Message, MuxStatistics, Outbox, PollerListener, Readers
     from .poller import GreenPoller
+    from .ppp import HeartbeatWorker, PPPQueue, PPPWorker, PPPWorkerService
     from .service import CallableService, Service, kill_spec
     from .sockets import Context, Socket, SocketSpec
     from .tracing import Tracer, configure_logging, get_logger, message_key
@@ -31,23 +35,36 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 _LAZY = {
+    "client_options": "auth",
+    "configure_logging": "tracing",
+    "generate_keys": "auth",
+    "get_logger": "tracing",
+    "kill_spec": "service",
+    "message_key": "tracing",
+    "secure": "auth",
     "Broker": "broker",
     "CallableService": "service",
     "Context": "sockets",
+    "GreenAuthenticator": "auth",
     "GreenPoller": "poller",
+    "HeartbeatWorker": "ppp",
+    "LazyPirate": "lazypirate",
+    "MDPBroker": "mdp",
+    "MDPClient": "mdp",
+    "MDPWorker": "mdp",
+    "MDPWorkerService": "mdp",
     "Message": "mux",
     "MuxStatistics": "mux",
     "Outbox": "mux",
+    "PPPQueue": "ppp",
+    "PPPWorker": "ppp",
+    "PPPWorkerService": "ppp",
     "PollerListener": "mux",
     "Readers": "mux",
     "Service": "service",
     "Socket": "sockets",
     "SocketSpec": "sockets",
     "Tracer": "tracing",
-    "configure_logging": "tracing",
-    "get_logger": "tracing",
-    "kill_spec": "service",
-    "message_key": "tracing",
 }
 
 __all__ = [
@@ -57,11 +74,21 @@ __all__ = [
     "ClosedError",
     "ConfigError",
     "Context",
+    "GreenAuthenticator",
     "GreenPoller",
     "GreenZMQError",
+    "HeartbeatWorker",
+    "LazyPirate",
+    "MDPBroker",
+    "MDPClient",
+    "MDPWorker",
+    "MDPWorkerService",
     "Message",
     "MuxStatistics",
     "Outbox",
+    "PPPQueue",
+    "PPPWorker",
+    "PPPWorkerService",
     "PollerListener",
     "ReaderError",
     "Readers",
@@ -71,10 +98,13 @@ __all__ = [
     "SocketBusyError",
     "SocketSpec",
     "Tracer",
+    "client_options",
     "configure_logging",
+    "generate_keys",
     "get_logger",
     "kill_spec",
     "message_key",
+    "secure",
 ]
 
 

@@ -358,3 +358,22 @@ class TestTimeouts:
         finally:
             pull.close()
             push.close()
+
+
+class TestPublicAPI:
+    def test_import_is_light_and_all_resolves(self) -> None:
+        """`import greenzmq` imports no zmq/gevent; every name in __all__ resolves."""
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, greenzmq\n"
+            "assert 'zmq' not in sys.modules and 'gevent' not in sys.modules\n"
+            "missing = [n for n in greenzmq.__all__ if getattr(greenzmq, n, None) is None]\n"
+            "assert not missing, missing\n"
+            "assert greenzmq.__all__ == sorted(greenzmq.__all__)\n"
+        )
+        r = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=False
+        )
+        assert r.returncode == 0, r.stderr
