@@ -192,8 +192,11 @@ def run_worker(
         info.service, info.log = service, log
         endpoints = {n: expand_endpoint(a, wid) for n, a in cfg.endpoint.items()}
         apply_endpoints(service.specs, endpoints)  # names and syntax, before any socket
-        # the master KILLs at graceful_timeout: finish a little before it
-        service.graceful_timeout = max(0.05, cfg.graceful_timeout - 0.5)
+        # the master KILLs at graceful_timeout: the service's own grace (if shorter)
+        # stands, otherwise it finishes a little before the KILL
+        service.graceful_timeout = min(
+            float(service.graceful_timeout), max(0.05, cfg.graceful_timeout - 0.5)
+        )
         title(f"worker {wid} [{cfg.name or service.name}]")
         if cfg.block_threshold > 0:
             _install_monitor(cfg.block_threshold, log)
