@@ -309,7 +309,10 @@ HOOKS: tuple[tuple[str, str], ...] = (
     ("on_starting", "on_starting(arbiter): in the master, before the first fork"),
     ("when_ready", "when_ready(arbiter): in the master, once every worker is up"),
     ("pre_fork", "pre_fork(arbiter, worker): in the master, before a fork"),
-    ("post_fork", "post_fork(arbiter, worker): in the worker, just after the fork"),
+    (
+        "post_fork",
+        "post_fork(arbiter, worker): in the worker after the fork (arbiter None in worker 0)",
+    ),
     ("post_worker_init", "post_worker_init(worker): in the worker, once its service started"),
     ("worker_int", "worker_int(worker): in the worker, on INT/QUIT"),
     ("worker_abort", "worker_abort(worker): in the worker, on ABRT (heartbeat timeout)"),

@@ -211,6 +211,11 @@ class TestDocs:
         readme = (ROOT / "README.md").read_text()
         assert options_table() in readme
 
+    def test_readme_lists_every_hook(self) -> None:
+        """The README's hook table names every hook."""
+        readme = (ROOT / "README.md").read_text()
+        assert all(f"| `{h}` |" in readme for h in HOOK_NAMES)
+
     def test_every_setting_has_a_flag_and_help(self) -> None:
         """Each declared setting drives argparse."""
         parser = build_parser()
