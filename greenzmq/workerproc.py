@@ -101,6 +101,16 @@ def _boot_failure(chan: _Channel, exc: BaseException, code: int) -> int:
     return int(payload["code"])
 
 
+def _remove_ipc_files(paths: list[str]) -> None:
+    """Remove the ipc files this worker bound: libzmq leaves them behind on close."""
+    for path in paths:
+        if path and not path.startswith("@"):  # "@name": Linux abstract namespace, no file
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
 def _install_monitor(threshold: float, log: Any) -> None:
     """Report a hub blocked longer than ``threshold`` as one structured event."""
     import gevent
@@ -191,7 +201,10 @@ def run_worker(
         log = get_logger(wid=wid)
         info.service, info.log = service, log
         endpoints = {n: expand_endpoint(a, wid) for n, a in cfg.endpoint.items()}
-        apply_endpoints(service.specs, endpoints)  # names and syntax, before any socket
+        specs = apply_endpoints(service.specs, endpoints)  # names and syntax, before any socket
+        ipc_files = [
+            ep[len("ipc://") :] for sp in specs for ep in sp.bind if ep.startswith("ipc://")
+        ]
         # the master KILLs at graceful_timeout: the service's own grace (if shorter)
         # stands, otherwise it finishes a little before the KILL
         service.graceful_timeout = min(
@@ -282,6 +295,8 @@ def run_worker(
     finally:
         for h in handlers:
             h.cancel()
+        if state["ready"]:
+            _remove_ipc_files(ipc_files)
     if code == 0 and state["reason"] == "recycle":
         chan.send("exit recycle")
     elif code == 0 and service.stop_reason not in ("SIGTERM", "SIGINT", "SIGQUIT"):

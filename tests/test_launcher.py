@@ -473,16 +473,20 @@ class TestOneWorker:
     """Issue 2 behaviour through the master: pidfile, USR1, kill switch, per-worker binds."""
 
     def test_pidfile_usr1_and_term(self, service: Start, tmp_path: Path) -> None:
-        """The pidfile names the master; USR1 reopens the log; TERM exits 0 and removes it."""
+        """Pidfile names the master; USR1 reopens the log; TERM: exit 0, pidfile and ipc gone."""
         pidfile = tmp_path / "b.pid"
+        ipc = [tmp_path / "fe.ipc", tmp_path / "be.ipc"]
         p = service(
             "services.broker:app",
             "--pid",
             str(pidfile),
-            *[f"--endpoint={k}={free_endpoint()}" for k in ("frontend", "backend", "kill")],
+            f"--endpoint=frontend=ipc://{ipc[0]}",
+            f"--endpoint=backend=ipc://{ipc[1]}",
+            f"--endpoint=kill={free_endpoint()}",
         )
         p.wait_started()
         assert int(pidfile.read_text()) == p.pid
+        assert all(f.exists() for f in ipc)
         title = Path(f"/proc/{p.pid}/cmdline").read_bytes()
         assert title.startswith(b"greenzmq: master [broker]"), title
         rotated = p.log.with_suffix(".1")
@@ -493,6 +497,7 @@ class TestOneWorker:
         assert p.wait(10) == 0
         assert p.events("service.exit", code=0)  # the worker wrote to the reopened file
         assert not pidfile.exists()
+        assert not [f for f in ipc if f.exists()]
 
     def test_kill_switch_stops_every_worker(self, service: Start) -> None:
         """A kill-switch message stops all workers and the master exits 0."""
