@@ -85,7 +85,8 @@ class Broker(Service):
         fe, be = self.socks["frontend"], self.socks["backend"]
         fe.claim()
         be.claim()
-        poller = self._poller = GreenPoller()
+        # persistent watchers: closed in the finally below, before the sockets close
+        poller = self._poller = GreenPoller(persistent=True)
         poller.register(fe, zmq.POLLIN)
         poller.register(be, zmq.POLLIN)
         other = {fe: be, be: fe}
@@ -190,18 +191,30 @@ class Broker(Service):
                     pump(sock)
 
         stopping = self.stopping
-        while not stopping.is_set():
-            serve()
-        # Stopped: take no new requests, but forward the replies to requests
-        # already accepted, for most of the graceful timeout.
-        if in_flight() > 0:
-            draining = True
-            set_flags(fe)
-            self.log.info("broker.draining", in_flight=in_flight())
-            deadline = time.monotonic() + self.graceful_timeout * 0.8
-            while in_flight() > 0 and (left := deadline - time.monotonic()) > 0:
-                serve(left * 1000)
-        poller.close_watchers()
+        # Nobody waits green on these sockets while the loop owns them: pause
+        # pyzmq's own per-socket watcher, which would read EVENTS on every
+        # edge for nothing (a few us per wake-up).
+        paused = [w for w in (getattr(s, "_state_event", None) for s in (fe, be)) if w]
+        for w in paused:
+            w.stop()
+        try:
+            while not stopping.is_set():
+                serve()
+            # Stopped: take no new requests, but forward the replies to requests
+            # already accepted, for most of the graceful timeout.
+            if in_flight() > 0:
+                draining = True
+                set_flags(fe)
+                self.log.info("broker.draining", in_flight=in_flight())
+                deadline = time.monotonic() + self.graceful_timeout * 0.8
+                while in_flight() > 0 and (left := deadline - time.monotonic()) > 0:
+                    serve(left * 1000)
+        finally:
+            poller.close_watchers()
+            for s in (fe, be):
+                g: Any = s  # pyzmq's green internals (zmq/green/core.py), untyped
+                if not g.closed and getattr(g, "_state_event", None) in paused:
+                    g._state_event.start(g._Socket__state_changed)
         self.log.info(
             "broker.stats",
             forwarded=dict(self.forwarded),

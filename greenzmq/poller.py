@@ -30,8 +30,17 @@ class GreenPoller(gzmq.Poller):
     # real state, so this fallback only matters if libev ever misses an edge.
     _gevent_bug_timeout = 1.33
 
-    def __init__(self) -> None:
+    def __init__(self, *, persistent: bool = False) -> None:
+        """``persistent``: keep the io watchers started between polls.
+
+        It saves re-registering every FD with epoll on each wait (a busy loop
+        with one consumer, like the broker), but the owner must then call
+        :meth:`close_watchers` before any registered socket or FD is closed
+        (libev aborts on a closed FD it still watches): in a ``finally``.
+        """
         super().__init__()
+        self._persistent = persistent
+        self._armed = False
         self._watchers: dict[int, Any] = {}
         # what zmq_poll gets, flags as plain ints: zmq.Poller.poll passes the
         # registered IntFlags, and converting them costs more than the poll
@@ -75,6 +84,7 @@ class GreenPoller(gzmq.Poller):
 
     def close_watchers(self) -> None:
         """Stop and free the io watchers (done again on the next register)."""
+        self._armed = False
         for w in self._watchers.values():
             w.stop()
             w.close()
@@ -124,9 +134,11 @@ class GreenPoller(gzmq.Poller):
                 timer = self._fallback = loop.timer(self._gevent_bug_timeout)
             waiter: Waiter[Any] = Waiter()
             self._waiter = waiter
-            watchers = list(self._watchers.values())
+            watchers = [] if self._armed else list(self._watchers.values())
             for w in watchers:
                 w.start(self._on_ready)
+            if self._persistent:
+                self._armed, watchers = True, []  # stay started: see __init__
             timer.start(self._on_ready)
             try:
                 waiter.get()
