@@ -9,10 +9,10 @@ number of processes and joins them into one path per message:
   which the process that pairs them (a worker's send, a client's recv) logs.
 
 Messages with identical bodies share a key. When such messages follow one
-another they are told apart (a process forwards or receives one message once;
-a process that received a body and sends it again sends a new message; a
-reply that reached its requester is done); identical bodies in flight at the
-same time cannot be told apart. Hops are logged just after the socket
+another they are told apart (a message has one send, its origin; a process
+forwards or receives one message once; a process that received a body and
+sends it again sends a new message; a reply that reached its requester is
+done); identical bodies in flight at the same time cannot be told apart. Hops are logged just after the socket
 operation, so a fast receiver may log before its sender: a path is ordered by
 op (send, forward, recv, put, take), then time, and the time at a hop is
 never negative.
@@ -149,13 +149,14 @@ class _Group:
     places: set[tuple[int, str]] = dataclasses.field(default_factory=set)
     receivers: set[int] = dataclasses.field(default_factory=set)
     reply_to: str | None = None
+    sent: bool = False  # a message has one origin: one send
     done: bool = False  # a reply reached its requester
 
     def takes(self, h: Hop) -> bool:
         if (h.pid, h.op) in self.places:
             return False  # one process forwards (receives, ...) one message once
-        if h.op == "send" and h.pid in self.receivers:
-            return False  # sent again by a process that received it: a new message
+        if h.op == "send" and (self.sent or h.pid in self.receivers):
+            return False  # a second origin, or sent again after receiving: a new message
         # a reply's own late hop (its sender logs after the requester got it)
         # still belongs to it; anything else after the reply arrived is new
         return not self.done or (h.reply_to is not None and h.reply_to == self.reply_to)
@@ -165,6 +166,7 @@ class _Group:
         self.places.add((h.pid, h.op))
         if h.reply_to is not None:
             self.reply_to = h.reply_to
+        self.sent = self.sent or h.op == "send"
         if h.op in ("recv", "take"):
             self.receivers.add(h.pid)
             self.done = self.done or h.reply_to is not None

@@ -105,6 +105,20 @@ class TestPaths:
         assert paths[0].hops[-1].op == "recv" and paths[0].hops[-1].service == "client"
         assert stopped(paths[0]) is None
 
+    def test_two_origins_are_two_messages(self, tmp_path: Path) -> None:
+        """The same body sent by two producers (PUB and PUSH) is two messages, each received."""
+        evs = [
+            hop(0.000, K, "send", "weather", 1, "updates", "PUB"),
+            hop(0.001, K, "recv", "listener", 3, "weather", "SUB"),
+            hop(0.002, K, "recv", "listener", 3, "tasks", "PULL"),  # logged before its sender
+            hop(0.003, K, "send", "ventilator", 2, "tasks", "PUSH"),
+        ]
+        paths = build_paths(load_hops([write(tmp_path / "all.log", evs)])[0])
+        assert sorted([(h.service, h.socket) for h in p.hops] for p in paths) == [
+            [("ventilator", "tasks"), ("listener", "tasks")],
+            [("weather", "updates"), ("listener", "weather")],
+        ]
+
     def test_per_hop_latency(self, tmp_path: Path) -> None:
         """Latency from hop to hop: broker forward -> worker recv is 0.5 ms on every path."""
         groups = [request_reply(i * 0.01, message_key([b"%d" % i]), message_key([b"r%d" % i]))
