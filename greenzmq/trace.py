@@ -12,10 +12,10 @@ Messages with identical bodies share a key. When such messages follow one
 another they are told apart (a message has one send, its origin; a process
 forwards or receives one message once; a process that received a body and
 sends it again sends a new message; a reply that reached its requester is
-done); identical bodies in flight at the same time cannot be told apart. Hops are logged just after the socket
-operation, so a fast receiver may log before its sender: a path is ordered by
-op (send, forward, recv, put, take), then time, and the time at a hop is
-never negative.
+done); identical bodies in flight at the same time cannot be told apart.
+Hops are logged just after the socket operation, so a fast receiver may log
+before its sender: a path is ordered by op (send, forward, recv, put, take),
+then time, and the time at a hop is never negative.
 
 The default report gives per-hop latency percentiles and counts (time from one
 hop of a path to the next), and lists the messages whose path stops: the last
