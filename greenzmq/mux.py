@@ -228,7 +228,7 @@ class Readers:
         self._stopped = True
         self._group.kill(block=True)
         for s in self.sockets:
-            s.close(linger=0)
+            s.close()  # with the socket's own LINGER: replies already sent still go out
         try:
             self._queue.put_nowait(_WAKE)
         except gevent.queue.Full:
@@ -343,7 +343,7 @@ class PollerListener:
             self._closed = True
             self._poller.close_watchers()
             for s in self.sockets:
-                s.close(linger=0)
+                s.close()  # with the socket's own LINGER: replies already sent still go out
 
     def statistics(self) -> MuxStatistics:
         """A frozen snapshot of counts and depth."""

@@ -157,7 +157,7 @@ class Service:
             self.ctx.term()
             self.ctx = None
             raise
-        self._linger = {s.name: s.linger for s in specs}
+        self._linger = {s.name: s.effective_linger for s in specs}
 
     def close(self) -> None:
         """Kill owned greenlets, close sockets with their linger, term the context."""

@@ -90,7 +90,11 @@ class SocketSpec:
     subscribe: Sequence[bytes] = (b"",)
     identity: bytes | None = None
     hwm: int = 1000
-    linger: int = 0
+    # ms a closed socket keeps trying to deliver what was already sent: a reply
+    # "sent" just before a graceful stop must not be discarded by close().
+    # None: 1000 for sockets that send, 0 for receive-only SUB/PULL (their only
+    # outbound traffic, subscriptions to an absent peer, would stall term()).
+    linger: int | None = None
     router_mandatory: bool | None = None
     maxmsgsize: int = -1
     options: Mapping[int, Any] = dataclasses.field(default_factory=dict)
@@ -108,6 +112,13 @@ class SocketSpec:
     def zmq_type(self) -> int:
         """The numeric zmq socket type."""
         return socket_type(self.type)
+
+    @property
+    def effective_linger(self) -> int:
+        """The LINGER the socket gets: ``linger``, or the default for its type."""
+        if self.linger is not None:
+            return self.linger
+        return 0 if self.zmq_type in (zmq.SUB, zmq.PULL) else 1000
 
     @property
     def endpoints(self) -> list[str]:
@@ -237,7 +248,7 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
         sock: Socket = self.socket(kind)
         sock.name = spec.name
         try:
-            sock.setsockopt(zmq.LINGER, spec.linger)
+            sock.setsockopt(zmq.LINGER, spec.effective_linger)
             sock.setsockopt(zmq.SNDHWM, spec.hwm)
             sock.setsockopt(zmq.RCVHWM, spec.hwm)
             if spec.maxmsgsize >= 0:

@@ -325,3 +325,31 @@ class TestOutboxFailure:
         finally:
             box.close(timeout=0.1)
             pull.close()
+
+
+class TestReplyBeforeClose:
+    @pytest.mark.deadline(60)
+    def test_reply_sent_just_before_stop_is_delivered(
+        self, ctx: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """A REP reply sent right before stop() closes the socket still reaches its peer.
+
+        stop() closes with the socket's own LINGER (1 s by default for sockets
+        that send), not 0, which would discard what libzmq had not written yet.
+        """
+        rounds, got = 5, []
+        for i in range(rounds):
+            ep = endpoint()
+            rep = ctx.build(SocketSpec(f"rep{i}", "REP", bind=(ep,)))
+            req = ctx.build(SocketSpec(f"req{i}", "REQ", connect=(ep,)))
+            mux = PollerListener([rep])
+            req.send(b"req%d" % i)
+            with gevent.Timeout(10):
+                _, frames = mux.get()
+            rep.send_multipart([frames[0] + b"!" * 5_000_000])  # big: still being written
+            mux.stop()  # from the consumer: closes at once
+            assert rep.closed
+            if req.poll(2000):
+                got.append(req.recv())
+            req.close(linger=0)
+        assert got == [b"req%d" % i + b"!" * 5_000_000 for i in range(rounds)]
