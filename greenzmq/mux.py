@@ -146,9 +146,14 @@ class Readers:
             while True:
                 held = sock.recv_multipart()  # block green
                 while True:
-                    if tr is not None and (k := tr.hop("recv", held)):
-                        tr.hop("put", held, key=k)
-                    put((name, held))
+                    if tr is None:
+                        put((name, held))
+                    else:
+                        if k := tr.hop("recv", held):
+                            tr.hop("put", held, key=k)
+                        # the key (None: not sampled) rides along for the take
+                        # hop, so a message is digested once, not twice
+                        put((name, held, k))
                     held = None
                     n += 1
                     if n >= batch or (n == 1 and not _more_waiting(raw)):
@@ -205,11 +210,18 @@ class Readers:
             if item is not _WAKE:
                 break
         self._delivered += 1
-        if self._take_trace is not None:
-            # the source socket's key (a ROUTER's routing id is not body) joins take to recv
-            src = self._trace[item[0]]
-            key = src.key(item[1]) if src is not None else None
-            self._take_trace.hop("take", item[1], key=key, source=item[0])
+        take = self._take_trace
+        if take is not None:
+            if len(item) == 3:  # traced by its reader: (name, frames, key or None)
+                name, frames, key = item
+                item = (name, frames)
+            else:  # held back at a stop or failure: digest it here
+                name, frames = item
+                # the source socket's key (a ROUTER's routing id is not body)
+                src = self._trace[name]
+                key = src.key(frames) if src is not None else None
+            if key is not None:
+                take.hop("take", frames, key=key, source=name)
         return item
 
     def __iter__(self) -> Iterator[Message]:
