@@ -36,6 +36,22 @@ def _deadline(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "deadline(seconds): per-test deadline")
+    config.addinivalue_line("markers", "slow: whole-system scenario (many processes)")
+
+
+# Whole-system scenarios: many processes, seconds each. tox runs them on one
+# interpreter (py311) and the rest of the suite on every interpreter, which
+# keeps all tox environments together under ten minutes on 2 cores.
+SLOW_MODULES = frozenset(
+    {"test_auth", "test_bench", "test_demo", "test_hostile", "test_launcher", "test_mdp",
+     "test_ppp", "test_readme", "test_stats"}
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
