@@ -18,8 +18,8 @@ reply to an abandoned try is never mistaken for the answer to the next request.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import gevent
 
@@ -27,10 +27,86 @@ from .errors import RequestTimeout
 from .sockets import Context, Socket, SocketSpec
 from .tracing import get_logger
 
-__all__ = ["LazyPirate"]
+__all__ = ["LazyPirate", "RetryingClient"]
+
+_C = TypeVar("_C", bound="RetryingClient")
 
 
-class LazyPirate:
+class RetryingClient:
+    """What the retrying clients share: one owned socket, remade after every timeout.
+
+    A subclass (:class:`LazyPirate`, :class:`greenzmq.mdp.MDPClient`) builds its
+    request and passes :meth:`_exchange` the protocol's way of reading a reply;
+    the base sends, waits ``timeout`` seconds per try, and on a timeout opens a
+    fresh socket (rule 9) and sends again, up to ``retries`` tries in all.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        spec: SocketSpec,
+        *,
+        timeout: float,
+        retries: int,
+        ctx: Context | None,
+        client: str,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.retries = retries
+        self._own_ctx = ctx is None
+        self.ctx: Context = ctx if ctx is not None else Context()
+        self.spec = spec
+        self.sock: Socket | None = None
+        self.log = get_logger(client=client)
+        #: requests sent again after a timeout, over this client's life
+        self.resent = 0
+
+    def _fresh(self) -> Socket:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+        self.sock = self.ctx.build(self.spec)
+        return self.sock
+
+    def _exchange(
+        self, msg: list[bytes], receive: Callable[[Socket], list[bytes]], failure: str
+    ) -> list[bytes]:
+        """Send ``msg`` and return ``receive(sock)``; RequestTimeout(``failure``) at the end."""
+        for attempt in range(1, self.retries + 1):
+            sock = self.sock if self.sock is not None else self._fresh()
+            sock.send_multipart(msg)
+            try:
+                return receive(sock)
+            except gevent.Timeout:
+                # The socket may still be owed this reply (REQ is stuck waiting
+                # for it): only a fresh socket can send again without mistaking
+                # a late reply for the answer to the next try.
+                self._timed_out(attempt)
+                self._fresh()
+                if attempt < self.retries:
+                    self.resent += 1
+        raise RequestTimeout(failure)
+
+    def _timed_out(self, attempt: int) -> None:
+        """Log that try ``attempt`` had no reply in time (each protocol names its event)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the socket (and the context, if this client made it)."""
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LazyPirate(RetryingClient):
     """A retrying REQ client; see the module docstring.
 
     ``options`` are extra socket options applied to every socket it opens (for
@@ -52,63 +128,31 @@ class LazyPirate:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if retries < 1:
             raise ValueError(f"retries must be at least 1, got {retries!r}")
-        self.endpoint = endpoint
-        self.timeout = timeout
-        self.retries = retries
-        self._own_ctx = ctx is None
-        self.ctx: Context = ctx if ctx is not None else Context()
-        self.spec = SocketSpec(name, "REQ", connect=(endpoint,), options=dict(options or {}))
-        self.sock: Socket | None = None
-        self.log = get_logger(client=name)
-        #: requests sent again after a timeout, over this client's life
-        self.resent = 0
+        spec = SocketSpec(name, "REQ", connect=(endpoint,), options=dict(options or {}))
+        super().__init__(endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client=name)
 
-    def _fresh(self) -> Socket:
-        if self.sock is not None:
-            self.sock.close(linger=0)
-        self.sock = self.ctx.build(self.spec)
-        return self.sock
+    def _receive(self, sock: Socket) -> list[bytes]:
+        with gevent.Timeout(self.timeout):
+            reply: list[bytes] = sock.recv_multipart()
+            return reply
+
+    def _timed_out(self, attempt: int) -> None:
+        self.log.warning(
+            "lazypirate.timeout",
+            endpoint=self.endpoint,
+            attempt=attempt,
+            retries=self.retries,
+            timeout=self.timeout,
+        )
 
     def request(self, frames: bytes | Sequence[bytes]) -> list[bytes]:
         """Send ``frames`` and return the reply; RequestTimeout after the last retry."""
         msg = [frames] if isinstance(frames, bytes) else list(frames)
         if not msg:
             raise ValueError("a request needs at least one frame")
-        for attempt in range(1, self.retries + 1):
-            sock = self.sock if self.sock is not None else self._fresh()
-            sock.send_multipart(msg)
-            try:
-                with gevent.Timeout(self.timeout):
-                    reply: list[bytes] = sock.recv_multipart()
-                    return reply
-            except gevent.Timeout:
-                # The REQ socket is stuck waiting for this reply: only a fresh
-                # socket can send again, and it never sees the old reply.
-                self.log.warning(
-                    "lazypirate.timeout",
-                    endpoint=self.endpoint,
-                    attempt=attempt,
-                    retries=self.retries,
-                    timeout=self.timeout,
-                )
-                self._fresh()
-                if attempt < self.retries:
-                    self.resent += 1
-        raise RequestTimeout(
+        return self._exchange(
+            msg,
+            self._receive,
             f"no reply from {self.endpoint} after {self.retries} "
-            f"tr{'y' if self.retries == 1 else 'ies'} of {self.timeout} s each"
+            f"tr{'y' if self.retries == 1 else 'ies'} of {self.timeout} s each",
         )
-
-    def close(self) -> None:
-        """Close the socket (and the context, if this client made it)."""
-        if self.sock is not None:
-            self.sock.close(linger=0)
-            self.sock = None
-        if self._own_ctx:
-            self.ctx.term()
-
-    def __enter__(self) -> LazyPirate:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

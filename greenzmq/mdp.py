@@ -53,12 +53,12 @@ from typing import Any
 import gevent
 import zmq
 
-from .errors import RequestTimeout
+from .lazypirate import RetryingClient
 from .poller import GreenPoller
 from .ppp import Handler, HeartbeatWorker, Parsed, PPPWorkerService
 from .service import Service, kill_spec
 from .sockets import Context, Socket, SocketSpec
-from .tracing import SocketTracer, get_logger
+from .tracing import SocketTracer
 
 __all__ = [
     "C_CLIENT01",
@@ -431,7 +431,7 @@ class MDPBroker(Service):
         )
 
 
-class MDPClient:
+class MDPClient(RetryingClient):
     """A Majordomo client (0.1 or 0.2) over a DEALER: timeout, retries on a fresh socket.
 
     :meth:`request` returns the reply body; for MDP/0.2 the frames of every
@@ -450,21 +450,32 @@ class MDPClient:
         options: Mapping[int, Any] | None = None,
     ) -> None:
         self.version = _version(version)
-        self.endpoint, self.timeout, self.retries = endpoint, timeout, retries
-        self._own_ctx = ctx is None
-        self.ctx: Context = ctx if ctx is not None else Context()
-        self.spec = SocketSpec(
-            "mdpclient", "DEALER", connect=(endpoint,), options=dict(options or {})
-        )
-        self.sock: Socket | None = None
-        self.log = get_logger(client="mdp")
-        self.resent = 0
+        spec = SocketSpec("mdpclient", "DEALER", connect=(endpoint,), options=dict(options or {}))
+        super().__init__(endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client="mdp")
 
-    def _fresh(self) -> Socket:
-        if self.sock is not None:
-            self.sock.close(linger=0)
-        self.sock = self.ctx.build(self.spec)
-        return self.sock
+    def _timed_out(self, attempt: int) -> None:
+        self.log.warning("mdp.client_timeout", endpoint=self.endpoint, attempt=attempt)
+
+    def _receive(self, sock: Socket, name: bytes, header: bytes) -> list[bytes]:
+        """The reply to a request for ``name``, skipping (and logging) malformed ones."""
+        parts: list[bytes] = []
+        while True:
+            with gevent.Timeout(self.timeout):
+                r = sock.recv_multipart()
+            if len(r) < 3 or r[0] != b"" or r[1] != header:
+                self.log.warning("mdp.client_bad_reply", frames=len(r))
+                continue
+            if self.version == 1:
+                if r[2] != name:
+                    self.log.warning("mdp.client_bad_reply", service=r[2][:64])
+                    continue
+                return r[3:]
+            if r[2] == PARTIAL02:
+                parts.extend(r[3:])
+                continue
+            if r[2] == FINAL02:
+                return [*parts, *r[3:]]
+            self.log.warning("mdp.client_bad_reply", command=r[2][:8].hex())
 
     def request(self, service: bytes | str, *body: bytes) -> list[bytes]:
         """Send ``body`` to ``service``; return the reply frames."""
@@ -476,51 +487,12 @@ class MDPClient:
             msg = [b"", header, REQUEST, name, *body]
         else:
             msg = [b"", header, name, *body]
-        for attempt in range(1, self.retries + 1):
-            sock = self.sock if self.sock is not None else self._fresh()
-            sock.send_multipart(msg)
-            parts: list[bytes] = []
-            try:
-                while True:
-                    with gevent.Timeout(self.timeout):
-                        r = sock.recv_multipart()
-                    if len(r) < 3 or r[0] != b"" or r[1] != header:
-                        self.log.warning("mdp.client_bad_reply", frames=len(r))
-                        continue
-                    if self.version == 1:
-                        if r[2] != name:
-                            self.log.warning("mdp.client_bad_reply", service=r[2][:64])
-                            continue
-                        return r[3:]
-                    if r[2] == PARTIAL02:
-                        parts.extend(r[3:])
-                        continue
-                    if r[2] == FINAL02:
-                        return [*parts, *r[3:]]
-                    self.log.warning("mdp.client_bad_reply", command=r[2][:8].hex())
-            except gevent.Timeout:
-                self.log.warning("mdp.client_timeout", endpoint=self.endpoint, attempt=attempt)
-                self._fresh()
-                if attempt < self.retries:
-                    self.resent += 1
-        raise RequestTimeout(
+        return self._exchange(
+            msg,
+            lambda sock: self._receive(sock, name, header),
             f"no reply from {name.decode(errors='replace')!r} at {self.endpoint} after "
-            f"{self.retries} tries of {self.timeout} s each"
+            f"{self.retries} tries of {self.timeout} s each",
         )
-
-    def close(self) -> None:
-        """Close the socket (and the context, if this client made it)."""
-        if self.sock is not None:
-            self.sock.close(linger=0)
-            self.sock = None
-        if self._own_ctx:
-            self.ctx.term()
-
-    def __enter__(self) -> MDPClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class MDPWorker(HeartbeatWorker):
