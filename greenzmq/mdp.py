@@ -57,7 +57,7 @@ from .lazypirate import RetryingClient
 from .poller import GreenPoller
 from .ppp import Handler, HeartbeatWorker, Parsed, PPPWorkerService
 from .service import Service, kill_spec
-from .sockets import Context, Socket, SocketSpec
+from .sockets import Context, Socket, SocketSpec, with_maxmsgsize
 from .tracing import SocketTracer
 
 __all__ = [
@@ -146,12 +146,7 @@ class MDPBroker(Service):
         drain_timeout: float = 5.0,
         name: str | None = None,
     ) -> None:
-        specs = None
-        if maxmsgsize >= 0:
-            specs = [
-                dataclasses.replace(s, maxmsgsize=maxmsgsize) if s.name == "broker" else s
-                for s in self.specs
-            ]
+        specs = with_maxmsgsize(self.specs, maxmsgsize, lambda s: s.name == "broker")
         super().__init__(name=name, specs=specs)
         self.heartbeat, self.liveness, self.busy_timeout = heartbeat, liveness, busy_timeout
         self.max_queue, self.max_services = max_queue, max_services

@@ -36,7 +36,6 @@ heartbeating, so a slow handler is not mistaken for a dead worker.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -50,7 +49,7 @@ import zmq
 from .broker import envelope_problem
 from .poller import GreenPoller
 from .service import Service, kill_spec
-from .sockets import Context, Socket, SocketSpec, apply_endpoints
+from .sockets import Context, Socket, SocketSpec, apply_endpoints, with_maxmsgsize
 from .tracing import SocketTracer, Tracer, get_logger
 
 __all__ = [
@@ -430,12 +429,7 @@ class PPPQueue(Service):
         drain_timeout: float = 5.0,
         name: str | None = None,
     ) -> None:
-        specs = None
-        if maxmsgsize >= 0:
-            specs = [
-                dataclasses.replace(s, maxmsgsize=maxmsgsize) if s.type == "ROUTER" else s
-                for s in self.specs
-            ]
+        specs = with_maxmsgsize(self.specs, maxmsgsize, lambda s: s.type == "ROUTER")
         super().__init__(name=name, specs=specs)
         self.heartbeat, self.liveness = heartbeat, liveness
         #: seconds a stopping queue keeps forwarding replies from busy workers

@@ -15,7 +15,7 @@ data raw).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import gevent
@@ -34,6 +34,7 @@ __all__ = [
     "describe_greenlet",
     "parse_endpoint",
     "socket_type",
+    "with_maxmsgsize",
 ]
 
 _TYPES = {
@@ -147,6 +148,19 @@ def apply_endpoints(specs: Sequence[SocketSpec], overrides: Mapping[str, str]) -
             f"{', '.join(sorted(by_name)) or 'no sockets'})"
         )
     return [s.with_endpoint(overrides[s.name]) if s.name in overrides else s for s in specs]
+
+
+def with_maxmsgsize(
+    specs: Sequence[SocketSpec], maxmsgsize: int, which: Callable[[SocketSpec], bool]
+) -> list[SocketSpec] | None:
+    """``specs`` with ``maxmsgsize`` set on those ``which`` accepts; None if it is negative.
+
+    None (no limit asked for) lets a :class:`~greenzmq.service.Service` keep its
+    class ``specs``.
+    """
+    if maxmsgsize < 0:
+        return None
+    return [dataclasses.replace(s, maxmsgsize=maxmsgsize) if which(s) else s for s in specs]
 
 
 def describe_greenlet(g: Any) -> str:
