@@ -1,11 +1,19 @@
-"""Shared by the tutorial services: endpoints and an XPUB that waits for subscribers."""
+"""Shared by the tutorial services: endpoints, XPUB helpers and the simple roles' shapes.
+
+The shapes: stop now (:func:`kill_main`), trace one socket
+(:func:`socket_tracer`), send 1..N with random pauses (:func:`send_numbered`).
+"""
 
 from __future__ import annotations
+
+import random
 
 import gevent
 import zmq
 
+from greenzmq import Service
 from greenzmq.sockets import Socket
+from greenzmq.tracing import SocketTracer
 
 WEATHER = "tcp://127.0.0.1:5556"
 TASKS = "tcp://127.0.0.1:5557"
@@ -34,3 +42,37 @@ def wait_for_subscribers(sock: Socket, expect: int, timeout: float) -> int:
 def xpub_options() -> dict[int, int]:
     """Socket options for a publisher that counts its subscribers."""
     return {zmq.XPUB_VERBOSE: 1}
+
+
+def kill_main(svc: Service) -> None:
+    """Kill ``svc``'s main greenlet now, unless it is the one asking (an ``on_stop`` body)."""
+    main = svc._main
+    if main is not None and not main.dead and main is not gevent.getcurrent():
+        main.kill(block=False)
+
+
+def socket_tracer(svc: Service, socket: str, kind: str) -> SocketTracer | None:
+    """The hop tracer of ``svc``'s socket ``socket``, or None when tracing is off."""
+    tr = svc.tracer
+    return tr.for_socket(socket, kind) if tr is not None and tr.on else None
+
+
+def send_numbered(
+    svc: Service, socket: str, kind: str, count: int, pause: float, event: str, field: str
+) -> None:
+    """Send b"1" .. ``count`` on ``socket`` with random pauses up to ``pause`` s.
+
+    Each send is traced (a hop) and logged as ``event`` with the number as
+    ``field``; a stopping service sends no more.
+    """
+    sock = svc.socks[socket]
+    st = socket_tracer(svc, socket, kind)
+    for i in range(1, count + 1):
+        if svc.stopping.is_set():
+            break
+        gevent.sleep(random.random() * pause)
+        body = str(i).encode()
+        sock.send(body)
+        if st is not None:
+            st.hop("send", [body])
+        svc.log.info(event, **{field: i})

@@ -11,7 +11,7 @@ import gevent
 
 from greenzmq import RequestTimeout, Service, SocketSpec
 
-from ._common import FRONTEND
+from ._common import FRONTEND, kill_main, socket_tracer
 
 
 class Client(Service):
@@ -27,15 +27,12 @@ class Client(Service):
 
     def on_stop(self) -> None:
         """Stop now: a request still waiting for its reply is abandoned."""
-        main = self._main
-        if main is not None and not main.dead and main is not gevent.getcurrent():
-            main.kill(block=False)
+        kill_main(self)
 
     def run(self) -> None:
         """Send, receive, check."""
         sock = self.socks["frontend"]
-        tr = self.tracer
-        st = tr.for_socket("frontend", "REQ") if tr and tr.on else None
+        st = socket_tracer(self, "frontend", "REQ")
         for j in range(1, self.i + 1):
             if self.stopping.is_set():
                 break

@@ -6,11 +6,9 @@ have joined instead of publishing into the void (slow joiner).
 
 from __future__ import annotations
 
-import gevent
-
 from greenzmq import Service, SocketSpec
 
-from ._common import KILL, wait_for_subscribers, xpub_options
+from ._common import KILL, kill_main, socket_tracer, wait_for_subscribers, xpub_options
 
 
 class KillSwitch(Service):
@@ -25,18 +23,16 @@ class KillSwitch(Service):
 
     def on_stop(self) -> None:
         """Stopped before publishing (SIGTERM while waiting for subscribers): give up."""
-        main = self._main
-        if main is not None and not main.dead and main is not gevent.getcurrent():
-            main.kill(block=False)
+        kill_main(self)
 
     def run(self) -> None:
         """Wait for subscribers, publish ``b"KILL"``."""
         sock = self.socks["kill"]
         seen = wait_for_subscribers(sock, self.expect, self.wait)
         sock.send(b"KILL")
-        tr = self.tracer
-        if tr is not None and tr.on:
-            tr.for_socket("kill", "XPUB").hop("send", [b"KILL"])
+        st = socket_tracer(self, "kill", "XPUB")
+        if st is not None:
+            st.hop("send", [b"KILL"])
         self.log.info("killswitch.sent", subscribers=seen, expected=self.expect)
 
 

@@ -6,13 +6,9 @@ the last tasks reach it before the process exits: nothing is lost.
 
 from __future__ import annotations
 
-import random
-
-import gevent
-
 from greenzmq import Service, SocketSpec
 
-from ._common import TASKS
+from ._common import TASKS, kill_main, send_numbered
 
 
 class Ventilator(Service):
@@ -27,24 +23,11 @@ class Ventilator(Service):
 
     def on_stop(self) -> None:
         """Stop sending now: a send parked until a puller connects would hold the exit."""
-        main = self._main
-        if main is not None and not main.dead and main is not gevent.getcurrent():
-            main.kill(block=False)
+        kill_main(self)
 
     def run(self) -> None:
         """Send the tasks."""
-        sock = self.socks["tasks"]
-        tr = self.tracer
-        st = tr.for_socket("tasks", "PUSH") if tr is not None and tr.on else None
-        for i in range(1, self.count + 1):
-            if self.stopping.is_set():
-                break
-            gevent.sleep(random.random() * self.pause)
-            body = str(i).encode()
-            sock.send(body)
-            if st is not None:
-                st.hop("send", [body])
-            self.log.info("ventilator.sent", task=i)
+        send_numbered(self, "tasks", "PUSH", self.count, self.pause, "ventilator.sent", "task")
 
 
 def make(count: int = 5, pause: float = 0.3) -> Ventilator:

@@ -7,13 +7,9 @@ it claims to deliver is lost to the slow-joiner problem.
 
 from __future__ import annotations
 
-import random
-
-import gevent
-
 from greenzmq import Service, SocketSpec
 
-from ._common import WEATHER, wait_for_subscribers, xpub_options
+from ._common import WEATHER, kill_main, send_numbered, wait_for_subscribers, xpub_options
 
 
 class Weather(Service):
@@ -28,26 +24,14 @@ class Weather(Service):
 
     def on_stop(self) -> None:
         """Stop now: waiting for subscribers or pausing between updates holds no work."""
-        main = self._main
-        if main is not None and not main.dead and main is not gevent.getcurrent():
-            main.kill(block=False)
+        kill_main(self)
 
     def run(self) -> None:
         """Wait for the subscribers, then publish."""
         sock = self.socks["updates"]
         seen = wait_for_subscribers(sock, self.expect, self.wait)
         self.log.info("weather.subscribers", seen=seen, expected=self.expect)
-        tr = self.tracer
-        st = tr.for_socket("updates", "XPUB") if tr is not None and tr.on else None
-        for i in range(1, self.count + 1):
-            if self.stopping.is_set():
-                break
-            gevent.sleep(random.random() * self.pause)
-            body = str(i).encode()
-            sock.send(body)
-            if st is not None:
-                st.hop("send", [body])
-            self.log.info("weather.sent", update=i)
+        send_numbered(self, "updates", "XPUB", self.count, self.pause, "weather.sent", "update")
 
 
 def make(count: int = 5, expect: int = 1, pause: float = 0.3, wait: float = 10.0) -> Weather:
