@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, cast
 
 import gevent
@@ -63,6 +63,20 @@ def _recv_raw(raw: zmq.Socket[bytes]) -> list[bytes]:
         f = _recv(raw, _NB, False)
         m.append(f.bytes)
     return m
+
+
+def _until_closed(get: Callable[[], Message]) -> Iterator[Message]:
+    """Yield ``get()`` until it raises ClosedError (stopped and drained)."""
+    while True:
+        try:
+            yield get()
+        except ClosedError:
+            return
+
+
+def _close_sockets(sockets: Iterable[Socket]) -> None:
+    for s in sockets:
+        s.close()  # with the socket's own LINGER: replies already sent still go out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,11 +241,7 @@ class Readers:
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until stopped and drained; ReaderError propagates."""
         self.start()
-        while True:
-            try:
-                yield self.get()
-            except ClosedError:
-                return
+        yield from _until_closed(self.get)
 
     def stop(self) -> None:
         """Stop reading, close the sockets; what is queued stays readable."""
@@ -239,8 +249,7 @@ class Readers:
             return
         self._stopped = True
         self._group.kill(block=True)
-        for s in self.sockets:
-            s.close()  # with the socket's own LINGER: replies already sent still go out
+        _close_sockets(self.sockets)
         try:
             self._queue.put_nowait(_WAKE)
         except gevent.queue.Full:
@@ -327,11 +336,7 @@ class PollerListener:
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until stopped and drained."""
-        while True:
-            try:
-                yield self.get()
-            except ClosedError:
-                return
+        yield from _until_closed(self.get)
 
     def stop(self) -> None:
         """Stop polling and close the sockets; what was already read is still delivered.
@@ -354,8 +359,7 @@ class PollerListener:
         if not self._closed:
             self._closed = True
             self._poller.close_watchers()
-            for s in self.sockets:
-                s.close()  # with the socket's own LINGER: replies already sent still go out
+            _close_sockets(self.sockets)
 
     def statistics(self) -> MuxStatistics:
         """A frozen snapshot of counts and depth."""
