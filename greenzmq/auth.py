@@ -40,7 +40,7 @@ from zmq.utils import z85
 
 from .errors import ConfigError
 from .service import Service
-from .sockets import Context, Socket, apply_endpoints
+from .sockets import Context, Socket, apply_endpoints, attach_endpoints
 from .tracing import get_logger
 
 __all__ = [
@@ -284,16 +284,7 @@ def secure(
         for spec in resolved:
             if spec.name not in names:
                 continue
-            sock = service.socks[spec.name]
-            for ep in spec.bind:
-                try:
-                    sock.bind(ep)
-                except zmq.ZMQError as e:
-                    raise zmq.ZMQError(
-                        e.errno, f"cannot bind socket {spec.name!r} to {ep}: {e.strerror}"
-                    ) from None
-            for ep in spec.connect:
-                sock.connect(ep)
+            attach_endpoints(service.socks[spec.name], spec)
         service.log.info("auth.secured", sockets=sorted(names), mechanism="CURVE")
 
     # an instance attribute shadows the method for this one service

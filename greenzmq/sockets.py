@@ -31,6 +31,7 @@ __all__ = [
     "Socket",
     "SocketSpec",
     "apply_endpoints",
+    "attach_endpoints",
     "describe_greenlet",
     "parse_endpoint",
     "socket_type",
@@ -148,6 +149,22 @@ def apply_endpoints(specs: Sequence[SocketSpec], overrides: Mapping[str, str]) -
             f"{', '.join(sorted(by_name)) or 'no sockets'})"
         )
     return [s.with_endpoint(overrides[s.name]) if s.name in overrides else s for s in specs]
+
+
+def attach_endpoints(sock: zmq.Socket[Any], spec: SocketSpec) -> None:
+    """Bind and connect ``sock`` to ``spec``'s endpoints.
+
+    A bind failure is re-raised as a ZMQError naming the socket and endpoint.
+    """
+    for ep in spec.bind:
+        try:
+            sock.bind(ep)
+        except zmq.ZMQError as e:
+            raise zmq.ZMQError(
+                e.errno, f"cannot bind socket {spec.name!r} to {ep}: {e.strerror}"
+            ) from None
+    for ep in spec.connect:
+        sock.connect(ep)
 
 
 def with_maxmsgsize(
@@ -279,15 +296,7 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
             if kind == zmq.SUB:
                 for topic in spec.subscribe:
                     sock.setsockopt(zmq.SUBSCRIBE, topic)
-            for ep in spec.bind:
-                try:
-                    sock.bind(ep)
-                except zmq.ZMQError as e:
-                    raise zmq.ZMQError(
-                        e.errno, f"cannot bind socket {spec.name!r} to {ep}: {e.strerror}"
-                    ) from None
-            for ep in spec.connect:
-                sock.connect(ep)
+            attach_endpoints(sock, spec)
         except BaseException:
             sock.close(0)
             raise
