@@ -94,7 +94,7 @@ class Broker(Service):
         label = {fe: "frontend->backend", be: "backend->frontend"}
         tracer = self.tracer
         assert tracer is not None  # open() made it
-        trace = {s: tracer.for_socket(s.name, type_name(s.socket_type)) for s in (fe, be)}
+        trace = {s: tracer.for_socket(s.name, type_name(s.type)) for s in (fe, be)}
         # drops are always logged; other hops only when tracing is on
         hop_tr = {s: (t if t.on else None) for s, t in trace.items()}
         flags: dict[Socket, int] = {fe: _POLLIN, be: _POLLIN}

@@ -102,7 +102,7 @@ class Mux(Protocol):
 def _tracers(sockets: Sequence[Socket], tracer: Tracer | None) -> dict[str, SocketTracer | None]:
     if tracer is None or not tracer.on:
         return {s.name: None for s in sockets}
-    return {s.name: tracer.for_socket(s.name, type_name(s.socket_type)) for s in sockets}
+    return {s.name: tracer.for_socket(s.name, type_name(s.type)) for s in sockets}
 
 
 class Readers:
@@ -393,7 +393,7 @@ class Outbox:
         self._error: BaseException | None = None
         self.sent = 0
         self._tr = (
-            tracer.for_socket(sock.name, type_name(sock.socket_type))
+            tracer.for_socket(sock.name, type_name(sock.type))
             if tracer is not None and tracer.on
             else None
         )

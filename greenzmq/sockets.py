@@ -71,9 +71,9 @@ def socket_type(kind: str | int) -> int:
         ) from None
 
 
-def type_name(kind: int) -> str:
-    """``zmq.ROUTER`` -> ``"ROUTER"``."""
-    return _TYPE_NAMES.get(kind, str(kind))
+def type_name(kind: int | str | bytes) -> str:
+    """``zmq.ROUTER`` (or ``sock.type``, which pyzmq types loosely) -> ``"ROUTER"``."""
+    return _TYPE_NAMES.get(int(kind), str(kind))
 
 
 @dataclasses.dataclass(frozen=True)
