@@ -15,7 +15,15 @@ setup(
     # the stdlib json renderer (see shared/notes/design-rules.md).
     install_requires=["pyzmq>=25", "gevent>=23", "structlog>=23", "orjson>=3.8"],
     extras_require={
-        "test": ["pytest>=7", "tox>=4", "hypothesis>=6", "majortomo>=0.2", "setproctitle>=1.3"],
+        # six: majortomo imports it without declaring it
+        "test": [
+            "pytest>=7",
+            "tox>=4",
+            "hypothesis>=6",
+            "majortomo>=0.2",
+            "six",
+            "setproctitle>=1.3",
+        ],
         "title": ["setproctitle>=1.3"],
         # greenzmq bench --plot PNG
         "plot": ["matplotlib>=3.5"],
