@@ -141,6 +141,10 @@ class MasterLog:
         out.write(line + "\n")
         out.flush()
 
+    def debug(self, event: str, **fields: Any) -> None:
+        """A debug event."""
+        self.log("debug", event, **fields)
+
     def info(self, event: str, **fields: Any) -> None:
         """An info event."""
         self.log("info", event, **fields)
@@ -207,6 +211,7 @@ class Arbiter:
         self.cfg = cfg
         self.info: dict[str, Any] = {}  # from the first worker's check: name, binds
         self.checked = False
+        self.quiet_exit = False  # the first worker already printed why we stop
         self.argv = argv
         self.reload_check = reload_check
         self.name = cfg.name or "greenzmq"
@@ -317,7 +322,10 @@ class Arbiter:
         except HaltServer as h:
             detail = h.detail
             self.exit_code = h.exit_status
-            self.log.error("master.halt", reason=h.reason, exit_code=h.exit_status)
+            self.quiet_exit = h.quiet
+            (self.log.debug if h.quiet else self.log.error)(
+                "master.halt", reason=h.reason, exit_code=h.exit_status
+            )
             if detail:
                 sys.stderr.write(detail if detail.endswith("\n") else detail + "\n")
             if not h.quiet:
@@ -334,7 +342,7 @@ class Arbiter:
         except Exception:
             self.log.error("master.hook_failed", hook="on_exit", error=traceback.format_exc())
         self._remove_pidfile()
-        self.log.info("master.exit", code=self.exit_code)
+        (self.log.debug if self.quiet_exit else self.log.info)("master.exit", code=self.exit_code)
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         if self.selector is not None:
@@ -487,7 +495,10 @@ class Arbiter:
 
     def _worker_exited(self, w: Worker, code: int) -> None:
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"code {code}"
-        self.log.info(
+        # before the app checks, the first worker's own one-line error is the
+        # whole story: the master's bookkeeping only at debug level
+        log = self.log.info if self.checked else self.log.debug
+        log(
             "worker.exit",
             worker_pid=w.pid,
             wid=w.wid,
@@ -664,7 +675,7 @@ class Arbiter:
         placeholder.pid = pid
         self.workers[pid] = placeholder
         self.selector.register(parent, selectors.EVENT_READ, placeholder)
-        self.log.info("worker.spawn", worker_pid=pid, wid=0, exec=True)
+        self.log.debug("worker.spawn", worker_pid=pid, wid=0, exec=True)
         return placeholder
 
     def _child(self, wid: int, chan: socket.socket, mask: Any) -> int:

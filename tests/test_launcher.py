@@ -316,7 +316,7 @@ class TestRespawn:
 
     def test_import_error_halts_with_traceback(self, service: Start) -> None:
         """Scenario 5: an exception at import: non-zero within 5 s, its traceback, no fork."""
-        p = service("tests.launcher_boom:app")
+        p = service("tests.launcher_boom:app", "--log-level", "debug")  # spawns are debug
         t0 = time.monotonic()
         assert p.wait(5) != 0
         assert time.monotonic() - t0 < 5

@@ -301,6 +301,22 @@ class TestCliErrors:
                 assert out[0].startswith("greenzmq: error: "), out[0]
                 assert expected in out[0], out[0]
 
+    def test_one_line_error_without_a_log_file(self) -> None:
+        """With logs on stderr too, a spec that does not check prints only its one line."""
+        import subprocess
+        import sys
+
+        from .helpers import ROOT
+
+        for spec in ("services.nosuch:app", "services/broker.py"):
+            r = subprocess.run(
+                [sys.executable, "-m", "greenzmq", spec, "--log-format", "json"],
+                cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+            )  # fmt: skip
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1, r.stderr
+            assert lines[0].startswith("greenzmq: error: "), lines[0]
+
 
 class Idle(Service):
     """A service with one PULL socket whose run is given by the test."""
