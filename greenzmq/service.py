@@ -158,17 +158,31 @@ class Service:
             self.ctx = None
             raise
         self._linger = {s.name: s.effective_linger for s in specs}
+        # Reply sockets (REP, ROUTER) on the default linger get the graceful
+        # timeout when they close: their queued replies are accepted work, and
+        # a backed-up peer may need more than a second to take them.
+        self._graceful_linger = {
+            s.name for s in specs if s.linger is None and s.zmq_type in (zmq.REP, zmq.ROUTER)
+        }
 
     def close(self) -> None:
         """Kill owned greenlets, close sockets with their linger, term the context."""
         self.group.kill(block=True, timeout=self.graceful_timeout)
+        grace = int(self.graceful_timeout * 1000)
         for name, sock in self.socks.items():
-            sock.close(linger=self._linger.get(name, 0))
+            linger = self._linger.get(name, 0)
+            sock.close(linger=max(linger, grace) if name in self._graceful_linger else linger)
         if self.ctx is not None:
-            # destroy, not term: a socket run() made itself and left open would
-            # make term() wait forever; the declared ones are closed already
-            self.ctx.destroy(linger=0)
-            self.ctx = None
+            ctx, self.ctx = self.ctx, None
+            # a socket run() made itself and left open would make term() wait
+            # forever: close it without linger (here: green sockets stop their
+            # io watchers, which only the hub's thread may touch)
+            for sock in list(ctx._sockets):
+                if not sock.closed:
+                    sock.close(linger=0)
+            # term() waits for the lingering sockets to deliver: in a thread, so
+            # the hub keeps serving signals and the launcher's heartbeat meanwhile
+            gevent.get_hub().threadpool.apply(ctx.term)
 
     def serve(
         self,

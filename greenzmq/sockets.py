@@ -280,7 +280,11 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
         sock.name = spec.name
         try:
             sock.setsockopt(zmq.LINGER, spec.effective_linger)
-            sock.setsockopt(zmq.SNDHWM, spec.hwm)
+            # A REP socket drops a reply silently when its pipe is at SNDHWM
+            # (libzmq's router semantics; ROUTER_MANDATORY on a REP asserts in
+            # rep.cpp). One reply per request received keeps an unlimited
+            # SNDHWM bounded by the requests in flight, so nothing is dropped.
+            sock.setsockopt(zmq.SNDHWM, 0 if kind == zmq.REP else spec.hwm)
             sock.setsockopt(zmq.RCVHWM, spec.hwm)
             if spec.maxmsgsize >= 0:
                 sock.setsockopt(zmq.MAXMSGSIZE, spec.maxmsgsize)

@@ -423,3 +423,48 @@ class TestEndpointOverrides:
             client.close()
         p.signal(signal.SIGTERM)
         assert p.wait(5) == 0
+
+
+class EchoN(Service):
+    """A REP service that answers ``n`` requests, then returns."""
+
+    name = "echo-n"
+
+    def __init__(self, ep: str, n: int) -> None:
+        super().__init__(specs=[SocketSpec("rep", "REP", connect=(ep,))])
+        self.n = n
+        self.graceful_timeout = 10.0
+
+    def run(self) -> None:
+        sock = self.socks["rep"]
+        for _ in range(self.n):
+            sock.send(sock.recv())
+
+
+class TestRepliesOutliveTheService:
+    @pytest.mark.deadline(60)
+    def test_replies_reach_a_peer_that_reads_late(
+        self, ctx: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """Replies a REP service sent still reach a peer that starts reading after it stopped.
+
+        The peer reads nothing until 2 s after the service's run() returned,
+        longer than the 1 s default linger: reply sockets linger for the
+        graceful timeout, and the context's term() waits in a thread.
+        """
+        ep, n, body = endpoint(), 3000, b"y" * 2000
+        peer = ctx.build(SocketSpec("peer", "DEALER", bind=(ep,), hwm=10))
+        svc = EchoN(ep, n)
+        server = gevent.spawn(svc.serve, install_signals=False)
+        for i in range(n):
+            peer.send_multipart([b"", b"%d" % i + body])
+        green_wait_for(svc.stopping.is_set, 30, "the service to answer all")
+        gevent.sleep(2.0)  # the stalled peer: on purpose, past the old 1 s linger
+        got = 0
+        with gevent.Timeout(30, False):
+            while got < n:
+                peer.recv_multipart()
+                got += 1
+        assert got == n, f"{n - got} replies lost"
+        assert server.get(timeout=30) == 0
+        peer.close()

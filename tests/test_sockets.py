@@ -377,3 +377,33 @@ class TestPublicAPI:
             [sys.executable, "-c", code], capture_output=True, text=True, check=False
         )
         assert r.returncode == 0, r.stderr
+
+
+class TestRepReplies:
+    @pytest.mark.deadline(60)
+    def test_rep_keeps_replies_while_its_peer_is_not_reading(
+        self, ctx: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """A REP answering a peer that reads nothing yet loses no reply (libzmq drops at SNDHWM)."""
+        ep = endpoint()
+        peer = ctx.build(SocketSpec("peer", "DEALER", bind=(ep,), hwm=10))
+        rep = ctx.build(SocketSpec("rep", "REP", connect=(ep,)))
+        n, body = 5000, b"x" * 2000
+
+        def serve() -> int:
+            for _ in range(n):
+                rep.send(rep.recv())
+            return n
+
+        server = gevent.spawn(serve)
+        for i in range(n):
+            peer.send_multipart([b"", b"%d" % i + body])
+        assert server.get(timeout=30) == n  # every reply was handed to libzmq
+        got = 0
+        with gevent.Timeout(30, False):
+            while got < n:
+                peer.recv_multipart()
+                got += 1
+        assert got == n, f"{n - got} replies dropped"
+        peer.close()
+        rep.close()
