@@ -83,6 +83,11 @@ class SocketSpec:
     ``bind``/``connect`` are endpoints; ``subscribe`` topics for SUB sockets
     (default: everything); ``router_mandatory`` defaults to on for ROUTER
     sockets, which route replies and must not drop them silently (rule 8).
+    ``hwm`` is both high-water marks, except a REP's SNDHWM, which is
+    unlimited: libzmq's REP drops a reply at its SNDHWM without a word.
+    ``linger`` None means 1 s for sockets that send and 0 for SUB/PULL; a
+    :class:`~greenzmq.service.Service` lets its REP/ROUTER sockets linger for
+    its graceful timeout.
     """
 
     name: str
