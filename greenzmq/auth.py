@@ -200,13 +200,14 @@ class GreenAuthenticator:
     def handle(self, frames: Sequence[bytes]) -> list[bytes]:
         """The ZAP reply to one ZAP request (RFC 27)."""
         if len(frames) < 6:
-            self.log.warning("auth.bad_request", frames=len(frames))
+            self.log.warning("auth.bad_request", reason="too few frames", frames=len(frames))
             rid = frames[1] if len(frames) > 1 else b""
             return [b"1.0", rid, b"500", b"malformed ZAP request", b"", b""]
         version, rid, domain, address, _identity, mechanism = frames[:6]
         creds = list(frames[6:])
         peer = address.decode(errors="replace")
         if version != b"1.0":
+            self.log.warning("auth.bad_request", reason="unsupported ZAP version", address=peer)
             return [b"1.0", rid, b"500", b"unsupported ZAP version", b"", b""]
         if mechanism == b"NULL":
             return [version, rid, b"200", b"OK", b"anonymous", b""]
