@@ -122,7 +122,8 @@ def load_hops(paths: Iterable[str]) -> tuple[list[Hop], int]:
                 if not isinstance(ev, dict) or ev.get("event") != "hop" or not ev.get("key"):
                     continue
                 ts = _timestamp(ev.get("timestamp"))
-                if ts is None:
+                pid = ev.get("pid", 0) or 0
+                if ts is None or not isinstance(pid, int):
                     skipped += 1
                     continue
                 hops.append(
@@ -131,7 +132,7 @@ def load_hops(paths: Iterable[str]) -> tuple[list[Hop], int]:
                         key=str(ev["key"]),
                         op=str(ev.get("op", "?")),
                         service=str(ev.get("service", "?")),
-                        pid=int(ev.get("pid", 0) or 0),
+                        pid=pid,
                         socket=str(ev.get("socket", "?")),
                         sock_type=str(ev.get("sock_type", "?")),
                         reply_to=ev.get("reply_to"),
