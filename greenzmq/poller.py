@@ -66,8 +66,9 @@ class GreenPoller(gzmq.Poller):
         self._rebuild()
 
     def modify(self, socket: Any, flags: int = zmq.POLLIN | zmq.POLLOUT) -> None:
-        super().modify(socket, flags)
-        self._rebuild()
+        # what zmq.Poller.modify does; our register rebuilds the watchers once
+        # (super().modify goes through it too, so rebuilding here did it twice)
+        self.register(socket, flags)
 
     def unregister(self, socket: Any) -> None:
         super().unregister(socket)
