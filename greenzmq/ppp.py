@@ -120,8 +120,9 @@ class HeartbeatWorker:
         self._stopping = False
         self._acked = False
         self._wake = gevent.event.Event()
-        self._done: deque[tuple[list[bytes], list[bytes]]] = deque()
-        self._backlog: deque[tuple[list[bytes], list[bytes]]] = deque()
+        # (envelope, frames, the request's hop key: the reply's reply_to when traced)
+        self._done: deque[tuple[list[bytes], list[bytes], str | None]] = deque()
+        self._backlog: deque[tuple[list[bytes], list[bytes], str | None]] = deque()
         self._busy: gevent.Greenlet[..., Any] | None = None
         self._group = gevent.pool.Group()
         self._heard = time.monotonic()
@@ -173,7 +174,6 @@ class HeartbeatWorker:
             if self.sock in dict(self.poller.sockets):
                 self.poller.unregister(self.sock)
             self.sock.close(linger=0)
-            self.sock = None
         self.sock = self.ctx.build(self.spec)
         self._attach()
 
@@ -187,31 +187,31 @@ class HeartbeatWorker:
         # a fresh DEALER queues the message until the TCP connection is up
         self._send(self.ready_msg())
 
-    def _work(self, envelope: list[bytes], body: list[bytes]) -> None:
+    def _work(self, envelope: list[bytes], body: list[bytes], key: str | None) -> None:
         try:
             reply = [bytes(f) for f in self.handler(body)]
         except Exception as e:
             self.log.error("worker.handler_failed", error=repr(e))
             reply = [b"error: " + type(e).__name__.encode()]
-        self._done.append((envelope, reply))
+        self._done.append((envelope, reply, key))
         self.poller.wake()
 
-    def _start(self, envelope: list[bytes], body: list[bytes]) -> None:
+    def _start(self, envelope: list[bytes], body: list[bytes], key: str | None) -> None:
         if self._busy is not None:
-            self._backlog.append((envelope, body))  # only after a queue restart
+            self._backlog.append((envelope, body, key))  # only after a queue restart
             return
-        self._busy = self._group.spawn(self._work, envelope, body)
+        self._busy = self._group.spawn(self._work, envelope, body, key)
 
     def _flush(self) -> None:
         while self._done:
-            envelope, reply = self._done.popleft()
+            envelope, reply, key = self._done.popleft()
             msg = self.reply_msg(envelope, reply)
             if self._send(msg):
                 self.answered += 1
                 if self.on_answer is not None:
                     self.on_answer()
                 if self.trace.on:
-                    self.trace.hop("send", msg)
+                    self.trace.hop("send", msg, reply_to=key)
             else:
                 self.trace.drop(msg, "queue not reachable")
             self._busy = None
@@ -234,9 +234,8 @@ class HeartbeatWorker:
                 continue
             kind, envelope, body = parsed
             if kind == "request":
-                if self.trace.on:
-                    self.trace.hop("recv", frames)
-                self._start(envelope, body)
+                key = self.trace.hop("recv", frames) if self.trace.on else None
+                self._start(envelope, body, key)
             elif kind == "ack":
                 self._acked = True
             elif kind == "disconnect":

@@ -286,11 +286,12 @@ class TestFaults:
         req = ctx.socket(zmq.REQ)
         req.connect(fe)
         req.send(b"9")
-        w.wait_event("hop", op="recv")  # the worker holds the request
+        recv = w.wait_event("hop", op="recv")  # the worker holds the request
         w.signal(signal.SIGTERM)
         with gevent.Timeout(5):
             assert req.recv() == b"81"
         assert w.wait(10) == 0
+        assert w.wait_event("hop", op="send")["reply_to"] == recv["key"]  # trace joins them
         assert w.wait_event("worker.done")["answered"] == 1
         q.wait_event("ppqueue.worker_left")
         req.close(linger=0)
