@@ -62,6 +62,12 @@ class GreenPoller(gzmq.Poller):
         return out
 
     def register(self, socket: Any, flags: int = zmq.POLLIN | zmq.POLLOUT) -> None:
+        if not flags:
+            # zmq.Poller's meaning of flags 0; through super() it would call our
+            # unregister and then rebuild a second time here
+            if socket in self._map:
+                self.unregister(socket)
+            return
         super().register(socket, flags)
         self._rebuild()
 
