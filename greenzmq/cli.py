@@ -22,18 +22,6 @@ SUBCOMMANDS = {
 }
 
 
-def parse_endpoint_option(text: str) -> tuple[str, str]:
-    """``NAME=ADDR`` -> (NAME, ADDR), checking ADDR's syntax."""
-    from .endpoints import parse_endpoint
-    from .errors import ConfigError
-
-    name, sep, addr = text.partition("=")
-    if not sep or not name or not addr:
-        raise ConfigError(f"malformed --endpoint {text!r}: expected NAME=TRANSPORT://ADDRESS")
-    parse_endpoint(addr)
-    return name, addr
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The parser for ``greenzmq [OPTIONS] MODULE:APP`` (generated from greenzmq.config)."""
     from .config import build_parser as settings_parser
