@@ -49,9 +49,9 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
-from .config import Config, load_config
+from .config import LOG_LEVELS, Config, load_config
 
-__all__ = ["Arbiter", "HaltServer", "MasterLog", "title_setter"]
+__all__ = ["Arbiter", "HaltServer", "MasterLog", "child_env", "title_setter"]
 
 KILL_GRACE = 1.0  # seconds between ABRT (or a quick stop) and KILL
 STABLE_AFTER = 5.0  # a worker up this long ends a crash streak
@@ -94,7 +94,7 @@ class MasterLog:
         if fmt is None:
             fmt = "console" if (path is None and sys.stderr.isatty()) else "json"
         self.fmt = fmt
-        self.min = ("debug", "info", "warning", "error", "critical").index(level)
+        self.min = LOG_LEVELS.index(level)
         self.service = service
         self._f: IO[str] | None = None
         self.reopen()
@@ -119,8 +119,7 @@ class MasterLog:
 
     def log(self, level: str, event: str, **fields: Any) -> None:
         """Write one event if ``level`` passes the threshold."""
-        lvl = ("debug", "info", "warning", "error", "critical").index(level)
-        if lvl < self.min:
+        if LOG_LEVELS.index(level) < self.min:
             return
         out = self._f or sys.stderr
         if self.fmt == "json":
@@ -165,6 +164,20 @@ def title_setter() -> Callable[[str], None]:
     except ImportError:  # optional: titles are a nicety
         return lambda _title: None
     return lambda t: setproctitle(f"greenzmq: {t}")
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a fresh ``python -m greenzmq...`` interpreter.
+
+    The app is found where the command was started, greenzmq where it was
+    imported (both may be missing from ``sys.path`` of a new interpreter).
+    """
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (os.getcwd(), pkg_parent, env.get("PYTHONPATH", "")) if p
+    )
+    return env
 
 
 class Worker:
@@ -385,13 +398,9 @@ class Arbiter:
 
     def handle(self, sig: int) -> None:
         """Dispatch one queued signal to ``handle_<name>``."""
-        name = signal.Signals(sig).name
-        if sig != signal.SIGCHLD:
-            self.log.info("master.signal", signal=name)
+        name = signal.Signals(sig).name  # never CHLD: _on_signal does not queue it
+        self.log.info("master.signal", signal=name)
         getattr(self, f"handle_{name[3:].lower()}")()
-
-    def handle_chld(self) -> None:
-        """A child exited: reaping follows in the loop."""
 
     def handle_term(self) -> None:
         """Graceful stop."""
@@ -658,16 +667,10 @@ class Arbiter:
         placeholder = Worker(0, 0, parent)
         self.cfg.run_hook("pre_fork", self, placeholder)
         os.set_inheritable(child.fileno(), True)
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env = dict(os.environ)
-        # the app is found where the command was started, greenzmq where it was imported
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (os.getcwd(), pkg_parent, env.get("PYTHONPATH", "")) if p
-        )
         req = json.dumps({"argv": self.argv, "wid": 0, "fd": child.fileno()})
         try:
             pid = os.posix_spawn(
-                sys.executable, [sys.executable, "-m", "greenzmq.workerproc", req], env
+                sys.executable, [sys.executable, "-m", "greenzmq.workerproc", req], child_env()
             )
         finally:
             child.close()

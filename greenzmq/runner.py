@@ -26,7 +26,6 @@ master.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -53,16 +52,13 @@ def check_in_subprocess(cfg: Config) -> dict[str, Any] | int:
 
     The subprocess prints its own errors on our stderr (inherited).
     """
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (os.getcwd(), pkg_parent, env.get("PYTHONPATH", "")) if p
-    )
+    from .arbiter import child_env
+
     req = json.dumps({"app": cfg.app, "endpoint": cfg.endpoint, "workers": cfg.workers})
     proc = subprocess.run(
         [sys.executable, "-m", "greenzmq.appspec", req],
         stdout=subprocess.PIPE,
-        env=env,
+        env=child_env(),
         check=False,
     )
     if proc.returncode == 0:
