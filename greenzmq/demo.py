@@ -131,6 +131,7 @@ class Demo:
         self.procs: list[Proc] = []
 
     def start(self, label: str, spec: str, **endpoints: str) -> Proc:
+        """Start one service process (killed in :meth:`close` if still running)."""
         p = Proc(label, spec, endpoints, self.logdir, self.extra)
         self.procs.append(p)
         return p
@@ -151,23 +152,33 @@ class Demo:
             delay = min(delay * 2, 0.1)
 
     def expect_exit(self, procs: Sequence[Proc], what: str) -> None:
+        """Wait until every process exited; fail unless each exited 0."""
         self.wait(what, lambda: all(p.proc.poll() is not None for p in procs))
         bad = [p for p in procs if p.proc.returncode != 0]
         if bad:
             p = bad[0]
             raise DemoFailed(f"{p.label} exited {p.proc.returncode}:\n{p.output()}")
 
-    def killed_by_switch(self, procs: Sequence[Proc]) -> list[str]:
-        """Labels of processes that did not exit 0 on the kill switch."""
+    def stop_by_switch(self, label: str, kill: str, procs: Sequence[Proc], what: str) -> float:
+        """Pull the kill switch at ``kill``; wait for ``procs`` to exit; seconds it took."""
+        t0 = time.monotonic()
+        switch = self.start(label, f"services.killswitch:make(expect={len(procs)})", kill=kill)
+        self.expect_exit([switch, *procs], what)
+        return time.monotonic() - t0
+
+    def check_killed_by_switch(self, procs: Sequence[Proc]) -> None:
+        """Fail unless every process exited 0 because of the kill switch."""
         wrong = []
         for p in procs:
             ev = p.last("service.exit")
             if p.proc.returncode != 0 or not ev or ev.get("reason") != "kill switch":
                 wrong.append(p.label)
-        return wrong
+        if wrong:
+            raise DemoFailed(f"not stopped cleanly by the kill switch: {', '.join(wrong)}")
 
     # -- scenario 1 ---------------------------------------------------------
     def listeners_received(self, listeners: Sequence[Proc]) -> dict[str, dict[str, list[str]]]:
+        """Per listener, the bodies it logged, by source (``tasks``, ``weather``)."""
         got: dict[str, dict[str, list[str]]] = {}
         for p in listeners:
             got[p.label] = {"tasks": [], "weather": []}
@@ -176,6 +187,7 @@ class Demo:
         return got
 
     def scenario_one(self) -> list[str]:
+        """Many sockets, one loop; the report lines, or DemoFailed."""
         ep = {n: f"tcp://127.0.0.1:{_free_port()}" for n in ("tasks", "weather", "kill")}
         listeners = [
             self.start("listener-poller", "services.listener:app", **ep),
@@ -203,12 +215,7 @@ class Demo:
             )
 
         self.wait("every task and weather update to arrive", all_in, listeners)
-        t0 = time.monotonic()
-        kill = self.start(
-            "killswitch-1", f"services.killswitch:make(expect={len(listeners)})", kill=ep["kill"]
-        )
-        self.expect_exit([kill, *listeners], "the listeners to stop")
-        stop_s = time.monotonic() - t0
+        stop_s = self.stop_by_switch("killswitch-1", ep["kill"], listeners, "the listeners to stop")
         got = self.listeners_received(listeners)
         lines = ["scenario 1: many sockets, one loop (ventilator + weather -> 2 listeners)"]
         all_tasks: list[str] = []
@@ -222,9 +229,7 @@ class Demo:
                 raise DemoFailed(f"{label} got weather updates {g['weather']}")
         if sorted(all_tasks, key=int) != [str(i) for i in range(1, TASKS + 1)]:
             raise DemoFailed(f"tasks received {all_tasks}, expected 1..{TASKS} once each")
-        wrong = self.killed_by_switch(listeners)
-        if wrong:
-            raise DemoFailed(f"not stopped cleanly by the kill switch: {', '.join(wrong)}")
+        self.check_killed_by_switch(listeners)
         lines.append(
             f"  tasks received {len(all_tasks)}/{TASKS}; both listeners stopped by "
             f"the kill switch with exit code 0 ({stop_s:.1f} s incl. start-up)"
@@ -233,6 +238,7 @@ class Demo:
 
     # -- scenario 2 ---------------------------------------------------------
     def scenario_two(self) -> list[str]:
+        """Request-reply through a broker; the report lines, or DemoFailed."""
         ep = {n: f"tcp://127.0.0.1:{_free_port()}" for n in ("frontend", "backend", "kill")}
         broker = self.start("broker", "services.broker:app", **ep)
         workers = [
@@ -260,15 +266,10 @@ class Demo:
                     f"client {i} checked {done and done.get('checked')} of {i} replies"
                 )
             lines.append(f"  client-{i}: {i}/{i} replies checked (j -> j^2)")
-        t0 = time.monotonic()
-        kill = self.start(
-            "killswitch-2", f"services.killswitch:make(expect={len(servers)})", kill=ep["kill"]
+        stop_s = self.stop_by_switch(
+            "killswitch-2", ep["kill"], servers, "the broker and workers to stop"
         )
-        self.expect_exit([kill, *servers], "the broker and workers to stop")
-        stop_s = time.monotonic() - t0
-        wrong = self.killed_by_switch(servers)
-        if wrong:
-            raise DemoFailed(f"not stopped cleanly by the kill switch: {', '.join(wrong)}")
+        self.check_killed_by_switch(servers)
         stats = broker.last("broker.stats") or {}
         answered = [int((w.last("worker.done") or {}).get("answered", 0)) for w in workers]
         total = sum(CLIENTS)
@@ -288,6 +289,7 @@ class Demo:
         return lines
 
     def close(self) -> None:
+        """Kill every process still running."""
         for p in self.procs:
             p.close()
 
