@@ -172,11 +172,6 @@ class Setting:
     cli: bool = True  # False: config file only (hooks)
     choices: tuple[str, ...] | None = None
 
-    @property
-    def dest(self) -> str:
-        """The attribute name (also the config-file name)."""
-        return self.name
-
 
 SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -384,7 +379,7 @@ def build_parser(prog: str = "greenzmq", *, for_env: bool = False) -> argparse.A
     given: that is what lets the layers stack (defaults < file < env < CLI).
     """
     p = argparse.ArgumentParser(
-        prog=prog if not for_env else f"{ENV_VAR}",
+        prog=ENV_VAR if for_env else prog,
         argument_default=argparse.SUPPRESS,
         description="Run MODULE:APP under a pre-fork master (-w workers).",
     )
