@@ -243,6 +243,9 @@ class Tracer:
         return SocketTracer(self, name, sock_type)
 
 
+_NO_FIELDS: dict[str, Any] = {}  # never mutated: _fields copies it
+
+
 class SocketTracer:
     """Hop events for one socket. Call sites test ``on`` before ``hop``."""
 
@@ -272,8 +275,17 @@ class SocketTracer:
         """The hop key of ``frames`` on this socket."""
         return message_key(frames, routed=self._routed)
 
-    def _fields(self, op: str, frames: Sequence[bytes], key: str | None) -> dict[str, Any]:
+    def _fields(
+        self,
+        op: str,
+        frames: Sequence[bytes],
+        key: str | None,
+        base: dict[str, Any] = _NO_FIELDS,
+        reply_to: str | None = None,
+    ) -> dict[str, Any]:
+        """A hop's fields, in one new dict that starts with ``base``."""
         fields: dict[str, Any] = {
+            **base,
             "op": op,
             "frames": len(frames),
             "bytes": sum(map(len, frames)),
@@ -281,6 +293,8 @@ class SocketTracer:
         }
         if frames and (self._routed or (len(frames) > 1 and not frames[1])):
             fields["peer"] = bytes(frames[0]).hex()
+        if reply_to is not None:
+            fields["reply_to"] = reply_to
         return fields
 
     def hop(
@@ -300,24 +314,11 @@ class SocketTracer:
             return None
         writer = self._writer
         if writer is None:
-            fields = self._fields(op, frames, key)
-            if reply_to is not None:
-                fields["reply_to"] = reply_to
-            self._log.info("hop", **fields, **extra)
+            self._log.info("hop", **self._fields(op, frames, key, reply_to=reply_to), **extra)
             return key
-        # the JSON fast path: the same fields as _fields, built in one dict
-        ev = {
-            **self._base,
-            "op": op,
-            "frames": len(frames),
-            "bytes": sum(map(len, frames)),
-            "key": key,
-            "timestamp": time.time(),
-        }
-        if frames and (self._routed or (len(frames) > 1 and not frames[1])):
-            ev["peer"] = bytes(frames[0]).hex()
-        if reply_to is not None:
-            ev["reply_to"] = reply_to
+        # the JSON fast path: the bound context and the fields in one dict
+        ev = self._fields(op, frames, key, self._base, reply_to)
+        ev["timestamp"] = time.time()
         if extra:
             ev.update(extra)
         writer.write(orjson.dumps(ev, default=str, option=orjson.OPT_APPEND_NEWLINE))
