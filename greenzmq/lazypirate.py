@@ -51,6 +51,11 @@ class RetryingClient:
         ctx: Context | None,
         client: str,
     ) -> None:
+        # checked before a context is made: nothing to clean up on a bad setting
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if retries < 1:
+            raise ValueError(f"retries must be at least 1, got {retries!r}")
         self.endpoint = endpoint
         self.timeout = timeout
         self.retries = retries
@@ -124,10 +129,6 @@ class LazyPirate(RetryingClient):
         options: Mapping[int, Any] | None = None,
         name: str = "lazypirate",
     ) -> None:
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout!r}")
-        if retries < 1:
-            raise ValueError(f"retries must be at least 1, got {retries!r}")
         spec = SocketSpec(name, "REQ", connect=(endpoint,), options=dict(options or {}))
         super().__init__(endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client=name)
 

@@ -190,6 +190,15 @@ class TestVersions:
         s.close(linger=0)
         assert not b.events("hop", op="drop")
 
+    def test_client_bad_settings(self) -> None:
+        """A client with a zero timeout, no tries or an unknown version is refused up front."""
+        with pytest.raises(ValueError, match="timeout"):
+            MDPClient("tcp://127.0.0.1:1", timeout=0)
+        with pytest.raises(ValueError, match="retries"):
+            MDPClient("tcp://127.0.0.1:1", retries=0)
+        with pytest.raises(ValueError, match="version"):
+            MDPClient("tcp://127.0.0.1:1", version="0.3")
+
 
 class TestWorkers:
     def test_silent_worker_expires(self, service: Any, endpoint: Any, ctx: Any) -> None:
