@@ -247,15 +247,15 @@ def check_targets(broker: Sequence[BrokerRow], mux: Sequence[MuxRow]) -> list[tu
     """The targets of issue 5 section 2 that this run can judge: (description, met)."""
     res: list[tuple[str, bool]] = []
     b = {(r.scenario, r.kind): r for r in broker}
-    main, lat = "64x100B", "1x100B"
-    gz, pyp, prx = b.get((main, "greenzmq")), b.get((main, "pypoll")), b.get((main, "proxy"))
+    load, lat = "64x100B", "1x100B"  # the throughput scenario, the latency one
+    gz, pyp, prx = b.get((load, "greenzmq")), b.get((load, "pypoll")), b.get((load, "proxy"))
     if gz and prx and prx.rps:
         v = gz.rps / prx.rps
         res.append((f"broker untraced throughput >= 0.6x proxy: {v:.2f}x", v >= 0.6))
     if gz and pyp and pyp.cpu_us:
         v = gz.cpu_us / pyp.cpu_us
         res.append((f"broker untraced CPU/request <= pypoll's: {v:.2f}x", v <= 1.0))
-    tr = b.get((main, "greenzmq@1"))
+    tr = b.get((load, "greenzmq@1"))
     if gz and tr and gz.rps:
         v = tr.rps / gz.rps
         res.append((f"broker traced (every hop, JSON file) >= 0.5x untraced: {v:.2f}x", v >= 0.5))
