@@ -287,18 +287,16 @@ class PollerListener:
         self._stopped = False
         self._closed = False
         self._trace = _tracers(self.sockets, tracer)
-        self._claimed = False
         self._polling = False
         self._consumer: Any = None  # the greenlet that polls (and owns the sockets)
         # REQ/REP must alternate recv and send: one message, then the reply
         self._lockstep = {s.name for s in self.sockets if s.type in _LOCKSTEP}
 
     def _fill(self, timeout: float | None) -> None:
-        if not self._claimed:
-            for s in self.sockets:
-                s.claim()
-            self._claimed = True
+        if self._consumer is None:  # the first poll: its greenlet owns the sockets
             self._consumer = greenlet.getcurrent()
+            for s in self.sockets:
+                s.claim(self._consumer)
         ms = -1 if timeout is None else int(timeout * 1000)
         self._polling = True
         try:
