@@ -13,8 +13,9 @@ from typing import Any
 import gevent
 
 from greenzmq import PollerListener, Service, SocketSpec, kill_spec
+from greenzmq.tracing import SocketTracer
 
-from ._common import BACKEND, KILL
+from ._common import BACKEND, KILL, socket_tracer
 
 
 def answer(body: list[bytes]) -> list[bytes]:
@@ -39,9 +40,11 @@ class Worker(Service):
         self.mux: PollerListener | None = None
         self._idle = True
         self._loop: gevent.Greenlet[..., Any] | None = None
+        self._st: SocketTracer | None = None
 
     def setup(self) -> None:
-        """Poller mode: one listener over the REP socket."""
+        """The hop tracer (made once, not per request); poller mode: a listener over REP."""
+        self._st = socket_tracer(self, "backend", "REP")
         if self.mode == "poller":
             self.mux = PollerListener([self.socks["backend"]])
 
@@ -54,12 +57,12 @@ class Worker(Service):
 
     def _reply(self, frames: list[bytes]) -> None:
         sock = self.socks["backend"]
-        tr = self.tracer
-        key = tr.for_socket("backend", "REP").hop("recv", frames) if tr and tr.on else None
+        st = self._st
+        key = st.hop("recv", frames) if st is not None else None
         reply = answer(frames)
         sock.send_multipart(reply)
-        if key is not None and tr is not None:
-            tr.for_socket("backend", "REP").hop("send", reply, reply_to=key)
+        if key is not None and st is not None:
+            st.hop("send", reply, reply_to=key)
         self.answered += 1
         self.request_done()
 
