@@ -218,9 +218,20 @@ class Worker:
 
 
 class Arbiter:
-    """The master process (see the module docstring)."""
+    """The master process (see the module docstring).
 
-    def __init__(self, cfg: Config, *, argv: list[str], reload_check: Any = None) -> None:
+    ``argv`` is the command line, re-read on HUP and passed to the exec'd first
+    worker; ``reload_check(new_cfg)`` checks a HUP that changes the app, its
+    endpoints or the worker count, returning the new app description or raising.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        argv: list[str],
+        reload_check: Callable[[Config], dict[str, Any]] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.info: dict[str, Any] = {}  # from the first worker's check: name, binds
         self.checked = False
