@@ -51,6 +51,7 @@ __all__ = [
     "generate_keys",
     "load_allowed",
     "load_keypair",
+    "load_public",
     "main",
     "secure",
     "secured",
