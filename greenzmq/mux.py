@@ -93,10 +93,17 @@ class MuxStatistics:
 class Mux(Protocol):
     """What both ways of reading many sockets offer to the consumer."""
 
-    def get(self, timeout: float | None = None) -> Message: ...
-    def __iter__(self) -> Iterator[Message]: ...
-    def stop(self) -> None: ...
-    def statistics(self) -> MuxStatistics: ...
+    def get(self, timeout: float | None = None) -> Message:
+        """The next ``(socket name, frames)``: ClosedError once stopped and drained."""
+
+    def __iter__(self) -> Iterator[Message]:
+        """Yield messages until stopped and drained."""
+
+    def stop(self) -> None:
+        """Stop reading and close the sockets; what was already read is still delivered."""
+
+    def statistics(self) -> MuxStatistics:
+        """A frozen snapshot of counts and depth."""
 
 
 def _tracers(sockets: Sequence[Socket], tracer: Tracer | None) -> dict[str, SocketTracer | None]:

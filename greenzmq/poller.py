@@ -62,6 +62,7 @@ class GreenPoller(gzmq.Poller):
         return out
 
     def register(self, socket: Any, flags: int = zmq.POLLIN | zmq.POLLOUT) -> None:
+        """Like ``zmq.Poller.register`` (flags 0 unregisters); rebuilds the watchers."""
         if not flags:
             # zmq.Poller's meaning of flags 0; through super() it would call our
             # unregister and then rebuild a second time here
@@ -72,11 +73,13 @@ class GreenPoller(gzmq.Poller):
         self._rebuild()
 
     def modify(self, socket: Any, flags: int = zmq.POLLIN | zmq.POLLOUT) -> None:
+        """Like ``zmq.Poller.modify``."""
         # what zmq.Poller.modify does; our register rebuilds the watchers once
         # (super().modify goes through it too, so rebuilding here did it twice)
         self.register(socket, flags)
 
     def unregister(self, socket: Any) -> None:
+        """Like ``zmq.Poller.unregister``; rebuilds the watchers."""
         super().unregister(socket)
         self._rebuild()
 

@@ -244,10 +244,12 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
     def send(  # type: ignore[override]  # one signature for pyzmq's overloads
         self, data: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any
     ) -> Any:
+        """``zmq.green`` send, for the owner only (SocketBusyError otherwise)."""
         self.check_owner("send")
         return super().send(data, flags, copy=copy, track=track, **kw)
 
     def recv(self, flags: int = 0, copy: bool = True, track: bool = False) -> Any:
+        """``zmq.green`` recv, for the owner only (SocketBusyError otherwise)."""
         self.check_owner("recv")
         return super().recv(flags, copy=copy, track=track)
 
