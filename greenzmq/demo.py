@@ -100,10 +100,6 @@ class Proc:
         evs = self.events(name)
         return evs[-1] if evs else None
 
-    def exited_cleanly(self) -> bool:
-        """Exited with code 0."""
-        return self.proc.poll() == 0
-
     def output(self) -> str:
         """What it printed outside its log (tracebacks, errors)."""
         self.out.flush()
