@@ -203,10 +203,14 @@ class Readers:
         if held is not None:
             self._overflow.append((name, held))
         self._failures.append((name, exc))
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake a consumer parked in ``get`` so it sees a failure or the stop."""
         try:
             self._queue.put_nowait(_WAKE)
         except gevent.queue.Full:
-            pass  # the consumer is not parked: it sees the failure on its next get
+            pass  # the consumer is not parked: it sees the news on its next get
 
     def get(self, timeout: float | None = None) -> Message:
         """The next ``(socket name, frames)``.
@@ -257,10 +261,7 @@ class Readers:
         self._stopped = True
         self._group.kill(block=True)
         _close_sockets(self.sockets)
-        try:
-            self._queue.put_nowait(_WAKE)
-        except gevent.queue.Full:
-            pass
+        self._wake()
 
     def statistics(self) -> MuxStatistics:
         """A frozen snapshot of counts and depth."""
