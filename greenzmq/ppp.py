@@ -523,11 +523,11 @@ class PPPQueue(Service):
                 else:
                     self._drop(be_tr, m, "unknown worker command")
                 return
-            problem = envelope_problem(m[1:])
+            reply = m[1:]
+            problem = envelope_problem(reply)
             if problem is not None:
                 self._drop(be_tr, m, f"reply: {problem}")
                 return
-            reply = m[1:]
             try:
                 fe.raw.send_multipart(reply, nb)
                 self.counts["replies"] += 1
