@@ -87,6 +87,7 @@ class HeartbeatWorker:
     """
 
     kind = "worker"
+    batch = 256  # messages read per wake-up at most, like the queues
 
     def __init__(
         self,
@@ -221,7 +222,7 @@ class HeartbeatWorker:
     def _drain(self) -> None:
         assert self.sock is not None
         raw = self.sock.raw
-        for _ in range(256):
+        for _ in range(self.batch):
             try:
                 frames = raw.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
