@@ -37,8 +37,9 @@ __all__ = ["Message", "Mux", "MuxStatistics", "Outbox", "PollerListener", "Reade
 Message = tuple[str, list[bytes]]
 _WAKE: Any = object()
 _LOCKSTEP = (zmq.REQ, zmq.REP)
-_recv, _get = _CSocket.recv, _CSocket.get
-_NB, _EVENTS, _POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+_recv, _send, _get = _CSocket.recv, _CSocket.send, _CSocket.get
+_NB, _NB_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 def _more_waiting(raw: zmq.Socket[bytes]) -> bool:
@@ -63,6 +64,19 @@ def _recv_raw(raw: zmq.Socket[bytes]) -> list[bytes]:
         f = _recv(raw, _NB, False)
         m.append(f.bytes)
     return m
+
+
+def _send_raw(raw: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """One whole message, NOBLOCK (zmq.Again if the socket is at its HWM).
+
+    The hot send path: the compiled send with int flags, not pyzmq's
+    ``send_multipart`` with its per-frame checks and IntFlag arithmetic (about
+    5x cheaper for a 3-frame message). EAGAIN comes on the first frame: once
+    it is taken, libzmq accepts the rest of the message.
+    """
+    for f in frames[:-1]:
+        _send(raw, f, _NB_MORE, True)
+    _send(raw, frames[-1], _NB, True)
 
 
 def _until_closed(get: Callable[[], Message]) -> Iterator[Message]:
@@ -452,13 +466,13 @@ class Outbox:
         sock = self.sock
         sock.claim()
         raw, get, tr = sock.raw, self._queue.get, self._tr
-        nb, again = zmq.NOBLOCK, zmq.Again
+        again, send_raw = zmq.Again, _send_raw
         while True:
             frames = get()
             if frames is _WAKE:
                 return
             try:
-                raw.send_multipart(frames, nb)
+                send_raw(raw, frames)
             except again:
                 sock.send_multipart(frames)  # wait green for room
             self.sent += 1
