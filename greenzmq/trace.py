@@ -105,7 +105,10 @@ _KNOWN = {
 
 
 def load_hops(paths: Iterable[str]) -> tuple[list[Hop], int]:
-    """Every hop event in the files, in time order; and how many lines were not JSON events."""
+    """Every hop event in the files, in time order; and how many lines were unreadable.
+
+    Unreadable: not JSON, or a hop event with a bad timestamp, pid or reply_to.
+    """
     hops: list[Hop] = []
     skipped = 0
     for path in paths:
@@ -123,7 +126,12 @@ def load_hops(paths: Iterable[str]) -> tuple[list[Hop], int]:
                     continue
                 ts = _timestamp(ev.get("timestamp"))
                 pid = ev.get("pid", 0) or 0
-                if ts is None or not isinstance(pid, int):
+                reply_to = ev.get("reply_to")
+                if (
+                    ts is None
+                    or not isinstance(pid, int)
+                    or not isinstance(reply_to, (str, type(None)))
+                ):
                     skipped += 1
                     continue
                 hops.append(
@@ -135,7 +143,7 @@ def load_hops(paths: Iterable[str]) -> tuple[list[Hop], int]:
                         pid=pid,
                         socket=str(ev.get("socket", "?")),
                         sock_type=str(ev.get("sock_type", "?")),
-                        reply_to=ev.get("reply_to"),
+                        reply_to=reply_to,
                         extra={k: v for k, v in ev.items() if k not in _KNOWN},
                         source=path,
                     )

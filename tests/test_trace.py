@@ -90,13 +90,15 @@ class TestPaths:
         ]  # fmt: skip
         assert stopped(p) is None
 
-    def test_hop_with_a_bad_pid_is_skipped(self, tmp_path: Path) -> None:
-        """A hop event whose pid is not an integer is counted as skipped, not a crash."""
+    def test_hop_with_a_bad_field_is_skipped(self, tmp_path: Path) -> None:
+        """A hop whose pid is not an integer or reply_to not a string is skipped, not a crash."""
         good = hop(0.0, K, "send", "client", 10, "frontend", "REQ")
         bad = {**hop(0.1, K, "recv", "worker", 20, "backend", "REP"), "pid": "x"}
-        hops, skipped = load_hops([write(tmp_path / "a.log", [good, bad])])
+        worse = hop(0.2, R, "recv", "client", 10, "frontend", "REQ", reply_to=[K])
+        hops, skipped = load_hops([write(tmp_path / "a.log", [good, bad, worse])])
         assert [h.pid for h in hops] == [10]
-        assert skipped == 1
+        assert skipped == 2
+        assert len(build_paths(hops)) == 1
 
     def test_same_body_again_is_a_new_message(self, tmp_path: Path) -> None:
         """The same request body sent twice, one after the other, gives two paths."""
