@@ -273,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         ipc_path(ns.endpoint)
+        if not ns.timeout > 0:  # a negative one would make the poll wait forever
+            raise ValueError(f"--timeout must be positive, got {ns.timeout}")
+        if not ns.interval >= 0:  # time.sleep() would raise after the first snapshot
+            raise ValueError(f"--interval must not be negative, got {ns.interval}")
     except ValueError as e:
         print(f"greenzmq stats: error: {e}", file=sys.stderr)
         return 2

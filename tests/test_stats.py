@@ -18,6 +18,7 @@ import zmq
 from greenzmq.mux import Readers
 from greenzmq.sockets import SocketSpec
 from greenzmq.stats import STATS_ENV, Stats, control_endpoint, ipc_path
+from greenzmq.stats import main as stats_main
 
 from .helpers import ROOT, ServiceProcess, wait_for
 
@@ -169,6 +170,16 @@ class TestServed:
         gone = stats_cli(f"ipc://{tmp_path}/nobody.ipc", "--timeout", "0.3")
         assert gone.returncode == 1
         assert "no answer from" in gone.stderr
+
+    def test_bad_timings(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A timeout that is not positive or a negative interval is refused in one line (exit 2)."""
+        ep = f"ipc://{tmp_path}/nobody.ipc"
+        assert stats_main([ep, "--timeout", "-1"]) == 2  # would poll forever
+        assert stats_main([ep, "--watch", "--interval", "-1"]) == 2
+        assert capsys.readouterr().err.splitlines() == [
+            "greenzmq stats: error: --timeout must be positive, got -1.0",
+            "greenzmq stats: error: --interval must not be negative, got -1.0",
+        ]
 
     def test_service_refuses_tcp_control_endpoint(
         self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
