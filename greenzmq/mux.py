@@ -72,8 +72,13 @@ def _send_raw(raw: zmq.Socket[bytes], frames: list[bytes]) -> None:
     The hot send path: the compiled send with int flags, not pyzmq's
     ``send_multipart`` with its per-frame checks and IntFlag arithmetic (about
     5x cheaper for a 3-frame message). EAGAIN comes on the first frame: once
-    it is taken, libzmq accepts the rest of the message.
+    it is taken, libzmq accepts the rest of the message. Every frame is
+    checked first, as ``send_multipart`` does: a TypeError on a later frame
+    would leave a partial message on the socket.
     """
+    for f in frames:
+        if type(f) is not bytes:
+            memoryview(f)  # TypeError unless a buffer (bytearray, zmq.Frame, ...)
     for f in frames[:-1]:
         _send(raw, f, _NB_MORE, True)
     _send(raw, frames[-1], _NB, True)
