@@ -234,7 +234,10 @@ class GreenAuthenticator:
             "auth.refused",
             address=peer,
             mechanism=mechanism.decode(errors="replace"),
-            reason="mechanism not allowed",
+            # a CURVE request gets here only without a 32-byte client key
+            reason="malformed CURVE credentials"
+            if mechanism == b"CURVE"
+            else "mechanism not allowed",
         )
         return [version, rid, b"400", b"mechanism not allowed", b"", b""]
 
