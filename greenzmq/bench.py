@@ -388,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    for opt in ("requests", "messages", "rounds"):
+        if getattr(ns, opt) < 1:  # no rounds: no "best of" to report
+            print(f"greenzmq bench: error: --{opt} must be at least 1", file=sys.stderr)
+            return 2
     try:
         bench = find_bench_dir(ns.dir)
     except FileNotFoundError as e:

@@ -121,9 +121,11 @@ class TestPieces:
         assert table[4] == "| 64x100B | greenzmq | 70 | 0.70 | 18.0 | 0.90 | 10 | 1.00 | 20 |"
 
     def test_bad_options(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        """An unknown load or a missing benchmarks/ directory is a one-line error, exit 2."""
+        """An unknown load, a missing benchmarks/ directory or no rounds: one-line error, exit 2."""
         assert main(["--scenarios", "64x1GB"]) == 2
         assert main(["--dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err.splitlines()
         assert err[0].startswith("greenzmq bench: error: unknown scenario '64x1GB'")
         assert err[1].startswith("greenzmq bench: error: benchmark scripts not found in")
+        assert main(["--rounds", "0"]) == 2
+        assert capsys.readouterr().err == "greenzmq bench: error: --rounds must be at least 1\n"
