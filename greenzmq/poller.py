@@ -105,7 +105,11 @@ class GreenPoller(gzmq.Poller):
             self._fallback = None
 
     def wake(self) -> None:
-        """Make the current (or next) ``poll`` return ``[]`` at once. Any greenlet may call it."""
+        """Make the current ``poll``, or else the next one that would wait, return ``[]``.
+
+        Any greenlet may call it. A poll that finds sockets ready still
+        returns them; the wake-up is kept for the first poll that would park.
+        """
         self._woken = True
         waiter = self._waiter
         if waiter is not None:
