@@ -345,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``greenzmq trace``; 0, or 1 if --key matches nothing, 2 on bad input."""
     ns = build_parser().parse_args(argv)
+    if ns.limit < 0:
+        print(
+            f"greenzmq trace: error: --limit must not be negative, got {ns.limit}", file=sys.stderr
+        )
+        return 2
     try:
         hops, skipped = load_hops(ns.logs)
     except OSError as e:

@@ -189,13 +189,15 @@ class TestCommand:
         assert lines[-1] == "  => arrived"
 
     def test_bad_input(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        """An unknown key exits 1, a missing file 2, each with a one-line error."""
+        """An unknown key exits 1, a missing file or a negative limit 2, each in one line."""
         files = logs(tmp_path, request_reply(0.0))
         assert main([*files, "--key", "ffffffff"]) == 1
         assert main([str(tmp_path / "missing.log")]) == 2
+        assert main([*files, "--limit", "-1"]) == 2
         err = capsys.readouterr().err.splitlines()
         assert err[0].startswith("greenzmq trace: no message with key 'ffffffff'")
         assert err[1].startswith("greenzmq trace: error: cannot read")
+        assert err[2:] == ["greenzmq trace: error: --limit must not be negative, got -1"]
 
 
 class TestRealLogs:
