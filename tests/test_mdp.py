@@ -286,12 +286,14 @@ class TestFaults:
         python(SLOW_WORKER, ep)
         ready(b, 1)
         s = ctx.socket(zmq.DEALER)
-        s.connect(ep)
-        s.send_multipart([b"", C_CLIENT02, b"\x02", b"slow", b"x"])
-        b.wait_event("hop", op="send")  # the request went to the worker
-        b.signal(signal.SIGTERM)
-        with gevent.Timeout(5):
-            assert s.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"done x"]
-        assert b.wait(10) == 0
-        assert b.wait_event("mdp.draining")["busy"] == 1
-        s.close(linger=0)
+        try:
+            s.connect(ep)
+            s.send_multipart([b"", C_CLIENT02, b"\x02", b"slow", b"x"])
+            b.wait_event("hop", op="send")  # the request went to the worker
+            b.signal(signal.SIGTERM)
+            with gevent.Timeout(15):  # a hang deadline, generous for a loaded machine
+                assert s.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"done x"]
+            assert b.wait(15) == 0
+            assert b.wait_event("mdp.draining")["busy"] == 1
+        finally:
+            s.close(linger=0)
