@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["greenzmq", "greenzmq.*", "services", "services.*"]),
     package_data={"greenzmq": ["py.typed"]},
     # orjson: hop events are rendered to bytes at ~3 us instead of ~6.6 us with
-    # the stdlib json renderer (see shared/notes/design-rules.md).
+    # the stdlib json renderer (see docs/design.md).
     install_requires=["pyzmq>=25", "gevent>=23", "structlog>=23", "orjson>=3.8"],
     extras_require={
         # six: majortomo imports it without declaring it

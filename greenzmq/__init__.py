@@ -1,8 +1,9 @@
 """greenzmq: ZeroMQ services on gevent green threads.
 
 The public API is re-exported here lazily: ``import greenzmq`` (and the CLI's
-master process) must not import zmq or gevent before a fork (rule 7), so each
-name is imported on first use.
+master process) must not import zmq or gevent before a fork (rule 7; the
+numbered design rules the code cites are in docs/design.md), so each name is
+imported on first use.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ it. The owner is the first greenlet that sends or receives (or the one that
 calls :meth:`Socket.claim`). Any other greenlet that sends or receives gets
 :class:`~greenzmq.errors.SocketBusyError` at once, naming the socket and both
 greenlets, instead of pyzmq's "Only one greenlet can be waiting" assert, a
-deadlock, or the 11.6 s fallback stall (shared/notes/design-rules.md, rule 1).
+deadlock, or the 11.6 s fallback stall (docs/design.md, rule 1).
 
 Hot loops wait green and then move data through :attr:`Socket.raw`, a plain
 ``zmq.Socket`` shadow of the same libzmq socket (rule 3: block green, move
