@@ -7,9 +7,7 @@ import re
 from .helpers import ROOT
 
 DESIGN = ROOT / "docs" / "design.md"
-SOURCES = sorted(
-    p for d in ("greenzmq", "services", "tests") for p in (ROOT / d).rglob("*.py")
-)
+SOURCES = sorted(p for d in ("greenzmq", "services", "tests") for p in (ROOT / d).rglob("*.py"))
 
 
 class TestDesignRules:
@@ -27,7 +25,11 @@ class TestDesignRules:
 
     def test_nothing_points_outside_the_repository(self) -> None:
         """README, setup.py and the code never cite ../shared (not part of a checkout)."""
-        files = [ROOT / "README.md", ROOT / "setup.py", *(p for p in SOURCES if p.name != "test_docs.py")]
+        files = [
+            ROOT / "README.md",
+            ROOT / "setup.py",
+            *(p for p in SOURCES if p.name != "test_docs.py"),
+        ]
         offenders = [
             p.relative_to(ROOT).as_posix() for p in files if "shared/notes" in p.read_text()
         ]
