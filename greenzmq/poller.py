@@ -13,6 +13,7 @@ sockets (rule 2).
 
 from __future__ import annotations
 
+import select
 from typing import Any
 
 import zmq
@@ -29,6 +30,11 @@ class GreenPoller(gzmq.Poller):
     # libzmq's FD is edge-triggered; zmq_poll(0) before each wait re-reads the
     # real state, so this fallback only matters if libev ever misses an edge.
     _gevent_bug_timeout = 1.33
+    # io wake-ups in a row with no event before an FD is taken as stuck
+    # readable, and the longest pause between checks while it is (the latency
+    # a message can see in that state, instead of a core spent spinning)
+    _spurious_limit = 3
+    _stuck_max = 0.02
 
     def __init__(self, *, persistent: bool = False) -> None:
         """``persistent``: keep the io watchers started between polls.
@@ -48,6 +54,8 @@ class GreenPoller(gzmq.Poller):
         self._fallback: Any = None  # the one fallback timer, started per wait
         self._waiter: Waiter[Any] | None = None
         self._woken = False
+        self._timed_out = False
+        self._spurious = 0  # io wake-ups in a row that found no event
 
     def _fds(self) -> list[tuple[int, int]]:
         out = []
@@ -123,6 +131,25 @@ class GreenPoller(gzmq.Poller):
             self._waiter = None
             waiter.switch(None)
 
+    def _on_timer(self) -> None:
+        self._timed_out = True
+        self._on_ready()
+
+    def _still_readable(self) -> bool:
+        """Whether a watched FD is readable right now (one non-blocking poll(2))."""
+        probe = select.poll()
+        for fd, mask in self._fds():
+            probe.register(
+                fd, (select.POLLIN if mask & 1 else 0) | (select.POLLOUT if mask & 2 else 0)
+            )
+        return bool(probe.poll(0))
+
+    def _stop_persistent(self) -> None:
+        if self._armed:
+            self._armed = False
+            for w in self._watchers.values():
+                w.stop()
+
     def poll(self, timeout: float | None = -1) -> list[tuple[Any, int]]:
         """Like ``zmq.Poller.poll``: milliseconds, ``None``/negative waits forever."""
         if timeout is None or timeout < 0:
@@ -131,29 +158,56 @@ class GreenPoller(gzmq.Poller):
         while True:
             events: list[tuple[Any, int]] = _zmq_poll(self._items, 0)
             if events or timeout == 0:
+                self._spurious = 0
                 return events
             if self._woken:
                 self._woken = False
                 return []
             loop = get_hub().loop
-            timer = self._fallback
-            if deadline is not None:
-                left = deadline - loop.now()
-                if left <= 0:
-                    return []
-                if left < self._gevent_bug_timeout:
+            left = None if deadline is None else deadline - loop.now()
+            if left is not None and left <= 0:
+                return []
+            stuck = self._spurious >= self._spurious_limit
+            if stuck and not self._still_readable():
+                # the FD was drained (libzmq caught up): edges mean events again
+                self._spurious = 0
+                stuck = False
+            if stuck:
+                # an FD that stays readable with nothing behind it (pyzmq PR
+                # #2167) would wake a level-triggered watcher at once, forever:
+                # wait on a short timer instead, doubling up to _stuck_max
+                self._stop_persistent()
+                n = self._spurious - self._spurious_limit
+                pause = min(self._stuck_max, 0.001 * (1 << min(n, 16)))
+                timer = loop.timer(pause if left is None else min(pause, left))
+                self._spurious += 1
+                watchers = []
+            else:
+                if left is not None and left < self._gevent_bug_timeout:
                     timer = loop.timer(left)
-            if timer is None:
-                # one timer object for every wait: no allocation on the wake-up path
-                timer = self._fallback = loop.timer(self._gevent_bug_timeout)
+                else:
+                    timer = self._fallback
+                    if timer is None:
+                        # one timer for every wait: no allocation on the wake-up
+                        # path. It repeats so that again() re-arms it: a plain
+                        # libev timer that has fired once keeps an expiry of ~0
+                        # and a later start() fires at once (an idle poll(-1)
+                        # spun at 50k+ wake-ups a second).
+                        timer = self._fallback = loop.timer(
+                            self._gevent_bug_timeout, self._gevent_bug_timeout
+                        )
+                watchers = [] if self._armed else list(self._watchers.values())
+                for w in watchers:
+                    w.start(self._on_ready)
+                if self._persistent:
+                    self._armed, watchers = True, []  # stay started: see __init__
             waiter: Waiter[Any] = Waiter()
             self._waiter = waiter
-            watchers = [] if self._armed else list(self._watchers.values())
-            for w in watchers:
-                w.start(self._on_ready)
-            if self._persistent:
-                self._armed, watchers = True, []  # stay started: see __init__
-            timer.start(self._on_ready)
+            self._timed_out = False
+            if timer is self._fallback:
+                timer.again(self._on_timer)
+            else:
+                timer.start(self._on_timer)
             try:
                 waiter.get()
             finally:
@@ -166,6 +220,11 @@ class GreenPoller(gzmq.Poller):
             if self._woken:
                 self._woken = False
                 return []
+            if not stuck and not self._timed_out:
+                # an io wake-up; if zmq_poll(0) then finds nothing it was spurious
+                self._spurious += 1
+            if self._spurious and _zmq_poll(self._items, 0):
+                self._spurious = 0
 
     def __del__(self) -> None:
         try:

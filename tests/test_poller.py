@@ -204,3 +204,127 @@ class TestHighFileDescriptors:
             push.close()
             for f in files:
                 f.close()
+
+
+class CountingPoller(GreenPoller):
+    """A GreenPoller that counts how often its parked poll is woken."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.wakeups = 0
+
+    def _on_ready(self, *args: Any) -> None:
+        self.wakeups += 1
+        super()._on_ready(*args)
+
+
+def idle_poll(p: GreenPoller, timeout: float, seconds: float) -> tuple[int, float]:
+    """Poll ``p`` in a loop for ``seconds``; (polls that returned, CPU seconds used)."""
+    polls = 0
+
+    def loop() -> None:
+        nonlocal polls
+        while True:
+            p.poll(timeout)
+            polls += 1
+
+    cpu0 = time.process_time()
+    g = gevent.spawn(loop)
+    gevent.sleep(seconds)
+    g.kill()
+    return polls, time.process_time() - cpu0
+
+
+class TestIdle:
+    """An idle poll parks: it wakes only for its fallback timer or its timeout."""
+
+    FALLBACK = GreenPoller._gevent_bug_timeout
+    WINDOW = 2 * GreenPoller._gevent_bug_timeout + 0.5  # past the fallback twice
+
+    @pytest.mark.parametrize("timeout", [-1, None, 2000])
+    def test_idle_router_does_not_spin(
+        self, ctx: Any, endpoint: Callable[[], str], timeout: Any
+    ) -> None:
+        """poll(-1) and poll(timeout > fallback) on an idle ROUTER: a few wake-ups, ~no CPU.
+
+        The fallback timer was one reused libev timer; once it had fired, every
+        later start fired at once (libev keeps its expiry relative to 0): 50k+
+        wake-ups a second at a full core.
+        """
+        r = ctx.build(SocketSpec("r", "ROUTER", bind=(endpoint(),)))
+        p = CountingPoller()
+        p.register(r, zmq.POLLIN)
+        polls, cpu = idle_poll(p, timeout, self.WINDOW)
+        r.close()
+        assert p.wakeups <= self.WINDOW / self.FALLBACK + 2, p.wakeups
+        assert polls <= self.WINDOW / min(self.FALLBACK, 2.0) + 2, polls
+        assert cpu < 0.1 * self.WINDOW, f"{cpu:.3f} s of CPU in {self.WINDOW} s idle"
+
+    def test_persistent_idle_does_not_spin(self, ctx: Any, endpoint: Callable[[], str]) -> None:
+        """The broker's persistent watchers park the same way."""
+        r = ctx.build(SocketSpec("r", "ROUTER", bind=(endpoint(),)))
+        p = CountingPoller(persistent=True)
+        p.register(r, zmq.POLLIN)
+        try:
+            _, cpu = idle_poll(p, -1, self.WINDOW)
+        finally:
+            p.close_watchers()
+            r.close()
+        assert p.wakeups <= self.WINDOW / self.FALLBACK + 2, p.wakeups
+        assert cpu < 0.1 * self.WINDOW
+
+    def test_after_a_peer_leaves(self, ctx: Any, endpoint: Callable[[], str]) -> None:
+        """A ROUTER whose peers came, talked and left stays quiet (pyzmq PR #2167's case)."""
+        ep = endpoint()
+        r = ctx.build(SocketSpec("r", "ROUTER", bind=(ep,)))
+        p = CountingPoller()
+        p.register(r, zmq.POLLIN)
+        for i in range(5):
+            d = ctx.build(SocketSpec(f"d{i}", "DEALER", connect=(ep,)))
+            d.send(b"hi")
+            with gevent.Timeout(5):
+                assert p.poll(-1)
+            r.recv_multipart()
+            d.close(linger=0)
+        _, cpu = idle_poll(p, -1, self.WINDOW)
+        r.close()
+        # each leaving peer is a few libzmq commands on the FD (pipe term and
+        # its ack): real wake-ups, a handful per peer, not a spin
+        assert p.wakeups <= self.WINDOW / self.FALLBACK + 2 + 5 * 5, p.wakeups
+        assert cpu < 0.1 * self.WINDOW
+
+    def test_stuck_readable_fd_does_not_spin(self, ctx: Any, endpoint: Callable[[], str]) -> None:
+        """A socket FD that stays readable with no event behind it backs off instead of spinning.
+
+        libzmq's FD can stay readable while the socket has nothing for the
+        application (pyzmq PR #2167: 99% CPU after a peer disconnect). Here the
+        watched FD is replaced by a pipe that is never drained, which is exactly
+        that state; a real message must still be seen promptly.
+        """
+        ep = endpoint()
+        r = ctx.build(SocketSpec("r", "ROUTER", bind=(ep,)))
+        rfd, wfd = os.pipe()
+        os.write(wfd, b"x")
+
+        class Stuck(CountingPoller):
+            def _fds(self) -> list[tuple[int, int]]:
+                return [(rfd, 1)]
+
+        p = Stuck()
+        p.register(r, zmq.POLLIN)
+        try:
+            polls, cpu = idle_poll(p, -1, 1.5)
+            assert cpu < 0.15, f"{cpu:.3f} s of CPU in 1.5 s with a stuck FD ({polls} polls)"
+            d = ctx.build(SocketSpec("d", "DEALER", connect=(ep,)))
+            d.send(b"hi")
+            t0 = time.monotonic()
+            with gevent.Timeout(5):
+                assert p.poll(-1) == [(r, zmq.POLLIN)]
+            assert time.monotonic() - t0 < 0.5
+            r.recv_multipart()
+            d.close(linger=0)
+        finally:
+            p.close_watchers()
+            r.close()
+            os.close(rfd)
+            os.close(wfd)
