@@ -32,7 +32,10 @@ Workers heartbeat over a socketpair; one silent for ``timeout`` seconds gets
 ABRT (it logs its stack and runs ``worker_abort``), then KILL a second later,
 and a replacement. A worker that fails while booting halts the master with
 the worker's message or traceback; a worker that crashes after booting is
-replaced, with exponential backoff while crashes keep coming.
+replaced, with exponential backoff while crashes keep coming. "While
+booting" halts only when the worker reports its own boot failure (``fail``),
+or for any death before the app has ever served (its first boot); a later
+worker killed during its boot (the OOM killer) is a crash, not a halt.
 """
 
 from __future__ import annotations
@@ -248,6 +251,9 @@ class Arbiter:
         self.crash_streak = 0
         self.spawn_not_before = 0.0
         self.ready_announced = False
+        # a worker served once: later boots that die without a report of their
+        # own (SIGKILL by the OOM killer, ...) are crashes, respawned with backoff
+        self.app_booted = False
         self.title = title_setter()
         self.log = MasterLog(cfg.log_format, cfg.log_file, cfg.log_level, self.name)
         self.pipe: tuple[int, int] = (-1, -1)
@@ -402,6 +408,8 @@ class Arbiter:
                 data = b""
             if data:
                 w.feed(data)
+                if w.booted_at is not None:
+                    self.app_booted = True
                 if w.checked is not None and not self.checked:
                     self._on_checked(w.checked)
             else:
@@ -548,7 +556,8 @@ class Arbiter:
                 int(f.get("code", 3)),
                 detail=str(f.get("traceback", "")),
             )
-        if w.booted_at is None and not w.retiring and not w.aborted:
+        if w.booted_at is None and not w.retiring and not w.aborted and not self.app_booted:
+            # the app's first boot: nothing ever served, respawning would loop
             raise HaltServer(f"worker failed to boot ({how})", 3)
         if w.retiring:
             return

@@ -336,6 +336,59 @@ class TestRespawn:
         assert "greenzmq: error: worker failed to boot" in out
         assert p.events("master.halt")
 
+    def test_first_boot_killed_halts(self, service: Start, tmp_path: Path) -> None:
+        """A worker SIGKILLed during the app's first boot halts the master (exit 3)."""
+        gate = tmp_path / "gate"
+        gate.touch()
+        p = service("tests.launcher_apps:gated", "-w", "2", env={"GATE": str(gate)})
+        wait_for(lambda: len(p.events("gate.waiting")) == 2, 15, "2 workers inside setup")
+        booting = [e["pid"] for e in p.events("gate.waiting")]
+        os.kill(booting[1], signal.SIGKILL)
+        assert p.wait(10) == 3
+        assert "greenzmq: error: worker failed to boot (signal SIGKILL)" in p.output()
+        wait_for(lambda: not [w for w in booting if alive(w)], 5, "the other worker gone")
+
+    @pytest.mark.parametrize("trigger", ["ttin", "kill"])
+    def test_replacement_killed_while_booting_is_respawned(
+        self, service: Start, tmp_path: Path, trigger: str
+    ) -> None:
+        """Issue 8.2: a later worker SIGKILLed while booting is respawned; no halt, no outage."""
+        gate = tmp_path / "gate"
+        p = service("tests.launcher_apps:gated", "-w", "2", env={"GATE": str(gate)})
+        p.wait_event("master.ready", 15)
+        first = set(worker_pids(p))
+        assert len(first) == 2
+        gate.touch()  # from now on a booting worker waits in setup()
+        if trigger == "ttin":
+            p.signal(signal.SIGTTIN)
+        elif trigger == "hup":
+            p.signal(signal.SIGHUP)
+        else:
+            victim = min(first)
+            os.kill(victim, signal.SIGKILL)
+            first.discard(victim)
+        booting = p.wait_event("gate.waiting", 10)["pid"]
+        os.kill(booting, signal.SIGKILL)
+        crashed = p.wait_event("worker.crashed", 5, worker_pid=booting)
+        assert crashed["how"] == "signal SIGKILL"
+        # respawned (with backoff), into the boot window again
+        wait_for(
+            lambda: [e for e in p.events("gate.waiting") if e["pid"] != booting], 10, "a respawn"
+        )
+        assert p.proc.poll() is None, p.output()
+        assert all(alive(w) for w in first)  # the serving workers were never touched
+        assert not p.events("master.halt")
+        gate.unlink()
+        want = 3 if trigger == "ttin" else 2
+
+        def settled() -> bool:
+            kids = children(p.pid)
+            return len(kids) == want and not (trigger == "hup" and kids & first)
+
+        wait_for(settled, 15, f"{want} workers serving")
+        p.signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+
     def test_port_in_use_is_one_line(self, service: Start) -> None:
         """Issue 2 kept: a port in use is one `greenzmq: error:` line and a non-zero exit."""
         busy = socket.socket()
