@@ -25,7 +25,8 @@ handler deadlocked gunicorn's master, #3198).
 
 Signals: TERM graceful stop (workers finish in-flight work; KILL after
 ``graceful_timeout``); INT/QUIT quick stop (KILL after 1 s); HUP re-reads the
-config and replaces every worker; TTIN/TTOU one worker more/less (never below
+config and replaces every worker (new workers first; the old ones retire once
+as many new ones have booted); TTIN/TTOU one worker more/less (never below
 1); USR1 reopens log files here and in the workers.
 
 Workers heartbeat over a socketpair; one silent for ``timeout`` seconds gets
@@ -193,6 +194,7 @@ class Worker:
         self.born = self.last_beat = time.monotonic()
         self.booted_at: float | None = None
         self.retiring = False  # we asked it to stop (TERM)
+        self.stale = False  # HUP: retire once its successors have booted
         self.kill_at: float | None = None  # KILL if still alive then
         self.aborted = False
         self.failure: dict[str, Any] | None = None
@@ -432,7 +434,7 @@ class Arbiter:
     handle_quit = handle_int
 
     def handle_hup(self) -> None:
-        """Re-read the config; replace every worker gracefully."""
+        """Re-read the config; replace every worker gracefully, new ones booted first."""
         if self.stopping:
             return
         try:
@@ -453,10 +455,24 @@ class Arbiter:
         self.num_workers = int(new.workers)
         if old_n != self.num_workers:
             self.cfg.run_hook("nworkers_changed", self, self.num_workers, old_n)
-        retired = [w.pid for w in self.workers.values() if not w.retiring]
+        # gunicorn's order: the new workers start now (manage_workers), the old
+        # ones serve until as many new ones have booted, then retire. Retired at
+        # once: workers still booting (an earlier HUP's: no capacity yet, old
+        # config) and, with per-worker binds, every worker (its successor needs
+        # the address it holds).
+        replacing = retired = 0
         for w in list(self.workers.values()):
-            self.retire(w)
-        self.log.info("master.reload", workers=self.num_workers, retired=len(retired))
+            if w.retiring:
+                continue
+            if w.booted_at is None or self._binds_per_worker():
+                self.retire(w)
+                retired += 1
+            else:
+                w.stale = True
+                replacing += 1
+        self.log.info(
+            "master.reload", workers=self.num_workers, replacing=replacing, retired=retired
+        )
 
     def handle_ttin(self) -> None:
         """One worker more."""
@@ -613,14 +629,17 @@ class Arbiter:
                 self._kill(w.pid, signal.SIGABRT)
 
     def manage_workers(self) -> None:
-        """Start or retire workers until the count matches."""
+        """Start or retire workers until the count matches; end a HUP's handover."""
         if self.stopping:
             return
         if not self.checked:
             if not self.workers:
                 self.spawn_first_worker()
             return  # nothing is forked before the first worker checked the app
-        live = sorted((w for w in self.workers.values() if not w.retiring), key=lambda w: w.wid)
+        live = sorted(
+            (w for w in self.workers.values() if not w.retiring and not w.stale),
+            key=lambda w: w.wid,
+        )
         for w in live[self.num_workers :]:
             self.retire(w)  # the highest indexes go first
         live = live[: self.num_workers]
@@ -634,6 +653,11 @@ class Arbiter:
                     break  # wait for the old holder of a slot to exit
                 held.add(wid)
                 self.spawn_worker(wid)
+        stale = [w for w in self.workers.values() if w.stale and not w.retiring]
+        if stale and sum(w.booted_at is not None for w in live) >= self.num_workers:
+            for w in stale:
+                self.retire(w)  # HUP: the new generation serves, the old one goes
+            self.log.info("master.replaced", workers=self.num_workers, retired=len(stale))
         if (
             not self.ready_announced
             and self.workers
