@@ -121,7 +121,7 @@ class GatedBoot(Idle):
         gate = os.environ.get("GATE", "")
         if gate and os.path.exists(gate):
             self.log.info("gate.waiting", gate=gate)
-            while os.path.exists(gate):
+            while os.path.exists(gate) and not self.stopping.is_set():
                 gevent.sleep(0.02)
 
 

@@ -511,6 +511,36 @@ class TestScaling:
         p.signal(signal.SIGTERM)
         assert p.wait(10) == 0
 
+    def test_ttin_and_hup_while_a_hup_boots(self, service: Start, tmp_path: Path) -> None:
+        """TTIN and a second HUP while the first HUP's workers boot: no halt, the count holds.
+
+        The old workers serve until a whole new generation has booted; the
+        first HUP's still-booting workers are retired by the second HUP, which
+        re-reads the config: ``-w 2`` again (like gunicorn, HUP resets TTIN/TTOU).
+        """
+        gate = tmp_path / "gate"
+        p = service("tests.launcher_apps:gated", "-w", "2", env={"GATE": str(gate)})
+        p.wait_event("master.ready", 15)
+        old = set(worker_pids(p))
+        gate.touch()
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: len(p.events("gate.waiting")) == 2, 10, "2 new workers booting")
+        p.signal(signal.SIGTTIN)
+        wait_for(lambda: len(p.events("gate.waiting")) == 3, 10, "a 3rd new worker booting")
+        first_gen = {e["pid"] for e in p.events("gate.waiting")}
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: len(p.events("gate.waiting")) == 5, 10, "2 newer workers booting")
+        wait_for(lambda: not [w for w in first_gen if alive(w)], 10, "the first HUP's gone")
+        assert all(alive(w) for w in old)  # nothing new booted yet: the old ones serve
+        assert p.proc.poll() is None and not p.events("master.halt")
+        newest = {e["pid"] for e in p.events("gate.waiting")} - first_gen
+        gate.unlink()
+        assert len(newest) == 2
+        wait_for(lambda: children(p.pid) == newest, 15, "the newest 2 alone")
+        assert not p.events("worker.crashed")
+        p.signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+
     def test_ttin_ttou_under_load(self, broker: dict[str, str], service: Start) -> None:
         """Scenario 8: TTIN/TTOU reach the target count within 2 s; every request is answered."""
         p = service(*worker_args(broker, "-w", "2", app="services.worker:app"))
