@@ -25,14 +25,18 @@ handler deadlocked gunicorn's master, #3198).
 
 Signals: TERM graceful stop (workers finish in-flight work; KILL after
 ``graceful_timeout``); INT/QUIT quick stop (KILL after 1 s); HUP re-reads the
-config and replaces every worker; TTIN/TTOU one worker more/less (never below
+config and replaces every worker (new workers first; the old ones retire once
+as many new ones have booted); TTIN/TTOU one worker more/less (never below
 1); USR1 reopens log files here and in the workers.
 
 Workers heartbeat over a socketpair; one silent for ``timeout`` seconds gets
 ABRT (it logs its stack and runs ``worker_abort``), then KILL a second later,
 and a replacement. A worker that fails while booting halts the master with
 the worker's message or traceback; a worker that crashes after booting is
-replaced, with exponential backoff while crashes keep coming.
+replaced, with exponential backoff while crashes keep coming. "While
+booting" halts only when the worker reports its own boot failure (``fail``),
+or for any death before the app has ever served (its first boot); a later
+worker killed during its boot (the OOM killer) is a crash, not a halt.
 """
 
 from __future__ import annotations
@@ -190,6 +194,7 @@ class Worker:
         self.born = self.last_beat = time.monotonic()
         self.booted_at: float | None = None
         self.retiring = False  # we asked it to stop (TERM)
+        self.stale = False  # HUP: retire once its successors have booted
         self.kill_at: float | None = None  # KILL if still alive then
         self.aborted = False
         self.failure: dict[str, Any] | None = None
@@ -248,6 +253,9 @@ class Arbiter:
         self.crash_streak = 0
         self.spawn_not_before = 0.0
         self.ready_announced = False
+        # a worker served once: later boots that die without a report of their
+        # own (SIGKILL by the OOM killer, ...) are crashes, respawned with backoff
+        self.app_booted = False
         self.title = title_setter()
         self.log = MasterLog(cfg.log_format, cfg.log_file, cfg.log_level, self.name)
         self.pipe: tuple[int, int] = (-1, -1)
@@ -402,6 +410,8 @@ class Arbiter:
                 data = b""
             if data:
                 w.feed(data)
+                if w.booted_at is not None:
+                    self.app_booted = True
                 if w.checked is not None and not self.checked:
                     self._on_checked(w.checked)
             else:
@@ -424,7 +434,7 @@ class Arbiter:
     handle_quit = handle_int
 
     def handle_hup(self) -> None:
-        """Re-read the config; replace every worker gracefully."""
+        """Re-read the config; replace every worker gracefully, new ones booted first."""
         if self.stopping:
             return
         try:
@@ -445,10 +455,24 @@ class Arbiter:
         self.num_workers = int(new.workers)
         if old_n != self.num_workers:
             self.cfg.run_hook("nworkers_changed", self, self.num_workers, old_n)
-        retired = [w.pid for w in self.workers.values() if not w.retiring]
+        # gunicorn's order: the new workers start now (manage_workers), the old
+        # ones serve until as many new ones have booted, then retire. Retired at
+        # once: workers still booting (an earlier HUP's: no capacity yet, old
+        # config) and, with per-worker binds, every worker (its successor needs
+        # the address it holds).
+        replacing = retired = 0
         for w in list(self.workers.values()):
-            self.retire(w)
-        self.log.info("master.reload", workers=self.num_workers, retired=len(retired))
+            if w.retiring:
+                continue
+            if w.booted_at is None or self._binds_per_worker():
+                self.retire(w)
+                retired += 1
+            else:
+                w.stale = True
+                replacing += 1
+        self.log.info(
+            "master.reload", workers=self.num_workers, replacing=replacing, retired=retired
+        )
 
     def handle_ttin(self) -> None:
         """One worker more."""
@@ -548,7 +572,8 @@ class Arbiter:
                 int(f.get("code", 3)),
                 detail=str(f.get("traceback", "")),
             )
-        if w.booted_at is None and not w.retiring and not w.aborted:
+        if w.booted_at is None and not w.retiring and not w.aborted and not self.app_booted:
+            # the app's first boot: nothing ever served, respawning would loop
             raise HaltServer(f"worker failed to boot ({how})", 3)
         if w.retiring:
             return
@@ -604,14 +629,17 @@ class Arbiter:
                 self._kill(w.pid, signal.SIGABRT)
 
     def manage_workers(self) -> None:
-        """Start or retire workers until the count matches."""
+        """Start or retire workers until the count matches; end a HUP's handover."""
         if self.stopping:
             return
         if not self.checked:
             if not self.workers:
                 self.spawn_first_worker()
             return  # nothing is forked before the first worker checked the app
-        live = sorted((w for w in self.workers.values() if not w.retiring), key=lambda w: w.wid)
+        live = sorted(
+            (w for w in self.workers.values() if not w.retiring and not w.stale),
+            key=lambda w: w.wid,
+        )
         for w in live[self.num_workers :]:
             self.retire(w)  # the highest indexes go first
         live = live[: self.num_workers]
@@ -625,6 +653,11 @@ class Arbiter:
                     break  # wait for the old holder of a slot to exit
                 held.add(wid)
                 self.spawn_worker(wid)
+        stale = [w for w in self.workers.values() if w.stale and not w.retiring]
+        if stale and sum(w.booted_at is not None for w in live) >= self.num_workers:
+            for w in stale:
+                self.retire(w)  # HUP: the new generation serves, the old one goes
+            self.log.info("master.replaced", workers=self.num_workers, retired=len(stale))
         if (
             not self.ready_announced
             and self.workers

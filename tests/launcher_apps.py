@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections import deque
@@ -106,6 +107,24 @@ class Idle(Service):
         self.stopping.wait()
 
 
+class GatedBoot(Idle):
+    """Idles; while the file named by ``$GATE`` exists, setup() waits (green) before serving.
+
+    The test holds a worker inside its boot window (``gate.waiting`` logged with
+    its pid, beats still flowing) for as long as the file exists.
+    """
+
+    name = "gated"
+
+    def setup(self) -> None:
+        """Wait while the gate file exists."""
+        gate = os.environ.get("GATE", "")
+        if gate and os.path.exists(gate):
+            self.log.info("gate.waiting", gate=gate)
+            while os.path.exists(gate) and not self.stopping.is_set():
+                gevent.sleep(0.02)
+
+
 class Orphaner(Service):
     """Leaves an orphan (``sleep 1`` whose parent shell has exited) behind, then idles.
 
@@ -128,3 +147,4 @@ orphaner = Orphaner
 bootfails = BootFails
 crasher = Crasher
 idle = Idle
+gated = GatedBoot

@@ -336,6 +336,59 @@ class TestRespawn:
         assert "greenzmq: error: worker failed to boot" in out
         assert p.events("master.halt")
 
+    def test_first_boot_killed_halts(self, service: Start, tmp_path: Path) -> None:
+        """A worker SIGKILLed during the app's first boot halts the master (exit 3)."""
+        gate = tmp_path / "gate"
+        gate.touch()
+        p = service("tests.launcher_apps:gated", "-w", "2", env={"GATE": str(gate)})
+        wait_for(lambda: len(p.events("gate.waiting")) == 2, 15, "2 workers inside setup")
+        booting = [e["pid"] for e in p.events("gate.waiting")]
+        os.kill(booting[1], signal.SIGKILL)
+        assert p.wait(10) == 3
+        assert "greenzmq: error: worker failed to boot (signal SIGKILL)" in p.output()
+        wait_for(lambda: not [w for w in booting if alive(w)], 5, "the other worker gone")
+
+    @pytest.mark.parametrize("trigger", ["ttin", "kill", "hup"])
+    def test_replacement_killed_while_booting_is_respawned(
+        self, service: Start, tmp_path: Path, trigger: str
+    ) -> None:
+        """Issue 8.2: a later worker SIGKILLed while booting is respawned; no halt, no outage."""
+        gate = tmp_path / "gate"
+        p = service("tests.launcher_apps:gated", "-w", "2", env={"GATE": str(gate)})
+        p.wait_event("master.ready", 15)
+        first = set(worker_pids(p))
+        assert len(first) == 2
+        gate.touch()  # from now on a booting worker waits in setup()
+        if trigger == "ttin":
+            p.signal(signal.SIGTTIN)
+        elif trigger == "hup":
+            p.signal(signal.SIGHUP)
+        else:
+            victim = min(first)
+            os.kill(victim, signal.SIGKILL)
+            first.discard(victim)
+        booting = p.wait_event("gate.waiting", 10)["pid"]
+        os.kill(booting, signal.SIGKILL)
+        crashed = p.wait_event("worker.crashed", 5, worker_pid=booting)
+        assert crashed["how"] == "signal SIGKILL"
+        # respawned (with backoff), into the boot window again
+        wait_for(
+            lambda: [e for e in p.events("gate.waiting") if e["pid"] != booting], 10, "a respawn"
+        )
+        assert p.proc.poll() is None, p.output()
+        assert all(alive(w) for w in first)  # the serving workers were never touched
+        assert not p.events("master.halt")
+        gate.unlink()
+        want = 3 if trigger == "ttin" else 2
+
+        def settled() -> bool:
+            kids = children(p.pid)
+            return len(kids) == want and not (trigger == "hup" and kids & first)
+
+        wait_for(settled, 15, f"{want} workers serving")
+        p.signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+
     def test_port_in_use_is_one_line(self, service: Start) -> None:
         """Issue 2 kept: a port in use is one `greenzmq: error:` line and a non-zero exit."""
         busy = socket.socket()
@@ -408,6 +461,85 @@ class TestScaling:
         assert after == before, (before, after)
         assert "libzmq" not in maps and "gevent" not in maps
         assert set(record.read_text().split()) == set(hooks)
+
+    def test_20_hups_under_load_keep_capacity(self, broker: dict[str, str], service: Start) -> None:
+        """Issue 8.3: HUP starts the new workers, waits for them to boot, then retires the old.
+
+        20 HUPs 0.5 s apart under a steady load (a lazy-pirate client, 1 s per try):
+        at every moment at least 2 workers serve (started, not stopping), and
+        every request is answered. Tries still time out now and then: a request
+        the broker's DEALER pushed towards an old worker in the instant its
+        connection closes is dropped by libzmq (the broker forwarded it, no
+        worker ever received it); the client's retry answers it.
+        """
+        p = service(*worker_args(broker, "-w", "2", app="services.worker:app"))
+        p.wait_event("master.ready", 15)
+        load = Load(broker["frontend"], retry_after=1.0).start()
+        try:
+            wait_for(lambda: load.answered > 20, 10, "the load running")
+            t_first = time.time()
+            for i in range(1, 21):
+                t0 = time.monotonic()
+                p.signal(signal.SIGHUP)
+                wait_for(lambda i=i: len(p.events("master.reload")) >= i, 5, f"reload {i}")
+                time.sleep(max(0.0, 0.5 - (time.monotonic() - t0)))  # the HUP cadence
+            wait_for(lambda: len(children(p.pid)) == 2, 15, "the last generation alone")
+            t_last = time.time()
+            done = load.answered
+            wait_for(lambda: load.answered > done + 20, 5, "requests after the HUPs")
+        finally:
+            load.stop()
+        changes = sorted(
+            [(e["timestamp"], 1) for e in p.events("service.start")]
+            + [(e["timestamp"], -1) for e in p.events("service.stopping")]
+        )
+        serving, fewest, since = 0, 2, 0.0
+        below = [0.0, 0.0]  # seconds with 0 and with 1 worker serving, during the HUPs
+        for ts, d in changes:
+            lo, hi = max(since, t_first), min(ts, t_last)
+            if hi > lo and serving < 2:
+                below[serving] += hi - lo
+            serving += d
+            since = ts
+            if t_first <= ts <= t_last:
+                fewest = min(fewest, serving)
+        print(f"20 HUPs: {load.answered} answered, {load.retries} timeouts; "
+              f"fewest serving {fewest}, s with 0/1 serving {below}")  # fmt: skip
+        assert fewest == 2 and below == [0.0, 0.0]
+        assert load.unanswered == []
+        assert load.retries <= 20  # measured 5-8 (issue 8.3); was as many before the fix
+        p.signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+
+    def test_ttin_and_hup_while_a_hup_boots(self, service: Start, tmp_path: Path) -> None:
+        """TTIN and a second HUP while the first HUP's workers boot: no halt, the count holds.
+
+        The old workers serve until a whole new generation has booted; the
+        first HUP's still-booting workers are retired by the second HUP, which
+        re-reads the config: ``-w 2`` again (like gunicorn, HUP resets TTIN/TTOU).
+        """
+        gate = tmp_path / "gate"
+        p = service("tests.launcher_apps:gated", "-w", "2", env={"GATE": str(gate)})
+        p.wait_event("master.ready", 15)
+        old = set(worker_pids(p))
+        gate.touch()
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: len(p.events("gate.waiting")) == 2, 10, "2 new workers booting")
+        p.signal(signal.SIGTTIN)
+        wait_for(lambda: len(p.events("gate.waiting")) == 3, 10, "a 3rd new worker booting")
+        first_gen = {e["pid"] for e in p.events("gate.waiting")}
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: len(p.events("gate.waiting")) == 5, 10, "2 newer workers booting")
+        wait_for(lambda: not [w for w in first_gen if alive(w)], 10, "the first HUP's gone")
+        assert all(alive(w) for w in old)  # nothing new booted yet: the old ones serve
+        assert p.proc.poll() is None and not p.events("master.halt")
+        newest = {e["pid"] for e in p.events("gate.waiting")} - first_gen
+        gate.unlink()
+        assert len(newest) == 2
+        wait_for(lambda: children(p.pid) == newest, 15, "the newest 2 alone")
+        assert not p.events("worker.crashed")
+        p.signal(signal.SIGTERM)
+        assert p.wait(10) == 0
 
     def test_ttin_ttou_under_load(self, broker: dict[str, str], service: Start) -> None:
         """Scenario 8: TTIN/TTOU reach the target count within 2 s; every request is answered."""
