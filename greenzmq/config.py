@@ -378,8 +378,12 @@ def build_parser(prog: str = "greenzmq", *, for_env: bool = False) -> argparse.A
     Every option defaults to SUPPRESS, so the namespace holds only what was
     given: that is what lets the layers stack (defaults < file < env < CLI).
     """
+    from . import __version__
+    from .cli import USAGE
+
     p = argparse.ArgumentParser(
         prog=ENV_VAR if for_env else prog,
+        usage=None if for_env else USAGE,
         argument_default=argparse.SUPPRESS,
         description="Run MODULE:APP under a pre-fork master (-w workers).",
     )
@@ -387,10 +391,12 @@ def build_parser(prog: str = "greenzmq", *, for_env: bool = False) -> argparse.A
         p.add_argument(
             "app", metavar="MODULE:APP", nargs="?", help="the app, e.g. services.broker:app"
         )
+        p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     for s in SETTINGS:
         if not s.cli:
             continue
-        kw: dict[str, Any] = {"dest": s.name, "help": s.help}
+        # the help is Markdown for the README's table; plain text in a terminal
+        kw: dict[str, Any] = {"dest": s.name, "help": s.help.replace("`", "")}
         if s.action == "store_true":
             kw["action"] = "store_true"
         else:

@@ -28,6 +28,8 @@ from typing import Any
 
 import orjson
 
+from .cli import plain
+
 __all__ = ["STATS_ENV", "SocketCounters", "Stats", "fetch", "main", "serve_control"]
 
 STATS_ENV = "GREENZMQ_STATS"
@@ -258,13 +260,31 @@ def render(snap: Mapping[str, Any], prev: Mapping[str, Any] | None = None) -> li
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``greenzmq stats``."""
-    p = argparse.ArgumentParser(prog="greenzmq stats", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="greenzmq stats", description=plain(__doc__.split("\n\n")[0]))
     p.add_argument("endpoint", metavar="ENDPOINT", help="a service's control endpoint (ipc://...)")
     p.add_argument("--watch", action="store_true", help="refresh like top until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    p.add_argument("--count", type=int, default=0, help="with --watch: stop after N refreshes")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="with --watch: seconds between refreshes (default 1 s)",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --watch: stop after N refreshes (default 0: never)",
+    )
     p.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds to wait for the service to answer (default 2 s)",
+    )
     return p
 
 

@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from .cli import plain
+
 __all__ = ["Hop", "Path", "build_paths", "hop_latencies", "load_hops", "main", "stopped"]
 
 # a path whose last hop is one of these was not seen arriving anywhere
@@ -335,7 +337,7 @@ def timeline(path: Path) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``greenzmq trace``."""
-    p = argparse.ArgumentParser(prog="greenzmq trace", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="greenzmq trace", description=plain(__doc__.split("\n\n")[0]))
     p.add_argument("logs", nargs="+", metavar="LOGFILE", help="JSON log files (any processes)")
     p.add_argument("--key", help="print this message's timeline (a key or a unique prefix)")
     p.add_argument("--limit", type=int, default=20, help="stopped messages to list (default 20)")
