@@ -532,7 +532,7 @@ class Arbiter:
             self.log.error("master.hook_failed", hook="worker_exit", error=traceback.format_exc())
         if self.stopping:
             return
-        if not self.checked:
+        if not self.checked and w.failure is None:
             # the first worker is the pre-fork check and printed why it failed
             if code == 2:
                 raise HaltServer("the app does not check", 2, quiet=True)
@@ -542,7 +542,9 @@ class Arbiter:
         if w.failure is not None:
             f = w.failure
             if "message" in f:
-                raise HaltServer(str(f["message"]), int(f.get("code", 1)))
+                # before the check passed, the first worker printed the message itself
+                quiet = not self.checked
+                raise HaltServer(str(f["message"]), int(f.get("code", 1)), quiet=quiet)
             raise HaltServer(
                 "worker failed to boot (traceback above)",
                 int(f.get("code", 3)),

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from .cli import plain
+from .errors import ConfigError
 
 __all__ = ["STATS_ENV", "SocketCounters", "Stats", "fetch", "main", "serve_control"]
 
@@ -161,14 +162,14 @@ def control_endpoint(service: str, environ: Mapping[str, str] | None = None) -> 
 
 
 def ipc_path(endpoint: str) -> str:
-    """``ipc:///run/x.ipc`` -> ``/run/x.ipc``; ValueError for anything that is not ipc."""
+    """``ipc:///run/x.ipc`` -> ``/run/x.ipc``; ConfigError (a ValueError) if it is not ipc."""
     if not endpoint.startswith("ipc://") or len(endpoint) <= len("ipc://"):
-        raise ValueError(
+        raise ConfigError(
             f"stats endpoint {endpoint!r} must be ipc://PATH (owner-only file permissions)"
         )
     path = endpoint[len("ipc://") :]
     if path.startswith("@"):
-        raise ValueError(f"stats endpoint {endpoint!r}: abstract sockets have no permissions")
+        raise ConfigError(f"stats endpoint {endpoint!r}: abstract sockets have no permissions")
     return path
 
 

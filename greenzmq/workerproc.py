@@ -86,15 +86,19 @@ class _Channel:
             self.broken = True  # master gone: the reader greenlet sees EOF too
 
 
-def _boot_failure(chan: _Channel, exc: BaseException, code: int) -> int:
+def _boot_failure(chan: _Channel, exc: BaseException, code: int, *, echo: bool = False) -> int:
     import zmq
 
     from .errors import GreenZMQError
 
     expected = isinstance(exc, (GreenZMQError, zmq.ZMQError, ValueError))
+    if expected and is_config_error(exc):
+        code = 2
     payload: dict[str, Any] = {"code": code if expected else EXIT_BOOT}
     if expected:
         payload["message"] = str(exc)
+        if echo:  # nothing forked yet: one line on the command's stderr, the master is quiet
+            print(f"greenzmq: error: {exc}", file=sys.stderr, flush=True)
     else:
         payload["traceback"] = "".join(traceback.format_exception(exc))
     chan.send("fail " + json.dumps(payload))
@@ -132,11 +136,13 @@ def _install_monitor(threshold: float, log: Any) -> None:
         gevent.get_hub().start_periodic_monitoring_thread()
 
 
-def _check(cfg: Config, chan: _Channel) -> tuple[Any, int]:
-    """The pre-fork check, in the first worker: (service, 0), or (None, exit code).
+def _check(cfg: Config) -> tuple[Any, dict[str, Any], int]:
+    """The pre-fork check, in the first worker: (service, description, 0), or (None, {}, code).
 
     Errors are printed here, as the command's own: one ``greenzmq: error:``
-    line (exit 2), or the app's traceback (exit 1).
+    line (exit 2), or the app's traceback (exit 1). The master hears
+    ``checked`` only once the service's sockets are bound (see the ``ready``
+    callback in :func:`run_worker`), so a port in use is part of the check.
     """
     from .appspec import as_service, describe_service, load_app
     from .errors import GreenZMQError
@@ -146,13 +152,28 @@ def _check(cfg: Config, chan: _Channel) -> tuple[Any, int]:
         desc = describe_service(service, dict(cfg.endpoint), int(cfg.workers))
     except GreenZMQError as e:
         print(f"greenzmq: error: {e}", file=sys.stderr, flush=True)
-        return None, 2
+        return None, {}, 2
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
-        return None, 1
-    chan.send("checked " + json.dumps(desc))
-    return service, 0
+        return None, {}, 1
+    return service, desc, 0
+
+
+def is_config_error(exc: BaseException) -> bool:
+    """An error in what the user asked for (exit 2), not a runtime failure (exit 1).
+
+    An address in use or not on this host is a configuration error too.
+    """
+    import errno
+
+    import zmq
+
+    from .errors import GreenZMQError
+
+    if isinstance(exc, zmq.ZMQError):
+        return exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+    return isinstance(exc, GreenZMQError)
 
 
 def run_worker(
@@ -175,8 +196,9 @@ def run_worker(
     chan = _Channel(fd)
     info = WorkerInfo(wid)
     service: Any = None
+    desc: dict[str, Any] = {}
     if check:
-        service, code = _check(cfg, chan)
+        service, desc, code = _check(cfg)
         if service is None:
             return code
     try:
@@ -238,6 +260,8 @@ def run_worker(
 
     def ready(svc: Any) -> None:
         state["ready"] = True
+        if check:
+            chan.send("checked " + json.dumps(desc))  # bound: the master may fork the rest
         chan.send("ready")
         cfg.run_hook("post_worker_init", info)
 
@@ -289,9 +313,10 @@ def run_worker(
         if state["ready"]:
             log.error("worker.failed", wid=wid, error=repr(e), exc_info=True)
             return 1
+        # the first worker is still the pre-fork check: its message is the command's own line
         if isinstance(e, (GreenZMQError, zmq.ZMQError)):
-            return _boot_failure(chan, e, 1 if isinstance(e, zmq.ZMQError) else 2)
-        return _boot_failure(chan, e, EXIT_BOOT)
+            return _boot_failure(chan, e, 1 if isinstance(e, zmq.ZMQError) else 2, echo=check)
+        return _boot_failure(chan, e, EXIT_BOOT, echo=check)
     finally:
         for h in handlers:
             h.cancel()

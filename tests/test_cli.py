@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -75,3 +77,39 @@ class TestVersionUsageHelp:
         out = cli("demo", "--timeout", "1")
         assert out.returncode == 2
         assert "unrecognized arguments: --timeout" in out.stderr
+
+
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another socket holds (listening) for the whole test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+class TestExitCodes:
+    @pytest.mark.parametrize("launcher", [[], ["-w", "1"]], ids=["single", "w1"])
+    def test_port_in_use_is_one_config_error(self, held_port: int, launcher: list[str]) -> None:
+        """A bind on a port in use: exactly one `greenzmq: error:` line on stderr, exit 2."""
+        out = cli(
+            "services.broker:app",
+            *launcher,
+            "--endpoint",
+            f"frontend=tcp://127.0.0.1:{held_port}",
+            "--log-format",
+            "json",
+        )
+        lines = out.stderr.splitlines()
+        assert out.returncode == 2, out.stderr
+        assert len(lines) == 1, lines
+        assert lines[0].startswith("greenzmq: error: cannot bind socket 'frontend' to ")
+        assert "Address already in use" in lines[0]
+        assert out.stdout == ""
+
+    def test_readme_documents_exit_codes(self) -> None:
+        """The README has an exit-code table: 0, 1 runtime failure, 2 usage or configuration."""
+        readme = (ROOT / "README.md").read_text()
+        section = readme[readme.index("### Exit codes") :]
+        section = section[: section.index("\n#")]
+        assert "| 0 |" in section and "| 1 |" in section and "| 2 |" in section
