@@ -287,7 +287,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("--check-config",),
         _bool,
         False,
-        "load the app, validate settings and endpoints, exit 0 or 1",
+        "check what a start checks (settings, app, endpoints, files), bind nothing; exit 0 or 2",
         action="store_true",
     ),
     Setting(

@@ -8,12 +8,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import greenzmq
 
-from .helpers import ROOT
+from .helpers import ROOT, free_port
 
 SUBCOMMANDS = ("demo", "keygen", "bench", "trace", "stats")
 
@@ -113,3 +114,48 @@ class TestExitCodes:
         section = readme[readme.index("### Exit codes") :]
         section = section[: section.index("\n#")]
         assert "| 0 |" in section and "| 1 |" in section and "| 2 |" in section
+
+
+class TestCheckConfig:
+    """--check-config and the real start share their validation: same verdict, same line."""
+
+    @pytest.mark.parametrize(
+        ("extra", "env", "needle"),
+        [
+            ([], {"GREENZMQ_STATS": "tcp://127.0.0.1:5999"}, "must be ipc://PATH"),
+            ([], {"GREENZMQ_STATS": "ipc://@abstract"}, "abstract sockets have no permissions"),
+            ([], {"GREENZMQ_STATS": "ipc:///nonexistent-dir/x.ipc"}, "'/nonexistent-dir'"),
+            (["--log-file", "/nonexistent-dir/x.log"], {}, "--log-file: directory"),
+            (["--pid", "/nonexistent-dir/x.pid"], {}, "--pid: directory"),
+            (["--endpoint", "front=tcp://127.0.0.1:1"], {}, "unknown endpoint name 'front'"),
+        ],
+        ids=["stats-tcp", "stats-abstract", "stats-dir", "log-file", "pid", "endpoint-name"],
+    )
+    def test_both_reject_with_the_same_line(
+        self, extra: list[str], env: dict[str, str], needle: str
+    ) -> None:
+        """Whatever stops the real start makes --check-config exit 2 with the same message."""
+        eps = [f"--endpoint={n}=tcp://127.0.0.1:{free_port()}" for n in ("frontend", "backend")]
+        args = ["services.broker:app", *eps, *extra]
+        check = cli("--check-config", *args, env=env)
+        real = cli(*args, "--log-format", "json", env=env)
+        assert (check.returncode, real.returncode) == (2, 2), (check.stderr, real.stderr)
+        assert check.stdout == ""
+        assert len(real.stderr.splitlines()) == 1, real.stderr
+        assert check.stderr == real.stderr
+        assert check.stderr.startswith("greenzmq: error: ") and needle in check.stderr
+
+    def test_good_config_passes_both(self, tmp_path: Path) -> None:
+        """A stats endpoint, a log file and a pid file that work pass --check-config."""
+        out = cli(
+            "--check-config",
+            "services.broker:app",
+            "--log-file",
+            str(tmp_path / "x.log"),
+            "--pid",
+            str(tmp_path / "x.pid"),
+            env={"GREENZMQ_STATS": f"ipc://{tmp_path}/{{service}}-{{pid}}.ipc"},
+        )
+        assert out.returncode == 0, out.stderr
+        assert "config OK" in out.stdout
+        assert not list(tmp_path.iterdir())  # a check creates nothing
