@@ -345,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``greenzmq trace``; 0, or 1 if --key matches nothing, 2 on bad input."""
+    """Entry point of ``greenzmq trace``; 0, or 1 if --key matches nothing, 2 on bad input.
+
+    Bad input: a missing file, a negative --limit, or no hop events in the files at all.
+    """
     ns = build_parser().parse_args(argv)
     if ns.limit < 0:
         print(
@@ -356,6 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         hops, skipped = load_hops(ns.logs)
     except OSError as e:
         print(f"greenzmq trace: error: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    if not hops:
+        # a console log, a service run without tracing, or the wrong file
+        print(
+            f"greenzmq trace: error: no hop events in {', '.join(ns.logs)} "
+            "(JSON lines with event=hop: run the services with --log-format json)",
+            file=sys.stderr,
+        )
         return 2
     paths = build_paths(hops)
     if ns.key:

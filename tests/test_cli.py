@@ -159,3 +159,21 @@ class TestCheckConfig:
         assert out.returncode == 0, out.stderr
         assert "config OK" in out.stdout
         assert not list(tmp_path.iterdir())  # a check creates nothing
+
+
+class TestTrace:
+    @pytest.mark.parametrize(
+        "content",
+        ["", "2026-12-02 08:00 [info] service.start\n", '{"event": "service.start"}\n'],
+        ids=["empty", "console-log", "json-without-hops"],
+    )
+    def test_file_without_hops_is_an_error(self, tmp_path: Path, content: str) -> None:
+        """No hop events in the files: exit 2 and one line naming the file, not '0 hops'."""
+        log = tmp_path / "svc.log"
+        log.write_text(content)
+        out = cli("trace", str(log))
+        assert out.returncode == 2, out.stdout
+        assert out.stdout == ""
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("greenzmq trace: error: no hop events in ")
+        assert str(log) in lines[0]
