@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 import greenzmq
 
-from .helpers import ROOT, free_port
+from .helpers import ROOT, ServiceProcess, free_endpoint, free_port, wait_for
 
 SUBCOMMANDS = ("demo", "keygen", "bench", "trace", "stats")
 
@@ -177,3 +178,40 @@ class TestTrace:
         lines = out.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("greenzmq trace: error: no hop events in ")
         assert str(log) in lines[0]
+
+
+class TestStats:
+    def test_missing_ipc_path_says_so(self, tmp_path: Path) -> None:
+        """No file at the path: no service serves there (it removes its file on exit): exit 1."""
+        path = tmp_path / "nobody.ipc"
+        out = cli("stats", f"ipc://{path}", "--timeout", "5")
+        assert out.returncode == 1
+        assert out.stderr.splitlines() == [
+            f"greenzmq stats: error: {path} does not exist (is the service running with "
+            f"GREENZMQ_STATS=ipc://{path}?)"
+        ]
+
+    def test_help_names_the_env_var(self) -> None:
+        """stats --help says how a service gets a control endpoint."""
+        assert "GREENZMQ_STATS" in cli("stats", "--help").stdout
+
+    @pytest.mark.deadline(90)
+    @pytest.mark.parametrize("launcher", [[], ["-w", "2"]], ids=["single", "w2"])
+    def test_ipc_file_removed_on_exit(self, tmp_path: Path, launcher: list[str]) -> None:
+        """SIGTERM: every worker's stats ipc file is gone once the service exited."""
+        log = tmp_path / "svc.log"
+        p = ServiceProcess(
+            ["services.worker:app", *launcher, "--endpoint", f"backend={free_endpoint()}"],
+            log,
+            env={"GREENZMQ_STATS": f"ipc://{tmp_path}/{{service}}-{{pid}}.ipc"},
+        )
+        try:
+            n = 2 if launcher else 1
+            wait_for(lambda: len(list(tmp_path.glob("*.ipc"))) == n, 30, f"{n} stats files")
+            ctl = f"ipc://{next(tmp_path.glob('*.ipc'))}"
+            assert cli("stats", ctl, "--json").returncode == 0
+            p.signal(signal.SIGTERM)
+            assert p.wait(30) == 0, p.output()
+            assert list(tmp_path.glob("*.ipc")) == []
+        finally:
+            p.stop()
