@@ -215,3 +215,46 @@ class TestStats:
             assert list(tmp_path.glob("*.ipc")) == []
         finally:
             p.stop()
+
+
+class TestRepeatedEndpoint:
+    def test_repeated_on_the_command_line(self) -> None:
+        """Two --endpoint for one socket on the command line: exit 2, naming the socket."""
+        a, b = free_endpoint(), free_endpoint()
+        out = cli("services.broker:app", "--endpoint", f"frontend={a}", f"--endpoint=frontend={b}")
+        assert out.returncode == 2
+        assert out.stderr.splitlines() == [
+            f"greenzmq: error: --endpoint: socket 'frontend' is given twice ({a} and {b}); "
+            "give one endpoint per socket"
+        ]
+
+    def test_repeated_in_the_env_var(self) -> None:
+        """The same within GREENZMQ_CMD_ARGS, which the message names."""
+        a, b = free_endpoint(), free_endpoint()
+        env = {"GREENZMQ_CMD_ARGS": f"--endpoint backend={a} --endpoint backend={b}"}
+        out = cli("services.broker:app", "--check-config", env=env)
+        assert out.returncode == 2
+        assert out.stderr.splitlines() == [
+            f"greenzmq: error: GREENZMQ_CMD_ARGS: --endpoint: socket 'backend' is given twice "
+            f"({a} and {b}); give one endpoint per socket"
+        ]
+
+    def test_repeated_in_a_config_file_list(self, tmp_path: Path) -> None:
+        """A config file's endpoint list naming one socket twice is refused too."""
+        conf = tmp_path / "c.py"
+        conf.write_text('endpoint = ["kill=tcp://127.0.0.1:1", "kill=tcp://127.0.0.1:2"]\n')
+        out = cli("-c", str(conf), "services.broker:app", "--check-config")
+        assert out.returncode == 2
+        assert "socket 'kill' is given twice" in out.stderr and str(conf) in out.stderr
+
+    def test_later_layer_still_overrides(self, tmp_path: Path) -> None:
+        """file < env < CLI for one socket is fine: each layer names it once."""
+        conf = tmp_path / "c.py"
+        conf.write_text('endpoint = {"frontend": "tcp://127.0.0.1:1"}\n')
+        env = {"GREENZMQ_CMD_ARGS": "--endpoint frontend=tcp://127.0.0.1:2"}
+        out = cli(
+            "-c", str(conf), "services.broker:app", "--endpoint", "frontend=tcp://127.0.0.1:3",
+            "--print-config", env=env,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert "endpoint = {'frontend': 'tcp://127.0.0.1:3'}" in out.stdout.splitlines()
