@@ -5,8 +5,8 @@ socket or hub crosses a fork (rule 7). It does not even import the app, which
 would import zmq.green. The app is checked before any fork by the first
 worker, which the master starts with exec (``python -m greenzmq.workerproc``):
 that fresh interpreter imports the app, validates the endpoints for every
-worker index and reports ``checked`` (or prints the one-line error or the
-traceback and exits; the master then exits with its code). Only then does
+worker index, binds, and reports ``checked`` (or prints the one-line error or
+the traceback and exits; the master then exits with its code). Only then does
 the master fork the other workers; each imports gevent, then the app, then
 makes its own context (:mod:`greenzmq.workerproc`). Spec syntax and settings
 were checked earlier, in the command (:mod:`greenzmq.runner`).

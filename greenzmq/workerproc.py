@@ -12,10 +12,11 @@ The very first worker is different: the master starts it with exec
 and that worker is the pre-fork check. It imports the app, validates the
 endpoints for every worker index (:func:`greenzmq.appspec.describe_service`)
 and either prints the error and exits (the master exits with its code,
-nothing forked or bound) or reports ``checked {json}`` and goes on booting
-as worker 0. A separate check process would cost a second interpreter and a
-second import of gevent, zmq and the app on every start (about 0.25 s on an
-idle 2-core machine).
+nothing forked or bound) or boots as worker 0 and reports ``checked {json}``
+once its sockets are bound and its setup ran (so a port already in use is
+one line and exit 2 too, before anything is forked). A separate check
+process would cost a second interpreter and a second import of gevent, zmq
+and the app on every start (about 0.25 s on an idle 2-core machine).
 
 Talking to the master: one end of a socketpair, newline-framed lines:
 ``beat`` every heartbeat interval from a greenlet (so a blocked hub stops the
