@@ -146,8 +146,8 @@ class TestCheckConfig:
         assert check.stderr == real.stderr
         assert check.stderr.startswith("greenzmq: error: ") and needle in check.stderr
 
-    def test_good_config_passes_both(self, tmp_path: Path) -> None:
-        """A stats endpoint, a log file and a pid file that work pass --check-config."""
+    def test_good_paths_pass_the_check(self, tmp_path: Path) -> None:
+        """Paths for stats, log and pid that would work pass; the check creates nothing."""
         out = cli(
             "--check-config",
             "services.broker:app",
