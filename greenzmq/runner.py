@@ -120,7 +120,14 @@ def validate_start(cfg: Config, environ: Mapping[str, str] | None = None) -> Non
         _writable_path("--pid", cfg.pid)
     endpoint = control_endpoint("service", environ)
     if endpoint is not None:
+        raw = (os.environ if environ is None else environ)[STATS_ENV].strip()
         path = ipc_path(endpoint)
+        if cfg.workers > 1 and "{pid}" not in raw:
+            # the second bind would take the path over from the first worker
+            raise ConfigError(
+                f"{STATS_ENV}: {cfg.workers} workers cannot share the stats endpoint {raw!r}: "
+                "put {pid} in the path"
+            )
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise ConfigError(

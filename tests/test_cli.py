@@ -129,8 +129,17 @@ class TestCheckConfig:
             (["--log-file", "/nonexistent-dir/x.log"], {}, "--log-file: directory"),
             (["--pid", "/nonexistent-dir/x.pid"], {}, "--pid: directory"),
             (["--endpoint", "front=tcp://127.0.0.1:1"], {}, "unknown endpoint name 'front'"),
+            (["-w", "2"], {"GREENZMQ_STATS": "ipc:///tmp/one.ipc"}, "put {pid} in the path"),
         ],
-        ids=["stats-tcp", "stats-abstract", "stats-dir", "log-file", "pid", "endpoint-name"],
+        ids=[
+            "stats-tcp",
+            "stats-abstract",
+            "stats-dir",
+            "log-file",
+            "pid",
+            "endpoint-name",
+            "stats-shared",
+        ],
     )
     def test_both_reject_with_the_same_line(
         self, extra: list[str], env: dict[str, str], needle: str
