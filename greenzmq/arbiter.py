@@ -5,8 +5,8 @@ socket or hub crosses a fork (rule 7). It does not even import the app, which
 would import zmq.green. The app is checked before any fork by the first
 worker, which the master starts with exec (``python -m greenzmq.workerproc``):
 that fresh interpreter imports the app, validates the endpoints for every
-worker index and reports ``checked`` (or prints the one-line error or the
-traceback and exits; the master then exits with its code). Only then does
+worker index, binds, and reports ``checked`` (or prints the one-line error or
+the traceback and exits; the master then exits with its code). Only then does
 the master fork the other workers; each imports gevent, then the app, then
 makes its own context (:mod:`greenzmq.workerproc`). Spec syntax and settings
 were checked earlier, in the command (:mod:`greenzmq.runner`).
@@ -556,7 +556,7 @@ class Arbiter:
             self.log.error("master.hook_failed", hook="worker_exit", error=traceback.format_exc())
         if self.stopping:
             return
-        if not self.checked:
+        if not self.checked and w.failure is None:
             # the first worker is the pre-fork check and printed why it failed
             if code == 2:
                 raise HaltServer("the app does not check", 2, quiet=True)
@@ -566,7 +566,9 @@ class Arbiter:
         if w.failure is not None:
             f = w.failure
             if "message" in f:
-                raise HaltServer(str(f["message"]), int(f.get("code", 1)))
+                # before the check passed, the first worker printed the message itself
+                quiet = not self.checked
+                raise HaltServer(str(f["message"]), int(f.get("code", 1)), quiet=quiet)
             raise HaltServer(
                 "worker failed to boot (traceback above)",
                 int(f.get("code", 3)),

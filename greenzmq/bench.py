@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli import plain
+
 __all__ = ["BrokerRow", "MuxRow", "main"]
 
 # (label, window, body size, requests per round as a share of --requests)
@@ -342,7 +344,7 @@ def _csv(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``greenzmq bench``."""
-    p = argparse.ArgumentParser(prog="greenzmq bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="greenzmq bench", description=plain(__doc__.split("\n\n")[0]))
     p.add_argument(
         "--requests",
         type=int,

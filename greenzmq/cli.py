@@ -8,10 +8,11 @@ process that forks must not have them (rule 7).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["USAGE", "main", "plain"]
 
 SUBCOMMANDS = {
     "demo": "greenzmq.demo",
@@ -20,6 +21,15 @@ SUBCOMMANDS = {
     "trace": "greenzmq.trace",
     "stats": "greenzmq.stats",
 }
+
+
+USAGE = "%(prog)s [OPTIONS] MODULE:APP\n       %(prog)s {" + ",".join(SUBCOMMANDS) + "} ..."
+_ROLE = re.compile(r":[a-z]+:`~?([^`]*)`")
+
+
+def plain(text: str) -> str:
+    """A docstring's reStructuredText (``literal``, :func:`x`) as plain text for --help."""
+    return _ROLE.sub(r"\1", text).replace("`", "")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ kept in sync by a test).
 
 Precedence, lowest first: defaults < config file (``-c``) < ``GREENZMQ_CMD_ARGS``
 < command line. ``endpoint`` is merged by socket name across the layers (a
-later layer replaces one name's address, not the whole map).
+later layer replaces one name's address, not the whole map); one socket
+named twice within one layer is an error.
 
 Hooks (``on_starting``, ``pre_fork``, ...) are callables and can only be set in
 the config file. The module is stdlib only: the master imports it.
@@ -146,7 +147,16 @@ def _endpoints(v: Any) -> dict[str, str]:
         v = [v]
     if not isinstance(v, (list, tuple)):
         raise ConfigError(f"endpoint: expected a list of NAME=ADDR or a dict, got {v!r}")
-    return dict(_endpoint_item(x) for x in v)
+    out: dict[str, str] = {}
+    for name, addr in (_endpoint_item(x) for x in v):
+        if name in out:
+            # within one layer; across layers a later one replaces (see Config.set)
+            raise ConfigError(
+                f"--endpoint: socket {name!r} is given twice ({out[name]} and {addr}); "
+                "give one endpoint per socket"
+            )
+        out[name] = addr
+    return out
 
 
 def _hook(v: Any) -> Callable[..., Any] | None:
@@ -244,7 +254,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("--endpoint",),
         _endpoints,
         {},
-        "replace socket NAME's endpoint (repeatable; `{wid}`, `{BASE+wid}`: per worker)",
+        "replace socket NAME's endpoint (once per socket; `{wid}`, `{BASE+wid}`: per worker)",
         "NAME=ADDR",
         action="append",
     ),
@@ -287,7 +297,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("--check-config",),
         _bool,
         False,
-        "load the app, validate settings and endpoints, exit 0 or 1",
+        "check what a start checks (settings, app, endpoints, files), bind nothing; exit 0 or 2",
         action="store_true",
     ),
     Setting(
@@ -351,7 +361,8 @@ class Config:
                 v = s.validator(value)
             except ConfigError as e:
                 # endpoint messages already say "malformed --endpoint ..." / "malformed endpoint"
-                raise ConfigError(str(e) if name == "endpoint" else f"{_flag(s)}: {e}") from None
+                msg = str(e) if name == "endpoint" else f"{_flag(s)}: {e}"
+                raise ConfigError(f"{ENV_VAR}: {msg}" if source == "env" else msg) from None
             if name == "endpoint":
                 v = {**self.values["endpoint"], **v}
             self.values[name] = v
@@ -378,8 +389,12 @@ def build_parser(prog: str = "greenzmq", *, for_env: bool = False) -> argparse.A
     Every option defaults to SUPPRESS, so the namespace holds only what was
     given: that is what lets the layers stack (defaults < file < env < CLI).
     """
+    from . import __version__
+    from .cli import USAGE
+
     p = argparse.ArgumentParser(
         prog=ENV_VAR if for_env else prog,
+        usage=None if for_env else USAGE,
         argument_default=argparse.SUPPRESS,
         description="Run MODULE:APP under a pre-fork master (-w workers).",
     )
@@ -387,10 +402,12 @@ def build_parser(prog: str = "greenzmq", *, for_env: bool = False) -> argparse.A
         p.add_argument(
             "app", metavar="MODULE:APP", nargs="?", help="the app, e.g. services.broker:app"
         )
+        p.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     for s in SETTINGS:
         if not s.cli:
             continue
-        kw: dict[str, Any] = {"dest": s.name, "help": s.help}
+        # the help is Markdown for the README's table; plain text in a terminal
+        kw: dict[str, Any] = {"dest": s.name, "help": s.help.replace("`", "")}
         if s.action == "store_true":
             kw["action"] = "store_true"
         else:

@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli import plain
+
 __all__ = ["main"]
 
 TASKS = 5
@@ -119,10 +121,10 @@ class Proc:
 class Demo:
     """Runs the two scenarios concurrently and checks their results."""
 
-    def __init__(self, logdir: Path, timeout: float, trace_sample: float) -> None:
+    def __init__(self, logdir: Path, deadline: float, trace_sample: float) -> None:
         self.logdir = logdir
-        self.deadline = time.monotonic() + timeout
-        self.timeout = timeout
+        self.deadline = time.monotonic() + deadline
+        self.seconds = deadline
         self.extra = ["--trace-sample", str(trace_sample)]
         self.procs: list[Proc] = []
 
@@ -143,7 +145,9 @@ class Demo:
                         f"{p.label} exited {code} while waiting for {what}:\n{p.output()}"
                     )
             if time.monotonic() > self.deadline:
-                raise DemoFailed(f"timed out after {self.timeout:.0f} s waiting for {what}")
+                raise DemoFailed(
+                    f"--deadline of {self.seconds:g} s passed while waiting for {what}"
+                )
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
@@ -292,23 +296,31 @@ class Demo:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; 0 when everything arrived and every process stopped cleanly."""
-    ap = argparse.ArgumentParser(prog="greenzmq demo", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds for everything")
+    ap = argparse.ArgumentParser(prog="greenzmq demo", description=plain(__doc__.split("\n\n")[0]))
+    ap.add_argument(
+        "--deadline",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds for both scenarios, start-up included (default 30 s)",
+    )
     ap.add_argument(
         "--log-dir",
         default=None,
+        metavar="DIR",
         help="keep every process's JSON hop log here (for greenzmq trace)",
     )
     ap.add_argument(
         "--trace-sample",
         type=float,
         default=1.0,
+        metavar="RATE",
         help="share of messages whose hops are logged (default 1)",
     )
     a = ap.parse_args(argv)
     logdir = Path(a.log_dir) if a.log_dir else Path(tempfile.mkdtemp(prefix="greenzmq-demo-"))
     logdir.mkdir(parents=True, exist_ok=True)
-    demo = Demo(logdir, a.timeout, a.trace_sample)
+    demo = Demo(logdir, a.deadline, a.trace_sample)
     t0 = time.monotonic()
     code = 0
     # both scenarios at once: their start-ups overlap, which halves the wall time

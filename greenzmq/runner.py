@@ -14,8 +14,10 @@ The command path is stdlib only until a worker exists (rule 7):
    an exception in the app module's own code its traceback and exit 1, with
    nothing forked or bound (see :mod:`greenzmq.workerproc`).
 
-``--check-config`` imports the app in this process (it never forks), checks
-what the first worker checks, and exits 0 or 1. When HUP changes the app or
+``--check-config`` runs the same :func:`validate_start` as the real start,
+then imports the app in this process (it never forks), checks what the first
+worker checks, and exits 0 or 2 (1 if the app's own code raises). It binds
+nothing: a port in use is found at start. When HUP changes the app or
 its endpoints, the master checks the new ones in a short-lived subprocess
 (:func:`check_in_subprocess`) before replacing any worker.
 
@@ -26,6 +28,7 @@ master.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -35,7 +38,15 @@ from .appspec import as_service, load_app, parse_app_spec
 from .config import Config, format_config, load_config
 from .errors import ConfigError, GreenZMQError
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILED", "check_in_subprocess", "fail", "main", "run_service"]
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILED",
+    "check_in_subprocess",
+    "fail",
+    "main",
+    "run_service",
+    "validate_start",
+]
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -75,14 +86,66 @@ def _reload_check(cfg: Config) -> dict[str, Any]:
     return info
 
 
+def _writable_path(flag: str, path: str) -> None:
+    """The file at ``path`` can be created or appended to (nothing is created here)."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise ConfigError(f"{flag}: {path!r} is a directory")
+    if os.path.exists(target):
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"{flag}: {path!r} is not writable")
+        return
+    parent = os.path.dirname(target)
+    if not os.path.isdir(parent):
+        raise ConfigError(f"{flag}: directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag}: directory {parent!r} is not writable")
+
+
+def validate_start(cfg: Config, environ: Mapping[str, str] | None = None) -> None:
+    """What the master checks before starting anything: ConfigError, one line.
+
+    Shared by the real start and ``--check-config`` (which then also imports
+    the app and validates its endpoints, as the first worker does), so the
+    two cannot drift. Stdlib only: the master runs it.
+    """
+    from .stats import STATS_ENV, control_endpoint, ipc_path
+
+    if not cfg.app:
+        raise ConfigError("no app given: greenzmq [OPTIONS] MODULE:APP")
+    parse_app_spec(cfg.app)  # syntax, before starting anything
+    if cfg.log_file:
+        _writable_path("--log-file", cfg.log_file)
+    if cfg.pid:
+        _writable_path("--pid", cfg.pid)
+    endpoint = control_endpoint("service", environ)
+    if endpoint is not None:
+        raw = (os.environ if environ is None else environ)[STATS_ENV].strip()
+        path = ipc_path(endpoint)
+        if cfg.workers > 1 and "{pid}" not in raw:
+            # the second bind would take the path over from the first worker
+            raise ConfigError(
+                f"{STATS_ENV}: {cfg.workers} workers cannot share the stats endpoint {raw!r}: "
+                "put {pid} in the path"
+            )
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise ConfigError(
+                f"{STATS_ENV}: stats endpoint {endpoint!r}: directory {parent!r} does not exist"
+            )
+
+
 def check_config(cfg: Config) -> int:
-    """``--check-config``: load the app and validate endpoints here; 0 or 1."""
+    """``--check-config``: what the start checks, the app and its endpoints too; 0 or 2.
+
+    An exception raised by the app module's own code prints its traceback (exit 1).
+    """
     from .appspec import check_app
 
     try:
         info = check_app(str(cfg.app), dict(cfg.endpoint), int(cfg.workers))
     except GreenZMQError as e:
-        return fail(str(e), EXIT_FAILED)
+        return fail(str(e), EXIT_CONFIG)
     print(
         f"greenzmq: config OK: {cfg.app} ({info['service']}), {cfg.workers} worker(s), "
         f"sockets: {', '.join(s['name'] for s in info['sockets']) or 'none'}"
@@ -97,12 +160,9 @@ def main(argv: Sequence[str]) -> int:
         if cfg.print_config:
             print(format_config(cfg))
             return 0
-        if not cfg.app:
-            raise ConfigError("no app given: greenzmq [OPTIONS] MODULE:APP")
-        parse_app_spec(cfg.app)  # syntax, before starting anything
+        validate_start(cfg)
     except GreenZMQError as e:
-        # --check-config promises 0 or 1
-        return fail(str(e), EXIT_FAILED if "--check-config" in argv else EXIT_CONFIG)
+        return fail(str(e), EXIT_CONFIG)
     if cfg.check_config:
         return check_config(cfg)
     from .arbiter import Arbiter

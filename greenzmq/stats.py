@@ -28,6 +28,9 @@ from typing import Any
 
 import orjson
 
+from .cli import plain
+from .errors import ConfigError
+
 __all__ = ["STATS_ENV", "SocketCounters", "Stats", "fetch", "main", "serve_control"]
 
 STATS_ENV = "GREENZMQ_STATS"
@@ -159,14 +162,14 @@ def control_endpoint(service: str, environ: Mapping[str, str] | None = None) -> 
 
 
 def ipc_path(endpoint: str) -> str:
-    """``ipc:///run/x.ipc`` -> ``/run/x.ipc``; ValueError for anything that is not ipc."""
+    """``ipc:///run/x.ipc`` -> ``/run/x.ipc``; ConfigError (a ValueError) if it is not ipc."""
     if not endpoint.startswith("ipc://") or len(endpoint) <= len("ipc://"):
-        raise ValueError(
+        raise ConfigError(
             f"stats endpoint {endpoint!r} must be ipc://PATH (owner-only file permissions)"
         )
     path = endpoint[len("ipc://") :]
     if path.startswith("@"):
-        raise ValueError(f"stats endpoint {endpoint!r}: abstract sockets have no permissions")
+        raise ConfigError(f"stats endpoint {endpoint!r}: abstract sockets have no permissions")
     return path
 
 
@@ -193,6 +196,7 @@ def serve_control(stats: Stats, ctx: Any, endpoint: str, ready: Any = None) -> N
     finally:
         os.umask(old)
     os.chmod(path, 0o600)
+    ours = os.stat(path).st_ino
     stats.detailed = True
     if ready is not None:
         ready.set()
@@ -203,6 +207,16 @@ def serve_control(stats: Stats, ctx: Any, endpoint: str, ready: Any = None) -> N
     finally:
         stats.detailed = False
         sock.close(linger=0)
+        _remove_if_ours(path, ours)
+
+
+def _remove_if_ours(path: str, inode: int) -> None:
+    """Remove the ipc file libzmq leaves behind, unless another process re-bound the path."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def fetch(endpoint: str, timeout: float = 2.0) -> dict[str, Any]:
@@ -258,18 +272,42 @@ def render(snap: Mapping[str, Any], prev: Mapping[str, Any] | None = None) -> li
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``greenzmq stats``."""
-    p = argparse.ArgumentParser(prog="greenzmq stats", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="greenzmq stats",
+        description=plain(__doc__.split("\n\n")[0]),
+        epilog=f"A service serves its stats when started with {STATS_ENV}=ipc:///PATH.ipc "
+        "({pid} and {service} in PATH are filled in, so several workers do not clash); "
+        "the file is owner-only and removed when the service exits.",
+    )
     p.add_argument("endpoint", metavar="ENDPOINT", help="a service's control endpoint (ipc://...)")
     p.add_argument("--watch", action="store_true", help="refresh like top until Ctrl-C")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
-    p.add_argument("--count", type=int, default=0, help="with --watch: stop after N refreshes")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="with --watch: seconds between refreshes (default 1 s)",
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --watch: stop after N refreshes (default 0: never)",
+    )
     p.add_argument("--json", action="store_true", help="print the raw JSON snapshot")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds to wait for the service to answer (default 2 s)",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``greenzmq stats``: 0, 1 if the service does not answer, 2 on bad input."""
+    """Entry point of ``greenzmq stats``: 0; 1 if no service answers; 2 on bad input."""
     ns = build_parser().parse_args(argv)
     try:
         ipc_path(ns.endpoint)
@@ -280,6 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"greenzmq stats: error: {e}", file=sys.stderr)
         return 2
+    path = ipc_path(ns.endpoint)
+    if not os.path.exists(path):
+        # a service removes its file when it exits: nobody serves there (a runtime state)
+        print(
+            f"greenzmq stats: error: {path} does not exist "
+            f"(is the service running with {STATS_ENV}={ns.endpoint}?)",
+            file=sys.stderr,
+        )
+        return 1
     prev: dict[str, Any] | None = None
     shown = 0
     try:

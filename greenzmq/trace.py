@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from .cli import plain
+
 __all__ = ["Hop", "Path", "build_paths", "hop_latencies", "load_hops", "main", "stopped"]
 
 # a path whose last hop is one of these was not seen arriving anywhere
@@ -335,7 +337,7 @@ def timeline(path: Path) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     """Options of ``greenzmq trace``."""
-    p = argparse.ArgumentParser(prog="greenzmq trace", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="greenzmq trace", description=plain(__doc__.split("\n\n")[0]))
     p.add_argument("logs", nargs="+", metavar="LOGFILE", help="JSON log files (any processes)")
     p.add_argument("--key", help="print this message's timeline (a key or a unique prefix)")
     p.add_argument("--limit", type=int, default=20, help="stopped messages to list (default 20)")
@@ -343,7 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``greenzmq trace``; 0, or 1 if --key matches nothing, 2 on bad input."""
+    """Entry point of ``greenzmq trace``; 0, or 1 if --key matches nothing, 2 on bad input.
+
+    Bad input: a missing file, a negative --limit, or no hop events in the files at all.
+    """
     ns = build_parser().parse_args(argv)
     if ns.limit < 0:
         print(
@@ -354,6 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         hops, skipped = load_hops(ns.logs)
     except OSError as e:
         print(f"greenzmq trace: error: cannot read {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    if not hops:
+        # a console log, a service run without tracing, or the wrong file
+        print(
+            f"greenzmq trace: error: no hop events in {', '.join(ns.logs)} "
+            "(JSON lines with event=hop: run the services with --log-format json)",
+            file=sys.stderr,
+        )
         return 2
     paths = build_paths(hops)
     if ns.key:

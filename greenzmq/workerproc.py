@@ -12,10 +12,11 @@ The very first worker is different: the master starts it with exec
 and that worker is the pre-fork check. It imports the app, validates the
 endpoints for every worker index (:func:`greenzmq.appspec.describe_service`)
 and either prints the error and exits (the master exits with its code,
-nothing forked or bound) or reports ``checked {json}`` and goes on booting
-as worker 0. A separate check process would cost a second interpreter and a
-second import of gevent, zmq and the app on every start (about 0.25 s on an
-idle 2-core machine).
+nothing forked or bound) or boots as worker 0 and reports ``checked {json}``
+once its sockets are bound and its setup ran (so a port already in use is
+one line and exit 2 too, before anything is forked). A separate check
+process would cost a second interpreter and a second import of gevent, zmq
+and the app on every start (about 0.25 s on an idle 2-core machine).
 
 Talking to the master: one end of a socketpair, newline-framed lines:
 ``beat`` every heartbeat interval from a greenlet (so a blocked hub stops the
@@ -86,15 +87,19 @@ class _Channel:
             self.broken = True  # master gone: the reader greenlet sees EOF too
 
 
-def _boot_failure(chan: _Channel, exc: BaseException, code: int) -> int:
+def _boot_failure(chan: _Channel, exc: BaseException, code: int, *, echo: bool = False) -> int:
     import zmq
 
     from .errors import GreenZMQError
 
     expected = isinstance(exc, (GreenZMQError, zmq.ZMQError, ValueError))
+    if expected and is_config_error(exc):
+        code = 2
     payload: dict[str, Any] = {"code": code if expected else EXIT_BOOT}
     if expected:
         payload["message"] = str(exc)
+        if echo:  # nothing forked yet: one line on the command's stderr, the master is quiet
+            print(f"greenzmq: error: {exc}", file=sys.stderr, flush=True)
     else:
         payload["traceback"] = "".join(traceback.format_exception(exc))
     chan.send("fail " + json.dumps(payload))
@@ -132,11 +137,13 @@ def _install_monitor(threshold: float, log: Any) -> None:
         gevent.get_hub().start_periodic_monitoring_thread()
 
 
-def _check(cfg: Config, chan: _Channel) -> tuple[Any, int]:
-    """The pre-fork check, in the first worker: (service, 0), or (None, exit code).
+def _check(cfg: Config) -> tuple[Any, dict[str, Any], int]:
+    """The pre-fork check, in the first worker: (service, description, 0), or (None, {}, code).
 
     Errors are printed here, as the command's own: one ``greenzmq: error:``
-    line (exit 2), or the app's traceback (exit 1).
+    line (exit 2), or the app's traceback (exit 1). The master hears
+    ``checked`` only once the service's sockets are bound (see the ``ready``
+    callback in :func:`run_worker`), so a port in use is part of the check.
     """
     from .appspec import as_service, describe_service, load_app
     from .errors import GreenZMQError
@@ -146,13 +153,28 @@ def _check(cfg: Config, chan: _Channel) -> tuple[Any, int]:
         desc = describe_service(service, dict(cfg.endpoint), int(cfg.workers))
     except GreenZMQError as e:
         print(f"greenzmq: error: {e}", file=sys.stderr, flush=True)
-        return None, 2
+        return None, {}, 2
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
-        return None, 1
-    chan.send("checked " + json.dumps(desc))
-    return service, 0
+        return None, {}, 1
+    return service, desc, 0
+
+
+def is_config_error(exc: BaseException) -> bool:
+    """An error in what the user asked for (exit 2), not a runtime failure (exit 1).
+
+    An address in use or not on this host is a configuration error too.
+    """
+    import errno
+
+    import zmq
+
+    from .errors import GreenZMQError
+
+    if isinstance(exc, zmq.ZMQError):
+        return exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+    return isinstance(exc, GreenZMQError)
 
 
 def run_worker(
@@ -175,8 +197,9 @@ def run_worker(
     chan = _Channel(fd)
     info = WorkerInfo(wid)
     service: Any = None
+    desc: dict[str, Any] = {}
     if check:
-        service, code = _check(cfg, chan)
+        service, desc, code = _check(cfg)
         if service is None:
             return code
     try:
@@ -238,6 +261,8 @@ def run_worker(
 
     def ready(svc: Any) -> None:
         state["ready"] = True
+        if check:
+            chan.send("checked " + json.dumps(desc))  # bound: the master may fork the rest
         chan.send("ready")
         cfg.run_hook("post_worker_init", info)
 
@@ -289,9 +314,10 @@ def run_worker(
         if state["ready"]:
             log.error("worker.failed", wid=wid, error=repr(e), exc_info=True)
             return 1
+        # the first worker is still the pre-fork check: its message is the command's own line
         if isinstance(e, (GreenZMQError, zmq.ZMQError)):
-            return _boot_failure(chan, e, 1 if isinstance(e, zmq.ZMQError) else 2)
-        return _boot_failure(chan, e, EXIT_BOOT)
+            return _boot_failure(chan, e, 1 if isinstance(e, zmq.ZMQError) else 2, echo=check)
+        return _boot_failure(chan, e, EXIT_BOOT, echo=check)
     finally:
         for h in handlers:
             h.cancel()

@@ -163,7 +163,7 @@ class TestCommand:
                 s.bind(("127.0.0.1", port))  # nothing was bound
 
     def test_check_config(self) -> None:
-        """--check-config loads the app and validates endpoints: exit 0, or 1 with the reason."""
+        """--check-config loads the app and validates endpoints: exit 0, or 2 with the reason."""
 
         def run(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
@@ -178,7 +178,7 @@ class TestCommand:
         assert ok.returncode == 0, ok.stderr
         assert "config OK: services.broker:app (broker)" in ok.stdout
         bad = run("services.broker:app", "--endpoint=front=tcp://127.0.0.1:1")
-        assert bad.returncode == 1
+        assert bad.returncode == 2
         assert "unknown endpoint name 'front'" in bad.stderr
         worse = run("services.broker:app(")
-        assert worse.returncode == 1
+        assert worse.returncode == 2

@@ -167,9 +167,13 @@ class TestServed:
             "greenzmq stats: error: stats endpoint 'tcp://127.0.0.1:5555' must be ipc://PATH "
             "(owner-only file permissions)"
         ]
-        gone = stats_cli(f"ipc://{tmp_path}/nobody.ipc", "--timeout", "0.3")
+        (tmp_path / "stale.ipc").touch()  # left by a service that was killed
+        stale = stats_cli(f"ipc://{tmp_path}/stale.ipc", "--timeout", "0.3")
+        assert stale.returncode == 1
+        assert "no answer from" in stale.stderr
+        gone = stats_cli(f"ipc://{tmp_path}/nobody.ipc")
         assert gone.returncode == 1
-        assert "no answer from" in gone.stderr
+        assert "nobody.ipc does not exist" in gone.stderr
 
     def test_bad_timings(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """A timeout that is not positive or a negative interval is refused in one line (exit 2)."""
