@@ -234,8 +234,21 @@ class CallableService(Service):
         self.fn = fn
 
     def run(self) -> None:
-        """Call the callable."""
-        self.fn()
+        """Call the callable; one that returns a Service was a factory: refuse, do not exit 0.
+
+        (A factory with a Service return annotation is refused earlier, by
+        :func:`greenzmq.appspec.load_app`, before anything runs.)
+        """
+        result = self.fn()
+        if isinstance(result, Service) or (
+            isinstance(result, type) and issubclass(result, Service)
+        ):
+            from .errors import AppImportError
+
+            where = f"{getattr(self.fn, '__module__', '?')}:{self.name}"
+            raise AppImportError(
+                f"{where!r} is a factory: it returned a Service; call it: '{where}()'"
+            )
 
     def on_stop(self) -> None:
         """Kill the callable's greenlet, unless it is the one asking."""

@@ -242,6 +242,18 @@ class TestPlainCallable:
         (failed,) = events("service.greenlet_failed")
         assert "boom" in failed["error"]
 
+    def test_unannotated_factory_is_refused_not_exit_0(self, logs: Any) -> None:
+        """A callable that returns a Service (no annotation to see it by) fails, exit 1."""
+        events = logs()
+
+        def factory():  # type: ignore[no-untyped-def]  # unannotated on purpose
+            return Broker()
+
+        svc = CallableService(factory)
+        assert gevent.spawn(svc.serve, install_signals=False).get(timeout=5) == 1
+        (failed,) = events("service.greenlet_failed")
+        assert "is a factory: it returned a Service; call it:" in failed["error"]
+
     def test_plain_callable_process(
         self, tmp_path: Path, service: Callable[..., ServiceProcess]
     ) -> None:
