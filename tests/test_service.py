@@ -251,8 +251,9 @@ class TestPlainCallable:
 
         svc = CallableService(factory)
         assert gevent.spawn(svc.serve, install_signals=False).get(timeout=5) == 1
-        (failed,) = events("service.greenlet_failed")
-        assert "is a factory: it returned a Service; call it:" in failed["error"]
+        (refused,) = events("service.refused")
+        assert "is a factory: it returned a Service; call it:" in refused["error"]
+        assert svc.refused is not None
 
     def test_plain_callable_process(
         self, tmp_path: Path, service: Callable[..., ServiceProcess]
@@ -276,6 +277,29 @@ class TestPlainCallable:
         p.signal(signal.SIGTERM)
         assert p.wait(5) == 0
         assert p.wait_event("service.exit")["code"] == 0
+
+    @pytest.mark.deadline(60)
+    def test_unannotated_factory_process_exits_2(
+        self, tmp_path: Path, service: Callable[..., ServiceProcess]
+    ) -> None:
+        """``greenzmq mod:factory`` (no annotation): its error line, exit 2, no restart loop."""
+        (tmp_path / "factoryapp.py").write_text(
+            textwrap.dedent("""
+            from greenzmq import Broker
+
+            def factory():
+                return Broker
+        """)
+        )
+        env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+        p = service("factoryapp:factory", env=env)
+        assert p.wait(20) == 2, p.output()
+        want = (
+            "greenzmq: error: 'factoryapp:factory' is a factory: it returned a Service; "
+            "call it: 'factoryapp:factory()'"
+        )
+        assert p.output().strip().splitlines() == [want]
+        assert not p.events("worker.crashed")  # halted, not restarted
 
 
 class TestCliErrors:
