@@ -77,9 +77,10 @@ class KillSwitch(Service):
         last = time.monotonic()  # of the last new subscriber
         while True:
             quiet = time.monotonic() - last
-            if quiet >= self.wait or (live <= 0 and quiet >= self.settle):
+            window = self.settle if live <= 0 else max(self.wait, self.settle)
+            if quiet >= window:
                 break
-            msg = self._recv((self.settle if live <= 0 else self.wait) - quiet)
+            msg = self._recv(window - quiet)
             if msg is None:
                 continue
             if msg[:1] == b"\x01":
