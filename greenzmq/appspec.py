@@ -1,9 +1,12 @@
 """App specs with gunicorn's grammar: ``module:attr``, ``module:factory(args)``, ``module``.
 
 No colon means the attribute ``app``. Factory arguments are Python literals
-(``services.killswitch:make(expect=7)``). Errors are one line and name the
-bad part; an exception raised by the app module's own code propagates with
-its traceback.
+(``services.killswitch:make(expect=7)``). A factory of a service named
+without its parentheses (``services.majordomo:worker``: a function whose
+return annotation is a Service class) is refused before it runs, with the
+fix (``services.majordomo:worker()``); gunicorn too needs the call spelled
+out. Errors are one line and name the bad part; an exception raised by the
+app module's own code propagates with its traceback.
 
 :func:`check_app` is the launcher's pre-fork check (the master itself must not
 import an app: that imports zmq.green, rule 7). ``python -m greenzmq.appspec
@@ -97,6 +100,26 @@ def _import(module: str, spec: str) -> Any:
         raise
 
 
+def _service_factory_result(obj: Any) -> type | None:
+    """The Service class a function is annotated to return, or None.
+
+    Only functions and methods: a class is an app itself, and a plain callable
+    without such an annotation (returning None, say) stays a plain callable app.
+    """
+    import inspect
+    import typing
+
+    from .service import Service
+
+    if not (inspect.isfunction(obj) or inspect.ismethod(obj)):
+        return None
+    try:
+        ret = typing.get_type_hints(obj).get("return")
+    except Exception:  # an annotation that does not resolve says nothing
+        return None
+    return ret if isinstance(ret, type) and issubclass(ret, Service) else None
+
+
 def load_app(spec: str | AppSpec) -> Any:
     """Import and resolve the spec; return the object (factories are called)."""
     parsed = spec if isinstance(spec, AppSpec) else parse_app_spec(spec)
@@ -108,6 +131,13 @@ def load_app(spec: str | AppSpec) -> Any:
             f"failed to find attribute {parsed.attr!r} in {parsed.module!r} "
             f"(app spec {parsed.text!r})"
         ) from None
+    if not parsed.call:
+        made = _service_factory_result(obj)
+        if made is not None:
+            raise AppImportError(
+                f"{parsed.text!r} is a factory: it returns a Service ({made.__name__}); "
+                f"call it: '{parsed.module}:{parsed.attr}()'"
+            )
     if parsed.call:
         if not callable(obj):
             raise AppImportError(

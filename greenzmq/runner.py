@@ -195,7 +195,9 @@ def run_service(
             trace_sample=trace_sample,
         )
         apply_endpoints(service.specs, endpoints or {})
-        return int(service.serve(endpoints))
+        code = int(service.serve(endpoints))
+        refused = getattr(service, "refused", None)
+        return fail(str(refused)) if refused is not None else code
     except (GreenZMQError, ValueError) as e:
         return fail(str(e))
     except zmq.ZMQError as e:

@@ -232,10 +232,29 @@ class CallableService(Service):
     def __init__(self, fn: Callable[[], Any], name: str | None = None) -> None:
         super().__init__(name=name or getattr(fn, "__name__", "app"))
         self.fn = fn
+        # set when fn returned a Service: the app spec named a factory, a usage error
+        self.refused: Exception | None = None
 
     def run(self) -> None:
-        """Call the callable."""
-        self.fn()
+        """Call the callable; one that returns a Service was a factory: a failure, not exit 0.
+
+        (A factory with a Service return annotation is refused earlier, by
+        :func:`greenzmq.appspec.load_app`, before anything runs.)
+        """
+        result = self.fn()
+        if isinstance(result, Service) or (
+            isinstance(result, type) and issubclass(result, Service)
+        ):
+            from .errors import AppImportError
+
+            where = f"{getattr(self.fn, '__module__', '?')}:{self.name}"
+            self.refused = AppImportError(
+                f"{where!r} is a factory: it returned a Service; call it: '{where}()'"
+            )
+            # a failure (exit 1; the launcher makes it 2), without gevent's traceback
+            self._failures.append(("main", self.refused))
+            if self.log is not None:
+                self.log.error("service.refused", error=str(self.refused))
 
     def on_stop(self) -> None:
         """Kill the callable's greenlet, unless it is the one asking."""

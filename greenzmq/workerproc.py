@@ -323,6 +323,13 @@ def run_worker(
             h.cancel()
         if state["ready"]:
             _remove_ipc_files(ipc_files)
+    refused = getattr(service, "refused", None)
+    if refused is not None:
+        # the spec named a factory that no annotation gave away: a usage error,
+        # the master halts with its line (exit 2) instead of restarting it
+        beater.kill(block=False)
+        watcher.kill(block=False)
+        return _boot_failure(chan, refused, 2)
     if code == 0 and state["reason"] == "recycle":
         chan.send("exit recycle")
     elif code == 0 and service.stop_reason not in ("SIGTERM", "SIGINT", "SIGQUIT"):

@@ -182,3 +182,85 @@ class TestCommand:
         assert "unknown endpoint name 'front'" in bad.stderr
         worse = run("services.broker:app(")
         assert worse.returncode == 2
+
+
+# every factory of a service in services/, named without its parentheses
+FACTORIES = (
+    "services.client:make",
+    "services.killswitch:make",
+    "services.majordomo:make",
+    "services.majordomo:worker",
+    "services.ppqueue:make",
+    "services.ppworker:make",
+    "services.ventilator:make",
+    "services.weather:make",
+)
+
+
+class TestFactoryWithoutCall:
+    """Issue 8.7: ``mod:factory`` (no parentheses) is refused before anything runs, exit 2."""
+
+    def test_list_is_every_factory(self) -> None:
+        """FACTORIES names every module-level function of services/ that returns a Service."""
+        import importlib
+        import inspect
+        import typing
+
+        from greenzmq import Service
+
+        found = set()
+        for path in sorted((ROOT / "services").glob("*.py")):
+            mod = importlib.import_module(f"services.{path.stem}")
+            for name, fn in vars(mod).items():
+                if inspect.isfunction(fn) and fn.__module__ == mod.__name__:
+                    ret = typing.get_type_hints(fn).get("return")
+                    if isinstance(ret, type) and issubclass(ret, Service):
+                        found.add(f"{mod.__name__}:{name}")
+        assert found == set(FACTORIES)
+
+    def test_refused_in_process(self) -> None:
+        """load_app refuses with the fix; with the parentheses the factory is called."""
+        with pytest.raises(AppImportError) as e:
+            load_app("services.majordomo:worker")
+        assert str(e.value) == (
+            "'services.majordomo:worker' is a factory: it returns a Service "
+            "(MDPWorkerService); call it: 'services.majordomo:worker()'"
+        )
+        assert load_app("services.majordomo:worker()").name == "mdpworker-square"
+
+    def test_plain_callable_returning_none_stays_an_app(self) -> None:
+        """Functions without a Service return annotation are plain callable apps."""
+
+        def main() -> None:
+            pass
+
+        assert as_service(main).name == "main"
+
+    def test_every_factory_refused_by_the_command(self, tmp_path: Path) -> None:
+        """`greenzmq services.X:make`: one error line naming the fix, exit 2, nothing served."""
+        procs = {
+            spec: ServiceProcess([spec], tmp_path / f"f{i}.log") for i, spec in enumerate(FACTORIES)
+        }
+        try:
+            for spec, p in procs.items():
+                assert p.wait(30) == 2, f"{spec}: {p.output()}"
+                lines = p.output().strip().splitlines()
+                assert len(lines) == 1, lines
+                assert lines[0].startswith(f"greenzmq: error: {spec!r} is a factory: "), lines
+                assert lines[0].endswith(f"call it: '{spec}()'"), lines
+                assert not p.events("service.start"), spec
+        finally:
+            for p in procs.values():
+                p.stop()
+
+    def test_check_config_refuses(self) -> None:
+        """--check-config says the same, exit 2 (a configuration error)."""
+        r = subprocess.run(
+            [sys.executable, "-m", "greenzmq", "--check-config", "services.ppqueue:make"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert r.returncode == 2
+        assert "'services.ppqueue:make' is a factory" in r.stderr

@@ -242,6 +242,19 @@ class TestPlainCallable:
         (failed,) = events("service.greenlet_failed")
         assert "boom" in failed["error"]
 
+    def test_unannotated_factory_is_refused_not_exit_0(self, logs: Any) -> None:
+        """A callable that returns a Service (no annotation to see it by) fails, exit 1."""
+        events = logs()
+
+        def factory():  # type: ignore[no-untyped-def]  # unannotated on purpose
+            return Broker()
+
+        svc = CallableService(factory)
+        assert gevent.spawn(svc.serve, install_signals=False).get(timeout=5) == 1
+        (refused,) = events("service.refused")
+        assert "is a factory: it returned a Service; call it:" in refused["error"]
+        assert svc.refused is not None
+
     def test_plain_callable_process(
         self, tmp_path: Path, service: Callable[..., ServiceProcess]
     ) -> None:
@@ -264,6 +277,29 @@ class TestPlainCallable:
         p.signal(signal.SIGTERM)
         assert p.wait(5) == 0
         assert p.wait_event("service.exit")["code"] == 0
+
+    @pytest.mark.deadline(60)
+    def test_unannotated_factory_process_exits_2(
+        self, tmp_path: Path, service: Callable[..., ServiceProcess]
+    ) -> None:
+        """``greenzmq mod:factory`` (no annotation): its error line, exit 2, no restart loop."""
+        (tmp_path / "factoryapp.py").write_text(
+            textwrap.dedent("""
+            from greenzmq import Broker
+
+            def factory():
+                return Broker
+        """)
+        )
+        env = {"PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+        p = service("factoryapp:factory", env=env)
+        assert p.wait(20) == 2, p.output()
+        want = (
+            "greenzmq: error: 'factoryapp:factory' is a factory: it returned a Service; "
+            "call it: 'factoryapp:factory()'"
+        )
+        assert p.output().strip().splitlines() == [want]
+        assert not p.events("worker.crashed")  # halted, not restarted
 
 
 class TestCliErrors:
