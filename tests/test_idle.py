@@ -69,6 +69,7 @@ def systems() -> dict[str, list[str]]:
         "services.ventilator:app": endpoints(tasks=free_endpoint()),
         "services.weather:make(wait=60)": endpoints(updates=free_endpoint()),
         "services.client:make(timeout=60)": endpoints(frontend=free_endpoint()),
+        "services.killswitch:make(wait=60)": endpoints(kill=free_endpoint()),
     }
 
 
