@@ -39,7 +39,87 @@ _WAKE: Any = object()
 _LOCKSTEP = (zmq.REQ, zmq.REP)
 _recv, _send, _get = _CSocket.recv, _CSocket.send, _CSocket.get
 _NB, _NB_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_EVENTS, _POLLIN, _POLLOUT = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.POLLOUT)
+# sockets a mux only reads; every other type it reads may also be sent on (mux.send)
+_RECV_ONLY = (zmq.PULL, zmq.SUB)
+
+
+def _can_send(sock: Socket) -> bool:
+    return int(sock.type) not in _RECV_ONLY
+
+
+def _mux_hint(name: str, tool: str) -> str:
+    return (
+        f"It is read by a greenzmq.{tool}: send through its owner with "
+        f"mux.send({name!r}, frames) (one greenlet reads and writes the socket)."
+    )
+
+
+class _Outgoing:
+    """One socket's accepted but unsent messages: a bounded queue and the head in flight.
+
+    The queue's ``put`` holds a sender back green when it is full; ``pending``
+    is the message its owner took off the queue and libzmq refused (EAGAIN).
+    Only the socket's owner calls :meth:`flush`.
+    """
+
+    __slots__ = ("name", "pending", "queue", "sent", "spins", "tracer", "unroutable")
+
+    def __init__(self, name: str, maxsize: int, tracer: SocketTracer | None) -> None:
+        self.name = name
+        self.queue: gevent.queue.Queue[list[bytes]] = gevent.queue.Queue(maxsize)
+        self.pending: list[bytes] | None = None
+        self.sent = 0
+        self.unroutable = 0
+        self.spins = 0
+        self.tracer = tracer
+
+    def __len__(self) -> int:
+        return self.queue.qsize() + (self.pending is not None)
+
+    def flush(self, raw: zmq.Socket[bytes], limit: int) -> int:
+        """Send raw (NOBLOCK) up to ``limit`` messages; return how many went to libzmq.
+
+        Stops at EAGAIN with the refused message kept as ``pending``. A ROUTER
+        with ROUTER_MANDATORY refusing a peer it no longer knows (EHOSTUNREACH)
+        is counted in ``unroutable`` and traced as a drop (rule 8), not fatal.
+        """
+        q, tr, k = self.queue, self.tracer, 0
+        while k < limit:
+            frames = self.pending
+            if frames is None:
+                if not q.qsize():
+                    break
+                frames = q.get_nowait()
+            try:
+                _send_raw(raw, frames)
+            except zmq.Again:
+                self.pending = frames
+                break
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EHOSTUNREACH:
+                    self.pending = frames
+                    raise
+                self.pending = None
+                self.unroutable += 1
+                if tr is not None:
+                    tr.drop(frames, "unroutable")
+                continue
+            self.pending = None
+            k += 1
+            if tr is not None:
+                tr.hop("send", frames)
+        self.sent += k
+        return k
+
+    def backoff(self) -> None:
+        """A poll said POLLOUT and the send still got EAGAIN: wait a little, more each time.
+
+        A ROUTER with ROUTER_MANDATORY is writable when any peer has room, not
+        the one the head message is for: without this the owner would spin.
+        """
+        self.spins += 1
+        gevent.sleep(min(0.0005 * (1 << min(self.spins, 7)), 0.05))
 
 
 def _more_waiting(raw: zmq.Socket[bytes]) -> bool:
@@ -107,6 +187,11 @@ class MuxStatistics:
     queued: int
     maxsize: int
     stopped: bool
+    # mux.send: messages handed to libzmq, accepted but not yet sent, and
+    # replies a ROUTER could not route (its peer is gone: EHOSTUNREACH)
+    sent: dict[str, int] = dataclasses.field(default_factory=dict)
+    send_queued: int = 0
+    unroutable: int = 0
 
 
 class Mux(Protocol):
@@ -117,6 +202,12 @@ class Mux(Protocol):
 
     def __iter__(self) -> Iterator[Message]:
         """Yield messages until stopped and drained."""
+
+    def send(self, name: str, frames: Sequence[bytes], timeout: float | None = None) -> None:
+        """Queue a whole message for socket ``name``; its owning greenlet sends it."""
+
+    def send_nowait(self, name: str, frames: Sequence[bytes]) -> None:
+        """Like ``send`` but raise ``gevent.queue.Full`` instead of waiting."""
 
     def stop(self) -> None:
         """Stop reading and close the sockets; what was already read is still delivered."""
@@ -148,6 +239,7 @@ class Readers:
         batch: int = 256,
         tracer: Tracer | None = None,
         group: gevent.pool.Group | None = None,
+        send_maxsize: int = 1000,
     ) -> None:
         self.sockets = list(sockets)
         self.batch = batch
@@ -163,17 +255,163 @@ class Readers:
         self._trace = _tracers(self.sockets, tracer)
         self._take_trace = tracer.for_socket("mux", "queue") if tracer and tracer.on else None
         self._started = False
+        # sockets that may be sent on: their reader also sends (mux.send)
+        self._out = {
+            s.name: _Outgoing(s.name, send_maxsize, self._trace[s.name])
+            for s in self.sockets
+            if _can_send(s)
+        }
+        self._pollers: dict[str, GreenPoller] = {}
+        self._want_room: set[str] = set()  # duplex readers parked on a full queue
 
     def start(self) -> Readers:
-        """Spawn the readers (idempotent); returns self."""
+        """Spawn the readers (idempotent); returns self.
+
+        Each socket is handed over to its reader: SocketBusyError, and no
+        reader started, if another live greenlet owns one of them.
+        """
         if not self._started:
-            self._started = True
+            readers = []
             for sock in self.sockets:
-                g: gevent.Greenlet[..., object] = self._group.spawn(self._read, sock)
+                duplex = sock.name in self._out
+                g: gevent.Greenlet[..., object] = gevent.Greenlet(
+                    self._duplex if duplex else self._read, sock
+                )
                 g.name = f"reader-{sock.name}"
+                readers.append((sock, g))
+            for sock, g in readers:
+                sock.hand_over(g)
+            self._started = True
+            for sock, g in readers:
+                sock.busy_hint = _mux_hint(sock.name, "Readers")
+                if sock.name in self._out:
+                    self._pollers[sock.name] = GreenPoller()
+                self._group.start(g)
                 if self._parent_group is not None:
                     self._parent_group.add(g)
         return self
+
+    def send(self, name: str, frames: Sequence[bytes], timeout: float | None = None) -> None:
+        """Queue a whole message for socket ``name``; its reader greenlet sends it.
+
+        Blocks green while ``send_maxsize`` messages wait (TimeoutError after
+        ``timeout`` s). An accepted message is sent in order, whatever
+        libzmq's HWM: the reader waits for POLLOUT. Raises KeyError for a
+        socket the mux does not read or cannot send on, ClosedError once stopped.
+        """
+        out = self._outgoing(name)
+        try:
+            out.queue.put(list(frames), timeout=timeout)
+        except gevent.queue.Full:
+            raise TimeoutError(f"send queue of {name!r} full for {timeout} s") from None
+        self._pollers[name].wake()
+
+    def send_nowait(self, name: str, frames: Sequence[bytes]) -> None:
+        """Queue a whole message for ``name`` or raise ``gevent.queue.Full`` at once."""
+        out = self._outgoing(name)
+        out.queue.put_nowait(list(frames))
+        self._pollers[name].wake()
+
+    def _outgoing(self, name: str) -> _Outgoing:
+        out = self._out.get(name)
+        if out is None:
+            raise KeyError(
+                f"{name!r}: not a socket this mux reads and may send on "
+                f"({', '.join(sorted(self._out)) or 'none'})"
+            )
+        if self._stopped:
+            raise ClosedError(f"mux is stopped: cannot send on {name!r}")
+        if not self._started:
+            self.start()
+        failed = self._group_failed(name)
+        if failed is not None:
+            raise ClosedError(f"the reader of {name!r} failed: {failed!r}") from failed
+        return out
+
+    def _group_failed(self, name: str) -> BaseException | None:
+        for n, exc in self._failures:
+            if n == name:
+                return exc
+        return None
+
+    def _duplex(self, sock: Socket) -> None:
+        """Read ``sock`` and send what ``send`` queued for it: the one greenlet on it.
+
+        It waits on a GreenPoller of its own socket (POLLIN while the consumer's
+        queue has room, POLLOUT while a message waits for the HWM), which
+        ``send`` and the consumer's ``get`` wake: rule 2, nobody else waits on it.
+        """
+        raw, name, batch = sock.raw, sock.name, self.batch
+        out, poller, tr = self._out[name], self._pollers[name], self._trace[name]
+        put, full, again = self._queue.put_nowait, gevent.queue.Full, zmq.Again
+        item: Any = None  # read off the socket, not yet in the queue
+        flags = _POLLIN
+        poller.register(sock, flags)
+        try:
+            while True:
+                k = out.flush(raw, batch)
+                m = 0
+                while m < batch:
+                    if item is None:
+                        try:
+                            frames = _recv_raw(raw)
+                        except again:
+                            break
+                        self._received[name] += 1
+                        if tr is None:
+                            item = (name, frames)
+                        else:
+                            key = tr.hop("recv", frames)
+                            if key:
+                                tr.hop("put", frames, key=key)
+                            item = (name, frames, key)
+                    try:
+                        put(item)
+                    except full:
+                        break
+                    item = None
+                    m += 1
+                if k >= batch or m >= batch:
+                    gevent.sleep(0)  # a busy socket must not starve the others
+                    continue
+                want = (_POLLIN if item is None else 0) | (
+                    _POLLOUT if out.pending is not None else 0
+                )
+                if want != flags:
+                    if want:
+                        poller.register(sock, want)
+                    else:
+                        poller.unregister(sock)
+                    flags = want
+                if out.pending is None and out.queue.qsize():
+                    continue  # queued while we sent
+                if item is not None:
+                    self._want_room.add(name)
+                    if self._queue.qsize() < self._maxsize:
+                        continue  # room appeared meanwhile
+                ready = poller.poll(-1)
+                self._want_room.discard(name)
+                if out.pending is not None and ready and ready[0][1] & _POLLOUT:
+                    if not out.flush(raw, batch):
+                        out.backoff()
+                    else:
+                        out.spins = 0
+        except gevent.GreenletExit:
+            if item is not None:
+                self._overflow.append(item)
+        except zmq.ZMQError as e:
+            if self._stopped and e.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                return
+            self._fail(name, e, None)
+            if item is not None:
+                self._overflow.append(item)
+        except Exception as e:
+            self._fail(name, e, None)
+            if item is not None:
+                self._overflow.append(item)
+        finally:
+            self._want_room.discard(name)
+            poller.close_watchers()
 
     def _read(self, sock: Socket) -> None:
         sock.claim()
@@ -254,6 +492,9 @@ class Readers:
             if item is not _WAKE:
                 break
         self._delivered += 1
+        if self._want_room:  # a duplex reader holds a message for the queue
+            for n in list(self._want_room):
+                self._pollers[n].wake()
         take = self._take_trace
         if take is not None:
             if len(item) == 3:  # traced by its reader: (name, frames, key or None)
@@ -278,9 +519,21 @@ class Readers:
         if self._stopped:
             return
         self._stopped = True
+        self._flush_out(1.0)
         self._group.kill(block=True)
         _close_sockets(self.sockets)
         self._wake()
+
+    def _flush_out(self, seconds: float) -> None:
+        """Give the readers up to ``seconds`` to hand accepted messages to libzmq."""
+        if not self._started:
+            return
+        with gevent.Timeout(seconds, False):  # type: ignore[arg-type]  # False: silent
+            while any(len(o) and not self._group_failed(n) for n, o in self._out.items()):
+                for n, o in self._out.items():
+                    if len(o):
+                        self._pollers[n].wake()
+                gevent.sleep(0.005)
 
     def statistics(self) -> MuxStatistics:
         """A frozen snapshot of counts and depth."""
@@ -290,7 +543,16 @@ class Readers:
             queued=self._queue.qsize() + len(self._overflow),
             maxsize=self._maxsize,
             stopped=self._stopped,
+            **_send_stats(self._out),
         )
+
+
+def _send_stats(out: dict[str, _Outgoing]) -> dict[str, Any]:
+    return {
+        "sent": {n: o.sent for n, o in out.items() if o.sent},
+        "send_queued": sum(len(o) for o in out.values()),
+        "unroutable": sum(o.unroutable for o in out.values()),
+    }
 
 
 class PollerListener:

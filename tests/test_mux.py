@@ -475,7 +475,7 @@ class TestReadAndReply:
         try:
             dealer.send(b"ping")
             with gevent.Timeout(5):
-                name, (ident, body) = mux.get()
+                _, (ident, body) = mux.get()
                 handler = gevent.spawn(mux.send, "router", [ident, body + b"!"])
                 handler.get()
                 if kind == "poller":
@@ -489,15 +489,18 @@ class TestReadAndReply:
             dealer.close()
 
     def test_send_errors(self, kind: str, ctx: Any) -> None:
-        """mux.send names an unknown socket; send_nowait raises Full; a stopped mux refuses."""
+        """mux.send names an unknown or receive-only socket; a stopped mux refuses."""
         pull, push = inproc_pair(ctx)
-        mux = make_mux(kind, [pull])
+        router = ctx.build(SocketSpec("router", "ROUTER", bind=(f"inproc://se-{next(_inproc)}",)))
+        mux = make_mux(kind, [pull, router])
         try:
             with pytest.raises(KeyError, match="'nope'"):
                 mux.send("nope", [b"x"])
+            with pytest.raises(KeyError, match="'a'"):
+                mux.send("a", [b"x"])  # a PULL
             mux.stop()
             with pytest.raises(ClosedError):
-                mux.send("a", [b"x"])
+                mux.send("router", [b"x"])
         finally:
             mux.stop()
             push.close()
