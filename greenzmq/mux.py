@@ -346,6 +346,8 @@ class Readers:
         put, full, again = self._queue.put_nowait, gevent.queue.Full, zmq.Again
         item: Any = None  # read off the socket, not yet in the queue
         flags = _POLLIN
+        # REQ/REP alternate: EVENTS says POLLIN only when a recv is allowed
+        lockstep = int(sock.type) in _LOCKSTEP
         poller.register(sock, flags)
         try:
             while True:
@@ -353,6 +355,8 @@ class Readers:
                 m = 0
                 while m < batch:
                     if item is None:
+                        if lockstep and not _more_waiting(raw):
+                            break
                         try:
                             frames = _recv_raw(raw)
                         except again:
@@ -563,7 +567,12 @@ class PollerListener:
     """
 
     def __init__(
-        self, sockets: Iterable[Socket], *, batch: int = 256, tracer: Tracer | None = None
+        self,
+        sockets: Iterable[Socket],
+        *,
+        batch: int = 256,
+        tracer: Tracer | None = None,
+        send_maxsize: int = 1000,
     ) -> None:
         self.sockets = list(sockets)
         self.batch = batch
@@ -580,12 +589,100 @@ class PollerListener:
         self._consumer: Any = None  # the greenlet that polls (and owns the sockets)
         # REQ/REP must alternate recv and send: one message, then the reply
         self._lockstep = {s.name for s in self.sockets if s.type in _LOCKSTEP}
+        self._by_name = {s.name: s for s in self.sockets}
+        self._out = {
+            s.name: _Outgoing(s.name, send_maxsize, self._trace[s.name])
+            for s in self.sockets
+            if _can_send(s)
+        }
+        self._flags = dict.fromkeys(self._by_name, _POLLIN)
+        self._out_pollers: dict[str, GreenPoller] = {}  # the consumer's wait in a full send
+
+    def send(self, name: str, frames: Sequence[bytes], timeout: float | None = None) -> None:
+        """Queue a whole message for socket ``name``; the consumer's poll loop sends it.
+
+        From the consumer itself it goes straight to libzmq when nothing waits
+        before it; a full queue makes the consumer wait for POLLOUT (TimeoutError
+        after ``timeout`` s). Another greenlet blocks green while
+        ``send_maxsize`` messages wait, and the message leaves on the
+        consumer's next ``get``. KeyError for a socket it cannot send on,
+        ClosedError once stopped.
+        """
+        out = self._outgoing(name)
+        msg = list(frames)
+        if self._consumer is greenlet.getcurrent():
+            sock = self._by_name[name]
+            raw = sock.raw
+            if len(out) or out.queue.full():
+                out.flush(raw, self.batch)
+            if not len(out):
+                out.pending = msg
+                out.flush(raw, 1)
+                return
+            if out.queue.full():
+                self._wait_room(sock, out, timeout)
+            out.queue.put_nowait(msg)
+            return
+        try:
+            out.queue.put(msg, timeout=timeout)
+        except gevent.queue.Full:
+            raise TimeoutError(f"send queue of {name!r} full for {timeout} s") from None
+        self._poller.wake()
+
+    def send_nowait(self, name: str, frames: Sequence[bytes]) -> None:
+        """Queue a whole message for ``name`` or raise ``gevent.queue.Full`` at once."""
+        out = self._outgoing(name)
+        if self._consumer is greenlet.getcurrent() and out.queue.full():
+            out.flush(self._by_name[name].raw, self.batch)
+        out.queue.put_nowait(list(frames))
+        self._poller.wake()
+
+    def _outgoing(self, name: str) -> _Outgoing:
+        out = self._out.get(name)
+        if out is None:
+            raise KeyError(
+                f"{name!r}: not a socket this mux reads and may send on "
+                f"({', '.join(sorted(self._out)) or 'none'})"
+            )
+        if self._stopped:
+            raise ClosedError(f"listener is stopped: cannot send on {name!r}")
+        return out
+
+    def _wait_room(self, sock: Socket, out: _Outgoing, timeout: float | None) -> None:
+        """The consumer's own send found the queue full: wait for POLLOUT and flush."""
+        poller = self._out_pollers.get(sock.name)
+        if poller is None:
+            poller = self._out_pollers[sock.name] = GreenPoller()
+            poller.register(sock, zmq.POLLOUT)
+        try:
+            with gevent.Timeout(timeout, TimeoutError(f"send queue of {sock.name!r} full")):
+                while out.queue.full():
+                    if poller.poll(-1) and not out.flush(sock.raw, self.batch):
+                        out.backoff()
+                    else:
+                        out.spins = 0
+        finally:
+            poller.close_watchers()
+            del self._out_pollers[sock.name]
+
+    def _flush_all(self) -> None:
+        """Send what waits (consumer only); POLLOUT for the sockets still backed up."""
+        for name, out in self._out.items():
+            if len(out):
+                out.flush(self._by_name[name].raw, self.batch)
+            want = _POLLIN | (_POLLOUT if out.pending is not None else 0)
+            if want != self._flags[name]:
+                self._flags[name] = want
+                self._poller.modify(self._by_name[name], want)
 
     def _fill(self, timeout: float | None) -> None:
         if self._consumer is None:  # the first poll: its greenlet owns the sockets
             self._consumer = greenlet.getcurrent()
             for s in self.sockets:
                 s.claim(self._consumer)
+                s.busy_hint = _mux_hint(s.name, "PollerListener")
+        if self._out:
+            self._flush_all()
         ms = -1 if timeout is None else int(timeout * 1000)
         self._polling = True
         try:
@@ -593,7 +690,16 @@ class PollerListener:
         finally:
             self._polling = False
         again, buf, batch, recv_raw = zmq.Again, self._buf, self.batch, _recv_raw
-        for sock, _ in ready:
+        for sock, ev in ready:
+            if ev & _POLLOUT:
+                out = self._out[sock.name]
+                if out.pending is not None:
+                    if out.flush(sock.raw, batch):
+                        out.spins = 0
+                    else:
+                        out.backoff()
+                if not ev & _POLLIN:
+                    continue
             raw, name, tr, n = sock.raw, sock.name, self._trace[sock.name], 0
             limit = 1 if name in self._lockstep else batch
             while n < limit:
@@ -645,8 +751,19 @@ class PollerListener:
     def _close(self) -> None:
         if not self._closed:
             self._closed = True
+            if any(len(o) for o in self._out.values()):
+                self._flush_out(1.0)
             self._poller.close_watchers()
             _close_sockets(self.sockets)
+
+    def _flush_out(self, seconds: float) -> None:
+        """Hand accepted messages to libzmq for up to ``seconds`` (the consumer, closing)."""
+        with gevent.Timeout(seconds, False):  # type: ignore[arg-type]  # False: silent
+            for name, out in self._out.items():
+                sock = self._by_name[name]
+                while len(out):
+                    if not out.flush(sock.raw, self.batch):
+                        sock.poll(50, zmq.POLLOUT)
 
     def statistics(self) -> MuxStatistics:
         """A frozen snapshot of counts and depth."""
@@ -656,11 +773,15 @@ class PollerListener:
             queued=len(self._buf),
             maxsize=self.batch * len(self.sockets),
             stopped=self._stopped,
+            **_send_stats(self._out),
         )
 
 
 class Outbox:
     """One writer greenlet owns ``sock``; any greenlet may ``send`` through it.
+
+    For a socket that is only sent on. A socket a mux also reads is sent on
+    with the mux's ``send``: the Outbox refuses it (SocketBusyError).
 
     Sends go raw with NOBLOCK and fall back to a green (blocking) send when
     libzmq says EAGAIN (HWM reached), so order is kept and nothing is dropped.
@@ -686,6 +807,10 @@ class Outbox:
         )
         self._writer: gevent.Greenlet[..., object] = gevent.Greenlet(self._write)
         self._writer.name = f"writer-{sock.name}"
+        # an explicit hand-over: SocketBusyError here if another live greenlet
+        # (a mux's reader, say) owns the socket, never a silent steal
+        sock.hand_over(self._writer)
+        sock.busy_hint = f"Send through its greenzmq.Outbox (writer {self._writer.name!r})."
         if group is not None:
             group.add(self._writer)
         self._writer.start()

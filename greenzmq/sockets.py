@@ -246,7 +246,8 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
         )
         return SocketBusyError(
             f"socket {self.name!r} ({type_name(int(self.type))}) is owned by "
-            f"{describe_greenlet(owner)}; {describe_greenlet(cur)} tried to {op} on it. " + hint
+            f"{describe_greenlet(owner)}; {describe_greenlet(cur)} tried to {op}"
+            f"{' it' if op in ('claim', 'hand over') else ' on it'}. " + hint
         )
 
     def check_owner(self, op: str = "use") -> None:

@@ -488,6 +488,26 @@ class TestReadAndReply:
             mux.stop()
             dealer.close()
 
+    def test_rep_replies_through_mux(self, kind: str, ctx: Any) -> None:
+        """A REP read by a mux answers through mux.send, request after request."""
+        ep = f"inproc://rep-send-{next(_inproc)}"
+        rep = ctx.build(SocketSpec("rep", "REP", bind=(ep,)))
+        req = ctx.build(SocketSpec("req", "REQ", connect=(ep,)))
+        mux = make_mux(kind, [rep])
+        try:
+            with gevent.Timeout(10):
+                for i in range(20):
+                    req.send(b"%d" % i)
+                    name, frames = mux.get()
+                    mux.send(name, [frames[0] + b"!"])
+                    if kind == "poller":
+                        with pytest.raises(TimeoutError):
+                            mux.get(timeout=0.001)  # the poll loop sends it
+                    assert req.recv() == b"%d!" % i
+        finally:
+            mux.stop()
+            req.close()
+
     def test_send_errors(self, kind: str, ctx: Any) -> None:
         """mux.send names an unknown or receive-only socket; a stopped mux refuses."""
         pull, push = inproc_pair(ctx)
