@@ -9,8 +9,16 @@ Two ways to read many sockets from one loop, with one interface
 * :class:`PollerListener`: the consumer itself waits on a
   :class:`~greenzmq.poller.GreenPoller` and drains the ready sockets raw.
 
-:class:`Outbox` is the other direction: any number of greenlets hand frames to
-one writer greenlet that owns the socket.
+Replying on a socket the mux reads: ``mux.send(name, frames)`` on either.
+The greenlet that owns the socket sends (a ``Readers`` socket's reader, which
+then waits on its own socket and its send queue; the ``PollerListener``
+consumer's poll loop, which also polls POLLOUT for sockets with a backlog):
+rule 1 and rule 2, only one greenlet ever waits on a socket. Sends are whole
+messages, in order, through a bounded queue (``send_maxsize``) that holds the
+caller back green when full; libzmq's EAGAIN makes the owner wait, never drop.
+
+:class:`Outbox` is the other direction for a socket nobody reads: any number
+of greenlets hand frames to one writer greenlet that owns the socket.
 """
 
 from __future__ import annotations
