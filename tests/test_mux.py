@@ -508,6 +508,38 @@ class TestReadAndReply:
             mux.stop()
             req.close()
 
+    @pytest.mark.deadline(30)
+    def test_accepted_replies_survive_stop(
+        self, kind: str, ctx: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """Replies accepted by mux.send but held back by the HWM still go out at stop()."""
+        ep = endpoint()
+        router = ctx.build(SocketSpec("router", "ROUTER", bind=(ep,), hwm=2))
+        peer = ctx.build(SocketSpec("peer", "DEALER", connect=(ep,), hwm=2))
+        mux = make_mux(kind, [router], send_maxsize=100)
+        n, got = 30, []
+
+        def slow_reader() -> None:
+            while len(got) < n:
+                got.append(peer.recv())
+                gevent.sleep(0.005)
+
+        try:
+            peer.send(b"hello")
+            with gevent.Timeout(5):
+                _, (ident, _) = mux.get()
+            for i in range(n):
+                mux.send("router", [ident, b"%d:" % i + REPLY_BODY])
+            reader = gevent.spawn(slow_reader)
+            peer.hand_over(reader)
+            assert mux.statistics().send_queued > 0  # held back by the HWM
+            mux.stop()
+            reader.get(timeout=10)
+            assert [int(m.partition(b":")[0]) for m in got] == list(range(n))
+        finally:
+            mux.stop()
+            peer.close()
+
     def test_send_errors(self, kind: str, ctx: Any) -> None:
         """mux.send names an unknown or receive-only socket; a stopped mux refuses."""
         pull, push = inproc_pair(ctx)
