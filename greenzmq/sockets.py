@@ -2,7 +2,8 @@
 
 A :class:`Socket` is a ``zmq.green`` socket that remembers which greenlet owns
 it. The owner is the first greenlet that sends or receives (or the one that
-calls :meth:`Socket.claim`). Any other greenlet that sends or receives gets
+calls :meth:`Socket.claim`; :meth:`Socket.hand_over` passes it on, claim
+never takes it from a live owner). Any other greenlet that sends or receives gets
 :class:`~greenzmq.errors.SocketBusyError` at once, naming the socket and both
 greenlets, instead of pyzmq's "Only one greenlet can be waiting" assert, a
 deadlock, or the 11.6 s fallback stall (docs/design.md, rule 1).
@@ -205,10 +206,28 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
     name: str = "?"
     _owner: Any = None
     _raw: zmq.Socket[bytes] | None = None
+    # what SocketBusyError tells an intruder to use instead (set by a mux or outbox)
+    busy_hint: str | None = None
 
     def claim(self, owner: Any = None) -> None:
-        """Make ``owner`` (default: the current greenlet) the only user of this socket."""
-        self._owner = owner if owner is not None else greenlet.getcurrent()
+        """Make ``owner`` (default: the current greenlet) the only user of this socket.
+
+        It never takes a socket away: if another live greenlet owns it,
+        SocketBusyError. The owner passes it on with :meth:`hand_over`.
+        """
+        target = owner if owner is not None else greenlet.getcurrent()
+        cur = self._owner
+        if cur is not None and cur is not target and not cur.dead:
+            raise self._busy(cur, greenlet.getcurrent(), "claim")
+        self._owner = target
+
+    def hand_over(self, to: Any) -> None:
+        """Give the socket to greenlet ``to``: only its owner may (or anyone, if unowned)."""
+        me = greenlet.getcurrent()
+        cur = self._owner
+        if cur is not None and cur is not me and cur is not to and not cur.dead:
+            raise self._busy(cur, me, "hand over")
+        self._owner = to
 
     def release(self) -> None:
         """Forget the owner: the next greenlet that uses the socket owns it."""
@@ -219,6 +238,18 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
         """The owning greenlet, or None."""
         return self._owner
 
+    def _busy(self, owner: Any, cur: Any, op: str) -> SocketBusyError:
+        hint = self.busy_hint or (
+            "One greenlet owns a socket: read it and reply through one mux "
+            "(mux.send(name, frames) on Readers/PollerListener), or give a socket "
+            "that only sends a greenzmq.Outbox."
+        )
+        return SocketBusyError(
+            f"socket {self.name!r} ({type_name(int(self.type))}) is owned by "
+            f"{describe_greenlet(owner)}; {describe_greenlet(cur)} tried to {op}"
+            f"{' it' if op in ('claim', 'hand over') else ' on it'}. " + hint
+        )
+
     def check_owner(self, op: str = "use") -> None:
         """Raise SocketBusyError unless the current greenlet owns (or may claim) us."""
         cur = greenlet.getcurrent()
@@ -228,11 +259,7 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
         if owner is None or owner.dead:
             self._owner = cur
             return
-        raise SocketBusyError(
-            f"socket {self.name!r} ({type_name(int(self.type))}) is owned by "
-            f"{describe_greenlet(owner)}; {describe_greenlet(cur)} tried to {op} on it. "
-            "One greenlet owns a socket: talk to it through a queue (greenzmq.Outbox)."
-        )
+        raise self._busy(owner, cur, op)
 
     @property
     def raw(self) -> zmq.Socket[bytes]:

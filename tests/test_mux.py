@@ -353,3 +353,240 @@ class TestReplyBeforeClose:
                 got.append(req.recv())
             req.close(linger=0)
         assert got == [b"req%d" % i + b"!" * 5_000_000 for i in range(rounds)]
+
+
+REPLIES, REPLY_BODY = 3000, b"r" * 100_000
+
+
+def _slow_router_peer(ep: str, result: dict[str, Any], deadline: float) -> None:
+    """A DEALER in its own thread and plain context: requests in a window, slow reads.
+
+    It keeps up to 200 requests in flight (100 kB replies: far more than the
+    ROUTER's HWM and the TCP buffers hold) and sleeps between reads, so the
+    service's ROUTER sees EAGAIN for most of the run.
+    """
+    import time
+
+    c = zmq.Context()
+    d = c.socket(zmq.DEALER)
+    d.setsockopt(zmq.RCVHWM, 5)
+    d.setsockopt(zmq.LINGER, 0)
+    d.connect(ep)
+    sent = got = 0
+    bad: list[int] = []
+    end = time.monotonic() + deadline
+    try:
+        while got < REPLIES and time.monotonic() < end:
+            while sent < REPLIES and sent - got < 200:
+                d.send(b"%d" % sent)
+                sent += 1
+            if d.poll(100):
+                (body,) = d.recv_multipart()
+                head, _, pad = body.partition(b":")
+                if int(head) != got or pad != REPLY_BODY:
+                    bad.append(got)
+                got += 1
+                if got % 4 == 0:
+                    time.sleep(0.001)  # a peer that reads slowly
+    finally:
+        result.update(sent=sent, got=got, bad=bad)
+        d.close()
+        c.term()
+
+
+def _side_traffic(ctx: Any, endpoint: Callable[[], str]) -> tuple[list[Any], list[Any]]:
+    """A bound PULL with its PUSH and a SUB with its bound PUB: (mux sockets, peers)."""
+    pull_ep, pub_ep = endpoint(), endpoint()
+    pull = ctx.build(SocketSpec("pull", "PULL", bind=(pull_ep,)))
+    push = ctx.build(SocketSpec("push", "PUSH", connect=(pull_ep,)))
+    pub = ctx.build(SocketSpec("pub", "PUB", bind=(pub_ep,)))
+    sub = ctx.build(SocketSpec("sub", "SUB", connect=(pub_ep,)))
+    return [pull, sub], [push, pub]
+
+
+@pytest.mark.parametrize("kind", ["readers", "poller"])
+class TestReadAndReply:
+    @pytest.mark.deadline(90)
+    def test_replies_under_backpressure(
+        self, kind: str, ctx: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """PULL + SUB + ROUTER read by one mux, 3,000 100 kB replies to a slow peer: all arrive.
+
+        The replies go through ``mux.send``: the greenlet that owns the ROUTER
+        sends them, and a full ROUTER (EAGAIN) or a full send queue holds the
+        caller back instead of losing or refusing a reply.
+        """
+        import threading
+
+        router_ep = endpoint()
+        router = ctx.build(SocketSpec("router", "ROUTER", bind=(router_ep,), hwm=5))
+        side, (push, pub) = _side_traffic(ctx, endpoint)
+        kw: dict[str, Any] = {"send_maxsize": 8}
+        if kind == "readers":
+            kw["maxsize"] = 50
+        mux = make_mux(kind, [router, *side], **kw)
+        result: dict[str, Any] = {}
+        peer = threading.Thread(target=_slow_router_peer, args=(router_ep, result, 60), daemon=True)
+        peer.start()
+        pushes = 3000
+
+        def side_load() -> None:
+            for i in range(pushes):
+                push.send(b"%d" % i)
+                if i % 10 == 0:
+                    pub.send(b"tick %d" % i)
+                    gevent.sleep(0.001)
+
+        loader = gevent.spawn(side_load)
+        counts = {"router": 0, "pull": 0, "sub": 0}
+        try:
+            with gevent.Timeout(70):
+                while counts["router"] < REPLIES or counts["pull"] < pushes:
+                    name, frames = mux.get()
+                    counts[name] += 1
+                    if name == "router":
+                        ident, req = frames
+                        mux.send("router", [ident, req + b":" + REPLY_BODY])
+                # every reply was accepted; the peer thread counts what arrived
+                while peer.is_alive():
+                    try:
+                        mux.get(timeout=0.05)  # keep the poll loop turning
+                    except TimeoutError:
+                        pass
+            loader.get(timeout=5)
+        finally:
+            mux.stop()
+            peer.join(10)
+            push.close()
+            pub.close()
+        assert result["got"] == REPLIES, f"{result['got']} of {REPLIES} replies delivered"
+        assert result["bad"] == []
+        assert counts["pull"] == pushes
+        assert mux.statistics().sent == {"router": REPLIES}
+
+    def test_send_from_another_greenlet(
+        self, kind: str, ctx: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """A handler greenlet replies through mux.send: the socket's owner sends it."""
+        ep = endpoint()
+        router = ctx.build(SocketSpec("router", "ROUTER", bind=(ep,)))
+        dealer = ctx.build(SocketSpec("dealer", "DEALER", connect=(ep,)))
+        mux = make_mux(kind, [router])
+        try:
+            dealer.send(b"ping")
+            with gevent.Timeout(5):
+                _, (ident, body) = mux.get()
+                handler = gevent.spawn(mux.send, "router", [ident, body + b"!"])
+                handler.get()
+                if kind == "poller":
+                    # the consumer's poll loop does the send: keep it turning
+                    with pytest.raises(TimeoutError):
+                        mux.get(timeout=0.05)
+                assert dealer.recv() == b"ping!"
+            assert router.owner is not handler
+        finally:
+            mux.stop()
+            dealer.close()
+
+    def test_rep_replies_through_mux(self, kind: str, ctx: Any) -> None:
+        """A REP read by a mux answers through mux.send, request after request."""
+        ep = f"inproc://rep-send-{next(_inproc)}"
+        rep = ctx.build(SocketSpec("rep", "REP", bind=(ep,)))
+        req = ctx.build(SocketSpec("req", "REQ", connect=(ep,)))
+        mux = make_mux(kind, [rep])
+        try:
+            with gevent.Timeout(10):
+                for i in range(20):
+                    req.send(b"%d" % i)
+                    name, frames = mux.get()
+                    mux.send(name, [frames[0] + b"!"])
+                    if kind == "poller":
+                        with pytest.raises(TimeoutError):
+                            mux.get(timeout=0.001)  # the poll loop sends it
+                    assert req.recv() == b"%d!" % i
+        finally:
+            mux.stop()
+            req.close()
+
+    @pytest.mark.deadline(30)
+    def test_accepted_replies_survive_stop(
+        self, kind: str, ctx: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """Replies accepted by mux.send but held back by the HWM still go out at stop()."""
+        ep = endpoint()
+        router = ctx.build(SocketSpec("router", "ROUTER", bind=(ep,), hwm=2))
+        peer = ctx.build(SocketSpec("peer", "DEALER", connect=(ep,), hwm=2))
+        mux = make_mux(kind, [router], send_maxsize=100)
+        n, got = 30, []
+
+        def slow_reader() -> None:
+            while len(got) < n:
+                got.append(peer.recv())
+                gevent.sleep(0.005)
+
+        try:
+            peer.send(b"hello")
+            with gevent.Timeout(5):
+                _, (ident, _) = mux.get()
+            for i in range(n):
+                mux.send("router", [ident, b"%d:" % i + REPLY_BODY])
+            reader = gevent.spawn(slow_reader)
+            peer.hand_over(reader)
+            assert mux.statistics().send_queued > 0  # held back by the HWM
+            mux.stop()
+            reader.get(timeout=10)
+            assert [int(m.partition(b":")[0]) for m in got] == list(range(n))
+        finally:
+            mux.stop()
+            peer.close()
+
+    def test_send_errors(self, kind: str, ctx: Any) -> None:
+        """mux.send names an unknown or receive-only socket; a stopped mux refuses."""
+        pull, push = inproc_pair(ctx)
+        router = ctx.build(SocketSpec("router", "ROUTER", bind=(f"inproc://se-{next(_inproc)}",)))
+        mux = make_mux(kind, [pull, router])
+        try:
+            with pytest.raises(KeyError, match="'nope'"):
+                mux.send("nope", [b"x"])
+            with pytest.raises(KeyError, match="'a'"):
+                mux.send("a", [b"x"])  # a PULL
+            mux.stop()
+            with pytest.raises(ClosedError):
+                mux.send("router", [b"x"])
+        finally:
+            mux.stop()
+            push.close()
+
+    def test_busy_hint_names_mux_send(
+        self, kind: str, ctx: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """Sending directly on a socket a mux reads: the error says to use mux.send."""
+        ep = endpoint()
+        router = ctx.build(SocketSpec("router", "ROUTER", bind=(ep,)))
+        mux = make_mux(kind, [router])
+        owner: Any = None
+        try:
+            if kind == "poller":
+                owner = gevent.spawn(lambda: list(mux))  # the consumer owns the sockets
+            gevent.sleep(0.01)
+            with pytest.raises(SocketBusyError, match=r"mux\.send\('router'"):
+                router.send_multipart([b"peer", b"x"])
+        finally:
+            mux.stop()
+            if owner is not None:
+                owner.join(2)
+
+
+class TestOutboxOwnership:
+    def test_outbox_does_not_steal_a_read_socket(self, ctx: Any) -> None:
+        """An Outbox on a socket a reader owns is refused at once, not a silent steal."""
+        pull, push = inproc_pair(ctx)
+        mux = Readers([pull]).start()
+        try:
+            gevent.sleep(0)
+            with pytest.raises(SocketBusyError, match="reader-a"):
+                Outbox(pull)
+            assert pull.owner.name == "reader-a"
+        finally:
+            mux.stop()
+            push.close()

@@ -64,7 +64,7 @@ class FakeWorker:
 
     def beats_without_request(self, n: int, timeout: float = 5.0) -> None:
         """Answer ``n`` heartbeats; fail if a request comes meanwhile."""
-        self.sock.claim()  # may run in its own greenlet
+        self.sock.claim()  # runs in its own greenlet: the test handed the socket over
         with gevent.Timeout(timeout):
             for _ in range(n):
                 m = self.sock.recv_multipart()
@@ -89,7 +89,11 @@ class TestQueue:
         rb, _ = b.next_request()
         assert (ra[-1], rb[-1]) == (b"r0", b"r1")  # A was idle first
         # both busy: r2 waits in the queue; both answer heartbeats at once, so neither expires
-        both = [gevent.spawn(w.beats_without_request, 3) for w in (a, b)]
+        both = []
+        for w in (a, b):
+            g = gevent.spawn(w.beats_without_request, 3)
+            w.sock.hand_over(g)  # claim() never takes a socket from a live owner
+            both.append(g)
         gevent.joinall(both, raise_error=True)
         a.sock.send_multipart([*ra[:-1], b"done0"])
         ra2, _ = a.next_request()  # A is idle again, and first in line

@@ -295,6 +295,50 @@ class TestOwnership:
             pull.close()
             push.close()
 
+    def test_claim_never_steals(self, ctx: Any, endpoint: Callable[[], str]) -> None:
+        """claim() while another live greenlet owns the socket raises; hand_over is explicit."""
+        pull, push = _pair(ctx, endpoint)
+        try:
+            owner = gevent.spawn(pull.recv)
+            owner.name = "owner"
+            gevent.sleep(0)  # parked in recv: owns pull
+            thief = gevent.spawn(pull.claim)
+            thief.name = "thief"
+            thief.join(2)
+            assert isinstance(thief.exception, SocketBusyError)
+            assert "'owner'" in str(thief.exception) and "claim" in str(thief.exception)
+            assert pull.owner is owner
+            with pytest.raises(SocketBusyError, match="hand over"):
+                pull.hand_over(gevent.getcurrent())  # only the owner may hand it over
+            push.send(b"x")
+            assert owner.get(timeout=5) == b"x"
+            # the owner hands over explicitly; a dead owner's socket is free to claim
+            heir = gevent.spawn(pull.recv)
+            owner_hands = gevent.spawn(lambda: pull.hand_over(heir))
+            assert owner_hands.get(timeout=5) is None  # owner is dead: anyone may hand over
+            assert pull.owner is heir
+            push.send(b"y")
+            assert heir.get(timeout=5) == b"y"
+            pull.claim()  # heir is dead now
+            assert pull.owner is gevent.getcurrent()
+        finally:
+            pull.close()
+            push.close()
+
+    def test_live_owner_hands_over(self, ctx: Any, endpoint: Callable[[], str]) -> None:
+        """The owner itself may hand its socket to another greenlet, which may then use it."""
+        pull, push = _pair(ctx, endpoint)
+        try:
+            push.send(b"1")  # main owns push
+            g = gevent.spawn(push.send, b"2")
+            push.hand_over(g)
+            g.get(timeout=5)
+            with gevent.Timeout(5):
+                assert [pull.recv(), pull.recv()] == [b"1", b"2"]
+        finally:
+            pull.close()
+            push.close()
+
     def test_broken_broker_raises(self, ctx: Any, endpoint: Callable[[], str]) -> None:
         """The tutorial's broken broker (two greenlets pumping one ROUTER/DEALER pair) raises."""
         fe_ep, be_ep = endpoint(), endpoint()
