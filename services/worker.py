@@ -19,13 +19,21 @@ from ._common import BACKEND, KILL, socket_tracer
 
 
 def answer(body: list[bytes]) -> list[bytes]:
-    """The reply to one request body: the square, or an error message."""
+    """The reply to one request body: the square, or an error message.
+
+    Python refuses to convert integers of over 4,300 digits to and from text
+    (``sys.get_int_max_str_digits``, CVE-2020-10735): a longer body, or a
+    square too long to print, gets an error reply instead of killing the worker.
+    """
     text = b"".join(body)
     try:
         j = int(text)
     except ValueError:
         return [b"error: not an integer: " + text[:64]]
-    return [str(j * j).encode()]
+    try:
+        return [str(j * j).encode()]
+    except ValueError:
+        return [b"error: square too long: %d digits" % len(text)]
 
 
 class Worker(Service):

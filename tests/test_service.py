@@ -120,7 +120,7 @@ class TestWorker:
         service: Callable[..., ServiceProcess],
         endpoint: Callable[[], str],
     ) -> None:
-        """A non-integer body gets an error reply; the worker keeps serving squares."""
+        """A non-integer or too-long body gets an error reply; the worker keeps serving."""
         be = endpoint()
         # the test plays the broker's backend: a DEALER bound where workers connect
         dealer = ctx.build(SocketSpec("backend", "DEALER", bind=(be,)))
@@ -131,13 +131,16 @@ class TestWorker:
                     (b"12", b"144"),
                     (b"twelve", b"error: not an integer: twelve"),
                     (b"", b"error: not an integer: "),
+                    # a square over Python's 4,300-digit str() limit killed the worker
+                    (b"7" * 4000, b"error: square too long: 4000 digits"),
+                    (b"9" * 5000, b"error: not an integer: " + b"9" * 64),
                     (b"-3", b"9"),
                 ]:
                     dealer.send_multipart([b"", body])
                     assert dealer.recv_multipart() == [b"", want]
             p.signal(signal.SIGTERM)
             assert p.wait(5) == 0
-            assert p.wait_event("worker.done")["answered"] == 4
+            assert p.wait_event("worker.done")["answered"] == 6
         finally:
             dealer.close()
 
