@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import gevent
 import pytest
+import zmq
 
 from greenzmq.broker import Broker, envelope_problem
 from greenzmq.sockets import Context, SocketSpec
@@ -332,3 +335,187 @@ class TestGracefulStop:
             for s in [worker, *clients]:
                 s.close(linger=0)
             ctx.term()
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def _served_by(master: ServiceProcess) -> int:
+    """The pid of the process that serves (the launcher's worker 0, exec'd by the master)."""
+    return int(master.wait_event("service.start")["pid"])
+
+
+class TestSlowClient:
+    """A client that sends and never reads must not hold up anyone else."""
+
+    @pytest.mark.slow
+    @pytest.mark.deadline(120)
+    def test_good_client_beside_one_that_never_reads(
+        self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
+    ) -> None:
+        """30,000 requests from a client that never reads: a good client gets 20 of 20
+        replies within 2 s each, the broker drops (and logs) only the slow client's
+        traffic, and its memory returns to the baseline once that client has gone.
+
+        Today's code stalled every client: 0 of 20 (the full pipe of the slow client
+        blocked the backend for everyone), and the broker kept ~250 MB afterwards.
+        """
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+        quiet = ("--trace-sample", "0")
+        broker = service(
+            "services.broker:app", "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}",
+            "--endpoint", f"kill={kill}", *quiet,
+        )  # fmt: skip
+        workers = [
+            service("services.worker:app", "--endpoint", f"backend={be}",
+                    "--endpoint", f"kill={kill}", *quiet)
+            for _ in range(2)
+        ]  # fmt: skip
+        for p in [broker, *workers]:
+            p.wait_started()
+        pid = _served_by(broker)
+        zctx = zmq.Context()
+        good = zctx.socket(zmq.REQ)
+        slow = zctx.socket(zmq.DEALER)
+        for s in (good, slow):
+            s.setsockopt(zmq.LINGER, 0)
+
+        def ask(j: int, within: float) -> bool:
+            good.send(b"%d" % j)
+            if not good.poll(int(within * 1000)):
+                return False
+            assert good.recv() == b"%d" % (j * j)
+            return True
+
+        try:
+            good.connect(fe)
+            assert ask(1, 15), "the good client got no first reply"
+            baseline = _rss_mb(pid)
+            slow.connect(fe)
+            # 2,000-digit requests: their 4,000-digit replies outgrow the slow
+            # client's pipe and TCP buffers, so its backlog reaches the broker
+            big, sent, until = b"7" * 2000, 0, time.monotonic() + 20
+            while sent < 30_000 and time.monotonic() < until:
+                try:
+                    slow.send_multipart([b"", big], zmq.NOBLOCK)
+                    sent += 1
+                except zmq.Again:
+                    time.sleep(0.001)
+            answered = [ask(j, 2.0) for j in range(2, 22)]
+            assert all(answered), f"good client: {sum(answered)} of 20 answered within 2 s"
+            peak = _rss_mb(pid)
+            slow.close()
+            wait_for(
+                lambda: _rss_mb(pid) < baseline + 20, 15,
+                f"the broker's memory back near its {baseline:.0f} MiB baseline "
+                f"(peak {peak:.0f} MiB, now {_rss_mb(pid):.0f})",
+            )  # fmt: skip
+            assert all(ask(j, 2.0) for j in range(30, 40)), "serving after the slow client left"
+        finally:
+            good.close()
+            slow.close()
+            zctx.term()
+        broker.signal(signal.SIGTERM)
+        assert broker.wait(15) == 0, broker.output()
+        drops = broker.wait_event("broker.stats")["drops"]
+        # only the slow client's traffic was dropped, each drop logged with its reason
+        assert set(drops) <= {"slow peer", "client over its limit", "unknown peer"}, drops
+        assert sum(drops.values()) > 0, drops
+        logged = Counter(d["reason"] for d in broker.events("hop", op="drop"))
+        assert logged == drops
+        print(f"sent {sent}, good 30/30 on time, rss {baseline:.0f} -> {peak:.0f} MiB, {drops}")
+
+
+class LimitedBroker(Broker):
+    """Per-client limits small enough to reach with a handful of requests."""
+
+    peer_inflight = 3
+    peer_held = 10
+    request_ttl = 0.5
+
+
+class TestClientLimits:
+    @pytest.mark.deadline(60)
+    def test_inflight_held_and_over_the_limit(
+        self, ctx: Any, endpoint: Callable[[], str], logs: Any
+    ) -> None:
+        """A client gets 3 requests at the workers, 10 held in order, the rest dropped;
+        another client's request goes straight past the held ones."""
+        events = logs(trace_sample=0)
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+        broker = LimitedBroker()
+        run = gevent.spawn(
+            broker.serve, {"frontend": fe, "backend": be, "kill": kill}, install_signals=False
+        )
+        worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
+        bulk = ctx.build(SocketSpec("bulk", "DEALER", connect=(fe,), identity=b"bulk"))
+        other = ctx.build(SocketSpec("other", "REQ", connect=(fe,)))
+        try:
+            for j in range(20):
+                bulk.send_multipart([b"", b"%d" % j])
+            green_wait_for(lambda: broker.drops, 10, "drops over the limit")
+            green_wait_for(lambda: sum(broker.drops.values()) == 7, 10, "7 drops")
+            assert broker.drops == {"client over its limit": 7}
+            assert len(events("hop", op="drop", reason="client over its limit")) == 7
+            with gevent.Timeout(10):
+                first = [worker.recv_multipart() for _ in range(3)]
+            assert [m[-1] for m in first] == [b"0", b"1", b"2"]
+            assert worker.poll(100) == 0, "a 4th request of one client reached the workers"
+            other.send(b"other")
+            with gevent.Timeout(10):
+                m = worker.recv_multipart()
+            assert m[-1] == b"other", "the other client waited behind the held requests"
+            worker.send_multipart([*m[:-1], b"ok"])
+            with gevent.Timeout(10):
+                assert other.recv() == b"ok"
+                # each reply to bulk lets one held request through, in order
+                outstanding, got = first, [m[-1] for m in first]
+                for _ in range(13):
+                    env = outstanding.pop(0)
+                    worker.send_multipart([*env[:-1], env[-1] + b"!"])
+                    if len(got) < 13:
+                        outstanding.append(worker.recv_multipart())
+                        got.append(outstanding[-1][-1])
+                replies = [bulk.recv_multipart()[-1] for _ in range(13)]
+            assert got == [b"%d" % j for j in range(13)]
+            assert replies == [b"%d!" % j for j in range(13)]
+        finally:
+            for s in (worker, bulk, other):
+                s.close(linger=0)
+            broker.stop()
+            assert run.get(timeout=10) == 0
+
+    @pytest.mark.deadline(60)
+    def test_lost_requests_are_forgotten_after_request_ttl(
+        self, ctx: Any, endpoint: Callable[[], str], logs: Any
+    ) -> None:
+        """A worker that swallows a client's 3 requests: after request_ttl the held ones go out."""
+        logs(trace_sample=0)
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+        broker = LimitedBroker()
+        run = gevent.spawn(
+            broker.serve, {"frontend": fe, "backend": be, "kill": kill}, install_signals=False
+        )
+        worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
+        bulk = ctx.build(SocketSpec("bulk", "DEALER", connect=(fe,)))
+        try:
+            for j in range(5):
+                bulk.send_multipart([b"", b"%d" % j])
+            with gevent.Timeout(10):
+                lost = [worker.recv_multipart() for _ in range(3)]  # never answered
+            assert [m[-1] for m in lost] == [b"0", b"1", b"2"]
+            assert worker.poll(200) == 0
+            with gevent.Timeout(10):  # request_ttl 0.5 s, then a sweep
+                late = [worker.recv_multipart()[-1] for _ in range(2)]
+            assert late == [b"3", b"4"]
+        finally:
+            for s in (worker, bulk):
+                s.close(linger=0)
+            broker.stop()
+            assert run.get(timeout=10) == 0

@@ -143,7 +143,7 @@ class TestServed:
         assert fe["msgs_in"] == 21 and fe["drops"] == {"no envelope delimiter": 1}
         assert be["msgs_out"] == 20 and be["msgs_in"] == 20 and fe["msgs_out"] == 20
         assert fe["bytes_in"] > 0 and be["bytes_out"] == fe["bytes_in"]
-        assert snap["queues"] == {"pending:frontend": 0, "pending:backend": 0}
+        assert snap["queues"] == {"pending:frontend": 0, "pending:backend": 0, "held:frontend": 0}
         assert "kill" in snap["sockets"]
 
         text = stats_cli(ctl)
