@@ -232,33 +232,31 @@ class Broker(Service):
             nonlocal retry_at
             cid = m[0].bytes
             c = clients.get(cid)
-            if c is not None:
-                c.since = now
-                if c.inflight:
-                    c.inflight -= 1
-                if c.held:  # accepted requests go out, stopping or not
-                    c.inflight += 1
-                    to_backend(c.held.popleft())
-                if c.replies:  # keep the client's order: behind what already waits
-                    if len(c.replies) < peer_replies:
-                        c.replies.append(m)
-                    else:
-                        drop(fe, m, "slow peer")
-                    return
+            if c is None or not c.inflight:
+                # nobody asked: a stray, late (past request_ttl) or forged reply
+                # from a backend peer that guessed a client id
+                drop(fe, m, "no request outstanding")
+                return
+            c.since = now
+            c.inflight -= 1
+            if c.held:  # accepted requests go out, stopping or not
+                c.inflight += 1
+                to_backend(c.held.popleft())
+            if c.replies:  # keep the client's order: behind what already waits
+                if len(c.replies) < peer_replies:
+                    c.replies.append(m)
+                else:
+                    drop(fe, m, "slow peer")
+                return
             outcome = send(fe, m)
             if outcome == _FULL:
-                if c is None:
-                    c = clients[cid] = _Client(now)
                 c.replies.append(m)
                 if not slow:
                     retry_at = now + retry_delay
                 slow.add(cid)
             elif outcome == _GONE:
-                if c is None:
-                    drop(fe, m, "unknown peer")
-                else:
-                    forget(cid, c, m)
-            elif c is not None and not c.inflight and not c.held:
+                forget(cid, c, m)
+            elif not c.inflight and not c.held:
                 del clients[cid]
 
         def to_workers(m: list[Any], now: float) -> None:
