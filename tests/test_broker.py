@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import gevent
@@ -434,6 +435,20 @@ class TestSlowClient:
         print(f"sent {sent}, good 30/30 on time, rss {baseline:.0f} -> {peak:.0f} MiB, {drops}")
 
 
+@contextlib.contextmanager
+def _running(broker: Broker, endpoint: Callable[[], str]) -> Iterator[tuple[str, str]]:
+    """Serve ``broker`` in a greenlet on free ports; yield (frontend, backend); stop it after."""
+    fe, be, kill = endpoint(), endpoint(), endpoint()
+    run = gevent.spawn(
+        broker.serve, {"frontend": fe, "backend": be, "kill": kill}, install_signals=False
+    )
+    try:
+        yield fe, be
+    finally:
+        broker.stop()
+        assert run.get(timeout=10) == 0
+
+
 class LimitedBroker(Broker):
     """Per-client limits small enough to reach with a handful of requests."""
 
@@ -450,48 +465,43 @@ class TestClientLimits:
         """A client gets 3 requests at the workers, 10 held in order, the rest dropped;
         another client's request goes straight past the held ones."""
         events = logs(trace_sample=0)
-        fe, be, kill = endpoint(), endpoint(), endpoint()
         broker = LimitedBroker()
-        run = gevent.spawn(
-            broker.serve, {"frontend": fe, "backend": be, "kill": kill}, install_signals=False
-        )
-        worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
-        bulk = ctx.build(SocketSpec("bulk", "DEALER", connect=(fe,), identity=b"bulk"))
-        other = ctx.build(SocketSpec("other", "REQ", connect=(fe,)))
-        try:
-            for j in range(20):
-                bulk.send_multipart([b"", b"%d" % j])
-            green_wait_for(lambda: broker.drops, 10, "drops over the limit")
-            green_wait_for(lambda: sum(broker.drops.values()) == 7, 10, "7 drops")
-            assert broker.drops == {"client over its limit": 7}
-            assert len(events("hop", op="drop", reason="client over its limit")) == 7
-            with gevent.Timeout(10):
-                first = [worker.recv_multipart() for _ in range(3)]
-            assert [m[-1] for m in first] == [b"0", b"1", b"2"]
-            assert worker.poll(100) == 0, "a 4th request of one client reached the workers"
-            other.send(b"other")
-            with gevent.Timeout(10):
-                m = worker.recv_multipart()
-            assert m[-1] == b"other", "the other client waited behind the held requests"
-            worker.send_multipart([*m[:-1], b"ok"])
-            with gevent.Timeout(10):
-                assert other.recv() == b"ok"
-                # each reply to bulk lets one held request through, in order
-                outstanding, got = first, [m[-1] for m in first]
-                for _ in range(13):
-                    env = outstanding.pop(0)
-                    worker.send_multipart([*env[:-1], env[-1] + b"!"])
-                    if len(got) < 13:
-                        outstanding.append(worker.recv_multipart())
-                        got.append(outstanding[-1][-1])
-                replies = [bulk.recv_multipart()[-1] for _ in range(13)]
-            assert got == [b"%d" % j for j in range(13)]
-            assert replies == [b"%d!" % j for j in range(13)]
-        finally:
-            for s in (worker, bulk, other):
-                s.close(linger=0)
-            broker.stop()
-            assert run.get(timeout=10) == 0
+        with _running(broker, endpoint) as (fe, be):
+            worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
+            bulk = ctx.build(SocketSpec("bulk", "DEALER", connect=(fe,), identity=b"bulk"))
+            other = ctx.build(SocketSpec("other", "REQ", connect=(fe,)))
+            try:
+                for j in range(20):
+                    bulk.send_multipart([b"", b"%d" % j])
+                green_wait_for(lambda: broker.drops, 10, "drops over the limit")
+                green_wait_for(lambda: sum(broker.drops.values()) == 7, 10, "7 drops")
+                assert broker.drops == {"client over its limit": 7}
+                assert len(events("hop", op="drop", reason="client over its limit")) == 7
+                with gevent.Timeout(10):
+                    first = [worker.recv_multipart() for _ in range(3)]
+                assert [m[-1] for m in first] == [b"0", b"1", b"2"]
+                assert worker.poll(100) == 0, "a 4th request of one client reached the workers"
+                other.send(b"other")
+                with gevent.Timeout(10):
+                    m = worker.recv_multipart()
+                assert m[-1] == b"other", "the other client waited behind the held requests"
+                worker.send_multipart([*m[:-1], b"ok"])
+                with gevent.Timeout(10):
+                    assert other.recv() == b"ok"
+                    # each reply to bulk lets one held request through, in order
+                    outstanding, got = first, [m[-1] for m in first]
+                    for _ in range(13):
+                        env = outstanding.pop(0)
+                        worker.send_multipart([*env[:-1], env[-1] + b"!"])
+                        if len(got) < 13:
+                            outstanding.append(worker.recv_multipart())
+                            got.append(outstanding[-1][-1])
+                    replies = [bulk.recv_multipart()[-1] for _ in range(13)]
+                assert got == [b"%d" % j for j in range(13)]
+                assert replies == [b"%d!" % j for j in range(13)]
+            finally:
+                for s in (worker, bulk, other):
+                    s.close(linger=0)
 
     @pytest.mark.deadline(60)
     def test_lost_requests_are_forgotten_after_request_ttl(
@@ -499,28 +509,23 @@ class TestClientLimits:
     ) -> None:
         """A worker that swallows a client's 3 requests: after request_ttl the held ones go out."""
         logs(trace_sample=0)
-        fe, be, kill = endpoint(), endpoint(), endpoint()
         broker = LimitedBroker()
-        run = gevent.spawn(
-            broker.serve, {"frontend": fe, "backend": be, "kill": kill}, install_signals=False
-        )
-        worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
-        bulk = ctx.build(SocketSpec("bulk", "DEALER", connect=(fe,)))
-        try:
-            for j in range(5):
-                bulk.send_multipart([b"", b"%d" % j])
-            with gevent.Timeout(10):
-                lost = [worker.recv_multipart() for _ in range(3)]  # never answered
-            assert [m[-1] for m in lost] == [b"0", b"1", b"2"]
-            assert worker.poll(200) == 0
-            with gevent.Timeout(10):  # request_ttl 0.5 s, then a sweep
-                late = [worker.recv_multipart()[-1] for _ in range(2)]
-            assert late == [b"3", b"4"]
-        finally:
-            for s in (worker, bulk):
-                s.close(linger=0)
-            broker.stop()
-            assert run.get(timeout=10) == 0
+        with _running(broker, endpoint) as (fe, be):
+            worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
+            bulk = ctx.build(SocketSpec("bulk", "DEALER", connect=(fe,)))
+            try:
+                for j in range(5):
+                    bulk.send_multipart([b"", b"%d" % j])
+                with gevent.Timeout(10):
+                    lost = [worker.recv_multipart() for _ in range(3)]  # never answered
+                assert [m[-1] for m in lost] == [b"0", b"1", b"2"]
+                assert worker.poll(200) == 0
+                with gevent.Timeout(10):  # request_ttl 0.5 s, then a sweep
+                    late = [worker.recv_multipart()[-1] for _ in range(2)]
+                assert late == [b"3", b"4"]
+            finally:
+                for s in (worker, bulk):
+                    s.close(linger=0)
 
 
 class TestForgedReplies:
@@ -531,31 +536,26 @@ class TestForgedReplies:
         """A backend peer that sprays "replies" at a client id it learnt (or guessed)
         reaches nobody once that client's request is answered: a logged drop."""
         events = logs(trace_sample=0)
-        fe, be, kill = endpoint(), endpoint(), endpoint()
         broker = Broker()
-        run = gevent.spawn(
-            broker.serve, {"frontend": fe, "backend": be, "kill": kill}, install_signals=False
-        )
-        worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
-        client = ctx.build(SocketSpec("client", "DEALER", connect=(fe,)))
-        try:
-            with gevent.Timeout(10):
-                client.send_multipart([b"", b"1"])
-                env = worker.recv_multipart()
-                worker.send_multipart([*env[:-1], b"one"])
-                assert client.recv_multipart() == [b"", b"one"]
-                for j in range(3):  # nothing outstanding for this client now
-                    worker.send_multipart([*env[:-1], b"forged %d" % j])
-                green_wait_for(lambda: broker.drops["no request outstanding"] == 3, 10, "drops")
-            assert client.poll(200) == 0, "a forged reply reached the client"
-            assert len(events("hop", op="drop", reason="no request outstanding")) == 3
-            with gevent.Timeout(10):  # the client is served as before
-                client.send_multipart([b"", b"2"])
-                env = worker.recv_multipart()
-                worker.send_multipart([*env[:-1], b"two"])
-                assert client.recv_multipart() == [b"", b"two"]
-        finally:
-            for s in (worker, client):
-                s.close(linger=0)
-            broker.stop()
-            assert run.get(timeout=10) == 0
+        with _running(broker, endpoint) as (fe, be):
+            worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
+            client = ctx.build(SocketSpec("client", "DEALER", connect=(fe,)))
+            try:
+                with gevent.Timeout(10):
+                    client.send_multipart([b"", b"1"])
+                    env = worker.recv_multipart()
+                    worker.send_multipart([*env[:-1], b"one"])
+                    assert client.recv_multipart() == [b"", b"one"]
+                    for j in range(3):  # nothing outstanding for this client now
+                        worker.send_multipart([*env[:-1], b"forged %d" % j])
+                    green_wait_for(lambda: broker.drops["no request outstanding"] == 3, 10, "drops")
+                assert client.poll(200) == 0, "a forged reply reached the client"
+                assert len(events("hop", op="drop", reason="no request outstanding")) == 3
+                with gevent.Timeout(10):  # the client is served as before
+                    client.send_multipart([b"", b"2"])
+                    env = worker.recv_multipart()
+                    worker.send_multipart([*env[:-1], b"two"])
+                    assert client.recv_multipart() == [b"", b"two"]
+            finally:
+                for s in (worker, client):
+                    s.close(linger=0)
