@@ -237,6 +237,7 @@ class Broker(Service):
                 # from a backend peer that guessed a client id
                 drop(fe, m, "no request outstanding")
                 return
+            forwarded["backend->frontend"] += 1  # a reply owed: in_flight() goes down
             c.since = now
             c.inflight -= 1
             if c.held:  # accepted requests go out, stopping or not
@@ -310,7 +311,6 @@ class Broker(Service):
                 if from_fe:
                     to_workers(m, now)
                 else:
-                    forwarded["backend->frontend"] += 1
                     to_client(m, now)
             count[src].add_in(taken, nbytes)
             count[dst].add_out(taken - dropped, nbytes)
