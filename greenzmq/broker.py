@@ -153,6 +153,10 @@ class Broker(Service):
         pending: deque[list[Any]] = deque()
         clients: dict[bytes, _Client] = {}
         slow: set[bytes] = set()  # clients with replies waiting
+
+        def held() -> int:
+            return sum(len(c.held) for c in clients.values())
+
         tracer = self.tracer
         assert tracer is not None  # open() made it
         trace = {s: tracer.for_socket(s.name, type_name(s.type)) for s in (fe, be)}
@@ -171,7 +175,7 @@ class Broker(Service):
         # room at the workers; requests held over their client's in-flight limit
         stats.gauge("pending:frontend", lambda: sum(len(clients[c].replies) for c in slow))
         stats.gauge("pending:backend", lambda: len(pending))
-        stats.gauge("held:frontend", lambda: sum(len(c.held) for c in clients.values()))
+        stats.gauge("held:frontend", held)
         forwarded = self.forwarded
         moved = 0  # messages taken since the allocator was last trimmed
         retry_at, retry_delay = 0.0, _RETRY_MIN
@@ -215,6 +219,12 @@ class Broker(Service):
             if pending or send(be, m) == _FULL:
                 pending.append(m)
 
+        def release(c: _Client) -> None:
+            """Send a client's held requests while it is under its limit (accepted: even stopping)."""
+            while c.held and c.inflight < peer_inflight:
+                c.inflight += 1
+                to_backend(c.held.popleft())
+
         def forget(cid: bytes, c: _Client, m: list[Any]) -> None:
             """The client has gone: drop what waits for it and its books."""
             drop(fe, m, "unknown peer")
@@ -240,9 +250,7 @@ class Broker(Service):
             forwarded["backend->frontend"] += 1  # a reply owed: in_flight() goes down
             c.since = now
             c.inflight -= 1
-            if c.held:  # accepted requests go out, stopping or not
-                c.inflight += 1
-                to_backend(c.held.popleft())
+            release(c)
             if c.replies:  # keep the client's order: behind what already waits
                 if len(c.replies) < peer_replies:
                     c.replies.append(m)
@@ -353,18 +361,13 @@ class Broker(Service):
             for cid, c in list(clients.items()):
                 if c.since < old and c.inflight:
                     c.inflight = 0
-                    while c.held and c.inflight < peer_inflight:
-                        c.inflight += 1
-                        to_backend(c.held.popleft())
+                    release(c)
                     c.since = now
                     if not c.inflight and not c.held and not c.replies:
                         del clients[cid]
 
         def in_flight() -> int:
             return forwarded["frontend->backend"] - forwarded["backend->frontend"]
-
-        def held() -> int:
-            return sum(len(c.held) for c in clients.values())
 
         next_sweep = time.monotonic() + self.request_ttl
 
