@@ -220,7 +220,7 @@ class Broker(Service):
                 pending.append(m)
 
         def release(c: _Client) -> None:
-            """Send a client's held requests while it is under its limit (accepted: even stopping)."""
+            """Send held requests while the client is under its limit (stopping too)."""
             while c.held and c.inflight < peer_inflight:
                 c.inflight += 1
                 to_backend(c.held.popleft())
