@@ -10,7 +10,7 @@ loop's cost, not import time.
 
 Kinds: the anchors of ``mux_anchors.py`` (plain_poll, green_poll,
 green_tasks, green_tasks_drain, threads, asyncio), and greenzmq's
-``readers`` / ``poller`` (greenzmq.mux.Readers / PollerListener) with an
+``readers`` / ``poller`` (greenzmq.core.mux.Readers / PollerListener) with an
 optional tracing suffix: ``readers@0.01`` samples 1% of the hops, ``readers@1``
 traces every hop, to a JSON log file in a temporary directory.
 """
@@ -51,9 +51,9 @@ def producer(addr: str, n: int) -> None:
 
 def consume_greenzmq(kind: str, addrs: list[str], logdir: str) -> int:
     """Take every message through Readers or PollerListener; return the count."""
-    from greenzmq.mux import PollerListener, Readers
-    from greenzmq.sockets import Context, SocketSpec
-    from greenzmq.tracing import Tracer, configure_logging
+    from greenzmq.core.mux import PollerListener, Readers
+    from greenzmq.core.sockets import Context, SocketSpec
+    from greenzmq.core.tracing import Tracer, configure_logging
 
     base, _, rate = kind.partition("@")
     sample = float(rate or 0)
@@ -93,9 +93,9 @@ def one(kind: str, n: int, port: int) -> dict[str, Any]:
     import zmq.asyncio
     import zmq.green  # noqa: F401
 
-    import greenzmq.mux
-    import greenzmq.sockets
-    import greenzmq.tracing  # noqa: F401
+    import greenzmq.core.mux
+    import greenzmq.core.sockets
+    import greenzmq.core.tracing  # noqa: F401
 
     addrs = [f"tcp://127.0.0.1:{port + i}" for i in range(3)]
     with tempfile.TemporaryDirectory(prefix="greenzmq-bench-") as logdir:

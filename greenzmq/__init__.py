@@ -22,50 +22,50 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .auth import GreenAuthenticator, client_options, generate_keys, secure
-    from .broker import Broker
-    from .lazypirate import LazyPirate
-    from .mdp import MDPBroker, MDPClient, MDPWorker, MDPWorkerService
-    from .mux import Message, MuxStatistics, Outbox, PollerListener, Readers
-    from .poller import GreenPoller
-    from .ppp import HeartbeatWorker, PPPQueue, PPPWorker, PPPWorkerService
-    from .service import CallableService, Service, kill_spec
-    from .sockets import Context, Socket, SocketSpec
-    from .tracing import Tracer, configure_logging, get_logger, message_key
+    from .core.auth import GreenAuthenticator, client_options, generate_keys, secure
+    from .core.mux import Message, MuxStatistics, Outbox, PollerListener, Readers
+    from .core.poller import GreenPoller
+    from .core.service import CallableService, Service, kill_spec
+    from .core.sockets import Context, Socket, SocketSpec
+    from .core.tracing import Tracer, configure_logging, get_logger, message_key
+    from .patterns.broker import Broker
+    from .patterns.lazypirate import LazyPirate
+    from .patterns.mdp import MDPBroker, MDPClient, MDPWorker, MDPWorkerService
+    from .patterns.ppp import HeartbeatWorker, PPPQueue, PPPWorker, PPPWorkerService
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "client_options": "auth",
-    "configure_logging": "tracing",
-    "generate_keys": "auth",
-    "get_logger": "tracing",
-    "kill_spec": "service",
-    "message_key": "tracing",
-    "secure": "auth",
-    "Broker": "broker",
-    "CallableService": "service",
-    "Context": "sockets",
-    "GreenAuthenticator": "auth",
-    "GreenPoller": "poller",
-    "HeartbeatWorker": "ppp",
-    "LazyPirate": "lazypirate",
-    "MDPBroker": "mdp",
-    "MDPClient": "mdp",
-    "MDPWorker": "mdp",
-    "MDPWorkerService": "mdp",
-    "Message": "mux",
-    "MuxStatistics": "mux",
-    "Outbox": "mux",
-    "PPPQueue": "ppp",
-    "PPPWorker": "ppp",
-    "PPPWorkerService": "ppp",
-    "PollerListener": "mux",
-    "Readers": "mux",
-    "Service": "service",
-    "Socket": "sockets",
-    "SocketSpec": "sockets",
-    "Tracer": "tracing",
+    "client_options": "core.auth",
+    "configure_logging": "core.tracing",
+    "generate_keys": "core.auth",
+    "get_logger": "core.tracing",
+    "kill_spec": "core.service",
+    "message_key": "core.tracing",
+    "secure": "core.auth",
+    "Broker": "patterns.broker",
+    "CallableService": "core.service",
+    "Context": "core.sockets",
+    "GreenAuthenticator": "core.auth",
+    "GreenPoller": "core.poller",
+    "HeartbeatWorker": "patterns.ppp",
+    "LazyPirate": "patterns.lazypirate",
+    "MDPBroker": "patterns.mdp",
+    "MDPClient": "patterns.mdp",
+    "MDPWorker": "patterns.mdp",
+    "MDPWorkerService": "patterns.mdp",
+    "Message": "core.mux",
+    "MuxStatistics": "core.mux",
+    "Outbox": "core.mux",
+    "PPPQueue": "patterns.ppp",
+    "PPPWorker": "patterns.ppp",
+    "PPPWorkerService": "patterns.ppp",
+    "PollerListener": "core.mux",
+    "Readers": "core.mux",
+    "Service": "core.service",
+    "Socket": "core.sockets",
+    "SocketSpec": "core.sockets",
+    "Tracer": "core.tracing",
 }
 
 __all__ = [

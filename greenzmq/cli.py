@@ -15,11 +15,11 @@ from collections.abc import Sequence
 __all__ = ["USAGE", "main", "plain"]
 
 SUBCOMMANDS = {
-    "demo": "greenzmq.demo",
-    "keygen": "greenzmq.auth",
-    "bench": "greenzmq.bench",
-    "trace": "greenzmq.trace",
-    "stats": "greenzmq.stats",
+    "demo": "greenzmq.tools.demo",
+    "keygen": "greenzmq.core.auth",
+    "bench": "greenzmq.tools.bench",
+    "trace": "greenzmq.tools.trace",
+    "stats": "greenzmq.core.stats",
 }
 
 
@@ -33,8 +33,8 @@ def plain(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser for ``greenzmq [OPTIONS] MODULE:APP`` (generated from greenzmq.config)."""
-    from .config import build_parser as settings_parser
+    """The parser for ``greenzmq [OPTIONS] MODULE:APP`` (from greenzmq.launcher.config)."""
+    from .launcher.config import build_parser as settings_parser
 
     p = settings_parser()
     p.description = "Run a greenzmq app (MODULE:APP) under a pre-fork master, or: " + ", ".join(
@@ -54,6 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args and args[0] in ("-h", "--help"):
         build_parser().print_help()
         return 0
-    from .runner import main as run_main
+    from .launcher.runner import main as run_main
 
     return run_main(args)

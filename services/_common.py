@@ -12,8 +12,8 @@ import gevent
 import zmq
 
 from greenzmq import Service
-from greenzmq.sockets import Socket
-from greenzmq.tracing import SocketTracer
+from greenzmq.core.sockets import Socket
+from greenzmq.core.tracing import SocketTracer
 
 WEATHER = "tcp://127.0.0.1:5556"
 TASKS = "tcp://127.0.0.1:5557"

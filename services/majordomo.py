@@ -4,7 +4,7 @@ Plus the kill switch.
 
 ``services.majordomo:make(heartbeat=0.2)`` sets the heartbeat interval
 (seconds); ``liveness``, ``busy_timeout``, ``maxmsgsize`` and CURVE
-(``secret_key``/``allowed_keys``, see :func:`greenzmq.auth.secure`) likewise.
+(``secret_key``/``allowed_keys``, see :func:`greenzmq.core.auth.secure`) likewise.
 
 ``services.majordomo:worker(service="square", version="0.1")`` is a worker
 that squares integers (broker DEALER connect tcp://127.0.0.1:5555).
@@ -12,7 +12,7 @@ that squares integers (broker DEALER connect tcp://127.0.0.1:5555).
 
 from __future__ import annotations
 
-from greenzmq.mdp import MDPBroker, MDPWorkerService
+from greenzmq.patterns.mdp import MDPBroker, MDPWorkerService
 
 from .worker import answer
 
@@ -30,7 +30,7 @@ def make(
         heartbeat=heartbeat, liveness=liveness, busy_timeout=busy_timeout, maxmsgsize=maxmsgsize
     )
     if secret_key is not None:
-        from greenzmq.auth import secure
+        from greenzmq.core.auth import secure
 
         secure(broker, secret_key=secret_key, allowed_keys=allowed_keys, sockets=("broker",))
     return broker

@@ -7,12 +7,12 @@ tcp://127.0.0.1:5556, plus the kill switch.
 ``liveness`` is how many silent intervals make a worker dead (default 3);
 ``maxmsgsize`` caps the size of a message either router accepts;
 ``secret_key``/``allowed_keys`` (paths) turn on CURVE on the frontend
-(see :func:`greenzmq.auth.secure`).
+(see :func:`greenzmq.core.auth.secure`).
 """
 
 from __future__ import annotations
 
-from greenzmq.ppp import PPPQueue
+from greenzmq.patterns.ppp import PPPQueue
 
 
 def make(
@@ -25,7 +25,7 @@ def make(
     """Factory: ``services.ppqueue:make(heartbeat=0.2)``."""
     queue = PPPQueue(heartbeat=heartbeat, liveness=liveness, maxmsgsize=maxmsgsize)
     if secret_key is not None:
-        from greenzmq.auth import secure
+        from greenzmq.core.auth import secure
 
         secure(queue, secret_key=secret_key, allowed_keys=allowed_keys, sockets=("frontend",))
     return queue

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gevent
 
-from greenzmq.ppp import PPPWorkerService
+from greenzmq.patterns.ppp import PPPWorkerService
 
 from .worker import answer
 

@@ -13,7 +13,7 @@ from typing import Any
 import gevent
 
 from greenzmq import PollerListener, Service, SocketSpec, kill_spec
-from greenzmq.tracing import SocketTracer
+from greenzmq.core.tracing import SocketTracer
 
 from ._common import BACKEND, KILL, socket_tracer
 

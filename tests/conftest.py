@@ -63,7 +63,7 @@ def endpoint() -> Callable[[], str]:
 @pytest.fixture
 def ctx() -> Iterator[Any]:
     """A greenzmq Context; the test fails if it leaves a socket open."""
-    from greenzmq.sockets import Context
+    from greenzmq.core.sockets import Context
 
     c = Context()
     yield c
@@ -98,7 +98,7 @@ def logs(tmp_path: Path) -> Callable[..., Callable[..., list[dict[str, Any]]]]:
     ``events(event=None, **match)``, which reads what was logged so far.
     In-process services then log hops to a file instead of the terminal.
     """
-    from greenzmq.tracing import configure_logging
+    from greenzmq.core.tracing import configure_logging
 
     from .helpers import read_events
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from greenzmq.appspec import AppSpec, as_service, check_app, load_app, parse_app_spec
 from greenzmq.errors import AppImportError, ConfigError
+from greenzmq.launcher.appspec import AppSpec, as_service, check_app, load_app, parse_app_spec
 
 from .helpers import ROOT, ServiceProcess, free_endpoint, free_port
 

@@ -17,8 +17,8 @@ import zmq
 from zmq.utils import z85
 
 from greenzmq import RequestTimeout
-from greenzmq.auth import GreenAuthenticator, client_options, generate_keys, load_keypair
-from greenzmq.lazypirate import LazyPirate
+from greenzmq.core.auth import GreenAuthenticator, client_options, generate_keys, load_keypair
+from greenzmq.patterns.lazypirate import LazyPirate
 
 from .helpers import ROOT, ServiceProcess, free_endpoint, free_port, wait_for
 
@@ -238,10 +238,10 @@ class TestSecuredAnyApp:
     def test_tutorial_broker_secured_from_the_command_line(
         self, service: Any, endpoint: Any, keys: dict[str, Path], ctx: Any
     ) -> None:
-        """greenzmq.auth:secured(...) wraps any app: the tutorial broker with CURVE frontend."""
+        """greenzmq.core.auth:secured(...) wraps any app: the tutorial broker, CURVE frontend."""
         fe, be = endpoint(), endpoint()
         spec = (
-            f"greenzmq.auth:secured('services.broker:app', sockets=['frontend'], "
+            f"greenzmq.core.auth:secured('services.broker:app', sockets=['frontend'], "
             f"secret_key={str(keys['server.key_secret'])!r}, "
             f"allowed_keys={str(keys['allowed'])!r})"
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from greenzmq.bench import (
+from greenzmq.tools.bench import (
     BrokerRow,
     MuxRow,
     broker_command,

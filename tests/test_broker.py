@@ -14,8 +14,8 @@ import gevent
 import pytest
 import zmq
 
-from greenzmq.broker import Broker, envelope_problem
-from greenzmq.sockets import Context, SocketSpec
+from greenzmq.core.sockets import Context, SocketSpec
+from greenzmq.patterns.broker import Broker, envelope_problem
 from services.worker import Worker
 
 from .helpers import ServiceProcess, green_wait_for, wait_for

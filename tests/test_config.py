@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from greenzmq.config import (
+from greenzmq.errors import ConfigError
+from greenzmq.launcher.config import (
     ENV_VAR,
     HOOK_NAMES,
     SETTINGS,
@@ -18,7 +19,6 @@ from greenzmq.config import (
     load_config,
     options_table,
 )
-from greenzmq.errors import ConfigError
 
 from .helpers import ROOT
 
@@ -207,7 +207,7 @@ class TestDocs:
     """The README's options table is the one generated from SETTINGS."""
 
     def test_readme_table_in_sync(self) -> None:
-        """Regenerate with greenzmq.config.options_table() when a setting changes."""
+        """Regenerate with greenzmq.launcher.config.options_table() when a setting changes."""
         readme = (ROOT / "README.md").read_text()
         assert options_table() in readme
 

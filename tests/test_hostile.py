@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from greenzmq import RequestTimeout, SocketSpec
-from greenzmq.lazypirate import LazyPirate
-from greenzmq.mdp import MDPClient
+from greenzmq.patterns.lazypirate import LazyPirate
+from greenzmq.patterns.mdp import MDPClient
 
 from .helpers import ServiceProcess, wait_for
 

@@ -10,7 +10,7 @@ import pytest
 import zmq
 
 from greenzmq import RequestTimeout
-from greenzmq.lazypirate import LazyPirate
+from greenzmq.patterns.lazypirate import LazyPirate
 
 
 def _rep_server(ctx: Any, ep: str, forget_first: int = 0) -> tuple[gevent.Greenlet, list[bytes]]:

@@ -13,9 +13,9 @@ import zmq
 import zmq.green as gzmq
 
 from greenzmq import Broker, ClosedError, PollerListener, Readers
-from greenzmq.lazypirate import LazyPirate
-from greenzmq.mdp import MDPBroker, MDPClient, MDPWorkerService
-from greenzmq.ppp import PPPQueue, PPPWorkerService
+from greenzmq.patterns.lazypirate import LazyPirate
+from greenzmq.patterns.mdp import MDPBroker, MDPClient, MDPWorkerService
+from greenzmq.patterns.ppp import PPPQueue, PPPWorkerService
 
 OPEN_FILES = 1100
 

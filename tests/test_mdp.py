@@ -19,7 +19,7 @@ import zmq
 # one must fail the suite, not skip the interop tests silently.
 from majortomo import Client as MajortomoClient
 
-from greenzmq.mdp import (
+from greenzmq.patterns.mdp import (
     C_CLIENT01,
     C_CLIENT02,
     W_WORKER02,

@@ -13,8 +13,8 @@ import pytest
 import zmq
 
 from greenzmq import ClosedError, ReaderError, SocketBusyError
-from greenzmq.mux import Outbox, PollerListener, Readers
-from greenzmq.sockets import SocketSpec
+from greenzmq.core.mux import Outbox, PollerListener, Readers
+from greenzmq.core.sockets import SocketSpec
 
 from .helpers import green_wait_for
 

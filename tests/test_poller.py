@@ -12,8 +12,8 @@ import pytest
 import zmq
 import zmq.green as gzmq
 
-from greenzmq.poller import GreenPoller
-from greenzmq.sockets import SocketSpec
+from greenzmq.core.poller import GreenPoller
+from greenzmq.core.sockets import SocketSpec
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 import zmq
 
 from greenzmq import SocketSpec
-from greenzmq.lazypirate import LazyPirate
-from greenzmq.ppp import DISCONNECT, HEARTBEAT, READY, PPPWorker, PPPWorkerService
+from greenzmq.patterns.lazypirate import LazyPirate
+from greenzmq.patterns.ppp import DISCONNECT, HEARTBEAT, READY, PPPWorker, PPPWorkerService
 
 from .helpers import ServiceProcess, wait_for
 

@@ -15,7 +15,7 @@ import gevent
 import pytest
 
 from greenzmq import Broker, CallableService, Service
-from greenzmq.sockets import SocketSpec
+from greenzmq.core.sockets import SocketSpec
 from services.listener import Listener
 from services.worker import Worker
 

@@ -12,8 +12,8 @@ import pytest
 import zmq
 
 from greenzmq import ConfigError, SocketBusyError
-from greenzmq.endpoints import parse_endpoint
-from greenzmq.sockets import SocketSpec, apply_endpoints, socket_type
+from greenzmq.core.endpoints import parse_endpoint
+from greenzmq.core.sockets import SocketSpec, apply_endpoints, socket_type
 
 
 class TestSocketSpec:

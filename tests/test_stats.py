@@ -15,10 +15,10 @@ import gevent
 import pytest
 import zmq
 
-from greenzmq.mux import Readers
-from greenzmq.sockets import SocketSpec
-from greenzmq.stats import STATS_ENV, Stats, control_endpoint, ipc_path
-from greenzmq.stats import main as stats_main
+from greenzmq.core.mux import Readers
+from greenzmq.core.sockets import SocketSpec
+from greenzmq.core.stats import STATS_ENV, Stats, control_endpoint, ipc_path
+from greenzmq.core.stats import main as stats_main
 
 from .helpers import ROOT, ServiceProcess, wait_for
 

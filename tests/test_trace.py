@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from greenzmq import message_key
-from greenzmq.trace import build_paths, hop_latencies, load_hops, main, stopped
+from greenzmq.tools.trace import build_paths, hop_latencies, load_hops, main, stopped
 
 from .helpers import ROOT, ServiceProcess
 
@@ -24,7 +24,7 @@ T0 = 1_800_000_000.0
 def hop(
     ts: float, key: str, op: str, service: str, pid: int, socket: str, sock_type: str, **extra: Any
 ) -> dict[str, Any]:
-    """One hop event as the services log it (JSON fields of greenzmq.tracing)."""
+    """One hop event as the services log it (JSON fields of greenzmq.core.tracing)."""
     ev = {
         "event": "hop",
         "level": "info",

@@ -12,9 +12,9 @@ import gevent
 import pytest
 
 from greenzmq import Broker, message_key
-from greenzmq.mux import Outbox, PollerListener, Readers
-from greenzmq.sockets import Context, SocketSpec
-from greenzmq.tracing import SocketTracer, Tracer
+from greenzmq.core.mux import Outbox, PollerListener, Readers
+from greenzmq.core.sockets import Context, SocketSpec
+from greenzmq.core.tracing import SocketTracer, Tracer
 
 from .helpers import ServiceProcess, green_wait_for
 
@@ -318,7 +318,7 @@ class TestConfigure:
         """JSON format writes one orjson line per event to the stream's bytes buffer."""
         import json
 
-        from greenzmq.tracing import configure_logging, get_logger
+        from greenzmq.core.tracing import configure_logging, get_logger
 
         path = tmp_path / "stream.log"
         with open(path, "w") as stream:
@@ -342,7 +342,7 @@ class TestConfigure:
     )
     def test_bad_settings(self, kw: dict[str, Any], message: str) -> None:
         """Bad format, sample rate or level: ValueError naming the value."""
-        from greenzmq.tracing import configure_logging
+        from greenzmq.core.tracing import configure_logging
 
         with pytest.raises(ValueError, match=message):
             configure_logging("svc", **kw)

@@ -27,7 +27,7 @@ be busy or dead. Here workers announce themselves instead:
 
 Writing a worker takes a handler from request frames to reply frames::
 
-    from greenzmq.ppp import PPPWorkerService
+    from greenzmq.patterns.ppp import PPPWorkerService
     app = PPPWorkerService(lambda body: [body[0].upper()], endpoint="tcp://127.0.0.1:5556")
 
 The handler runs in its own greenlet while the socket's owner keeps
@@ -46,11 +46,11 @@ import gevent.event
 import gevent.pool
 import zmq
 
+from ..core.poller import GreenPoller
+from ..core.service import Service, kill_spec
+from ..core.sockets import Context, Socket, SocketSpec, apply_endpoints, with_maxmsgsize
+from ..core.tracing import SocketTracer, Tracer, get_logger
 from .broker import envelope_problem
-from .poller import GreenPoller
-from .service import Service, kill_spec
-from .sockets import Context, Socket, SocketSpec, apply_endpoints, with_maxmsgsize
-from .tracing import SocketTracer, Tracer, get_logger
 
 __all__ = [
     "DISCONNECT",
@@ -78,10 +78,10 @@ Parsed = tuple[str, list[bytes], list[bytes]]
 
 
 class HeartbeatWorker:
-    """The worker side of a heartbeated protocol (PPP here, MDP in :mod:`greenzmq.mdp`).
+    """The worker side of a heartbeated protocol (PPP here, MDP in :mod:`greenzmq.patterns.mdp`).
 
     One greenlet (the one calling :meth:`run`) owns the DEALER socket and
-    waits on a :class:`~greenzmq.poller.GreenPoller`; the handler runs in a
+    waits on a :class:`~greenzmq.core.poller.GreenPoller`; the handler runs in a
     second greenlet and hands its reply back through a deque plus
     :meth:`GreenPoller.wake` (rule 1). Subclasses say what the frames are.
     """

@@ -1,6 +1,6 @@
 """The request-reply broker (the tutorial's case 2): ROUTER frontend, DEALER backend.
 
-It waits on a :class:`~greenzmq.poller.GreenPoller` (a ``zmq.green.Poller``
+It waits on a :class:`~greenzmq.core.poller.GreenPoller` (a ``zmq.green.Poller``
 without select()'s FD limit) and moves whole multipart messages through raw
 shadow sockets with NOBLOCK, at most ``batch`` per ready socket per wake-up,
 so one busy side cannot starve the other (rules 3 and 4).
@@ -30,9 +30,9 @@ from typing import Any, cast
 import zmq
 from zmq.backend import Socket as _CSocket
 
-from .poller import GreenPoller
-from .service import Service, kill_spec
-from .sockets import Socket, SocketSpec, type_name
+from ..core.poller import GreenPoller
+from ..core.service import Service, kill_spec
+from ..core.sockets import Socket, SocketSpec, type_name
 
 __all__ = ["Broker", "envelope_problem"]
 

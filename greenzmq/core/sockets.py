@@ -24,8 +24,8 @@ import greenlet
 import zmq
 import zmq.green as gzmq
 
+from ..errors import ConfigError, SocketBusyError
 from .endpoints import parse_endpoint
-from .errors import ConfigError, SocketBusyError
 
 __all__ = [
     "Context",
@@ -87,7 +87,7 @@ class SocketSpec:
     ``hwm`` is both high-water marks, except a REP's SNDHWM, which is
     unlimited: libzmq's REP drops a reply at its SNDHWM without a word.
     ``linger`` None means 1 s for sockets that send and 0 for SUB/PULL; a
-    :class:`~greenzmq.service.Service` lets its REP/ROUTER sockets linger for
+    :class:`~greenzmq.core.service.Service` lets its REP/ROUTER sockets linger for
     its graceful timeout.
     """
 
@@ -178,7 +178,7 @@ def with_maxmsgsize(
 ) -> list[SocketSpec] | None:
     """``specs`` with ``maxmsgsize`` set on those ``which`` accepts; None if it is negative.
 
-    None (no limit asked for) lets a :class:`~greenzmq.service.Service` keep its
+    None (no limit asked for) lets a :class:`~greenzmq.core.service.Service` keep its
     class ``specs``.
     """
     if maxmsgsize < 0:

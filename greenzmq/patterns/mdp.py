@@ -53,12 +53,12 @@ from typing import Any
 import gevent
 import zmq
 
+from ..core.poller import GreenPoller
+from ..core.service import Service, kill_spec
+from ..core.sockets import Context, Socket, SocketSpec, with_maxmsgsize
+from ..core.tracing import SocketTracer
 from .lazypirate import RetryingClient
-from .poller import GreenPoller
 from .ppp import Handler, HeartbeatWorker, Parsed, PPPWorkerService
-from .service import Service, kill_spec
-from .sockets import Context, Socket, SocketSpec, with_maxmsgsize
-from .tracing import SocketTracer
 
 __all__ = [
     "C_CLIENT01",
@@ -491,7 +491,7 @@ class MDPClient(RetryingClient):
 
 
 class MDPWorker(HeartbeatWorker):
-    """A Majordomo worker (0.1 or 0.2) on the heartbeating loop of :mod:`greenzmq.ppp`."""
+    """A Majordomo worker (0.1 or 0.2) on the heartbeating loop of :mod:`greenzmq.patterns.ppp`."""
 
     kind = "mdpworker"
 

@@ -2,17 +2,17 @@
 
 The command path is stdlib only until a worker exists (rule 7):
 
-1. :func:`greenzmq.config.load_config` resolves the settings (defaults <
+1. :func:`greenzmq.launcher.config.load_config` resolves the settings (defaults <
    ``-c`` file < ``GREENZMQ_CMD_ARGS`` < CLI); a bad value is one
    ``greenzmq: error:`` line and exit 2; ``--print-config`` stops here.
 2. The spec's syntax is checked here, without importing anything.
-3. :class:`greenzmq.arbiter.Arbiter` runs, also for ``-w 1``, so HUP, TTIN
+3. :class:`greenzmq.launcher.arbiter.Arbiter` runs, also for ``-w 1``, so HUP, TTIN
    and the heartbeat work whatever the count. Its first worker is exec'd and
    is the pre-fork check: it imports the app and validates the endpoints for
    every worker index; a bad spec, an unknown endpoint name, a malformed
    endpoint or a tcp bind shared by ``-w N`` workers is one line and exit 2,
    an exception in the app module's own code its traceback and exit 1, with
-   nothing forked or bound (see :mod:`greenzmq.workerproc`).
+   nothing forked or bound (see :mod:`greenzmq.launcher.workerproc`).
 
 ``--check-config`` runs the same :func:`validate_start` as the real start,
 then imports the app in this process (it never forks), checks what the first
@@ -34,9 +34,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..errors import ConfigError, GreenZMQError
 from .appspec import as_service, load_app, parse_app_spec
 from .config import Config, format_config, load_config
-from .errors import ConfigError, GreenZMQError
 
 __all__ = [
     "EXIT_CONFIG",
@@ -67,7 +67,7 @@ def check_in_subprocess(cfg: Config) -> dict[str, Any] | int:
 
     req = json.dumps({"app": cfg.app, "endpoint": cfg.endpoint, "workers": cfg.workers})
     proc = subprocess.run(
-        [sys.executable, "-m", "greenzmq.appspec", req],
+        [sys.executable, "-m", "greenzmq.launcher.appspec", req],
         stdout=subprocess.PIPE,
         env=child_env(),
         check=False,
@@ -109,7 +109,7 @@ def validate_start(cfg: Config, environ: Mapping[str, str] | None = None) -> Non
     the app and validates its endpoints, as the first worker does), so the
     two cannot drift. Stdlib only: the master runs it.
     """
-    from .stats import STATS_ENV, control_endpoint, ipc_path
+    from ..core.stats import STATS_ENV, control_endpoint, ipc_path
 
     if not cfg.app:
         raise ConfigError("no app given: greenzmq [OPTIONS] MODULE:APP")
@@ -182,8 +182,8 @@ def run_service(
     """Load ``spec`` and serve it in this process until it stops (no master, no fork)."""
     import zmq
 
-    from .sockets import apply_endpoints
-    from .tracing import configure_logging
+    from ..core.sockets import apply_endpoints
+    from ..core.tracing import configure_logging
 
     try:
         service = as_service(load_app(spec))

@@ -7,7 +7,7 @@ Two ways to read many sockets from one loop, with one interface
   then drains it raw with NOBLOCK (at most ``batch`` messages before it lets
   the others run) into one bounded gevent Queue of ``(socket name, frames)``.
 * :class:`PollerListener`: the consumer itself waits on a
-  :class:`~greenzmq.poller.GreenPoller` and drains the ready sockets raw.
+  :class:`~greenzmq.core.poller.GreenPoller` and drains the ready sockets raw.
 
 Replying on a socket the mux reads: ``mux.send(name, frames)`` on either.
 The greenlet that owns the socket sends (a ``Readers`` socket's reader, which
@@ -35,7 +35,7 @@ import greenlet
 import zmq
 from zmq.backend import Socket as _CSocket
 
-from .errors import ClosedError, ReaderError
+from ..errors import ClosedError, ReaderError
 from .poller import GreenPoller
 from .sockets import Socket, type_name
 from .tracing import SocketTracer, Tracer

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import plain
+from ..cli import plain
 
 __all__ = ["main"]
 

@@ -9,7 +9,7 @@ out. Errors are one line and name the bad part; an exception raised by the
 app module's own code propagates with its traceback.
 
 :func:`check_app` is the launcher's pre-fork check (the master itself must not
-import an app: that imports zmq.green, rule 7). ``python -m greenzmq.appspec
+import an app: that imports zmq.green, rule 7). ``python -m greenzmq.launcher.appspec
 JSON`` runs it in a short-lived subprocess (used when HUP changes the app or
 its endpoints): it prints the service's name and binds as JSON on stdout, or
 a one-line ``greenzmq: error: ...`` (exit 2) or the app's own traceback
@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import AppImportError
+from ..errors import AppImportError
 
 __all__ = ["AppSpec", "load_app", "parse_app_spec"]
 
@@ -109,7 +109,7 @@ def _service_factory_result(obj: Any) -> type | None:
     import inspect
     import typing
 
-    from .service import Service
+    from ..core.service import Service
 
     if not (inspect.isfunction(obj) or inspect.ismethod(obj)):
         return None
@@ -158,7 +158,7 @@ def load_app(spec: str | AppSpec) -> Any:
 
 def as_service(obj: Any, name: str | None = None) -> Any:
     """Turn a loaded app into a Service: an instance, a Service class, or a plain callable."""
-    from .service import CallableService, Service
+    from ..core.service import CallableService, Service
 
     if isinstance(obj, Service):
         return obj
@@ -186,9 +186,9 @@ def describe_service(service: Any, endpoints: dict[str, str], workers: int = 1) 
     placeholder is refused: libzmq has no SO_REUSEPORT, N processes cannot
     bind one address.
     """
+    from ..core.sockets import apply_endpoints
+    from ..errors import ConfigError
     from .config import expand_endpoint, has_placeholder
-    from .errors import ConfigError
-    from .sockets import apply_endpoints
 
     for wid in sorted({0, workers - 1}):
         apply_endpoints(service.specs, {n: expand_endpoint(a, wid) for n, a in endpoints.items()})
@@ -211,7 +211,7 @@ def describe_service(service: Any, endpoints: dict[str, str], workers: int = 1) 
 def _main(argv: list[str]) -> int:
     import json
 
-    from .errors import GreenZMQError
+    from ..errors import GreenZMQError
 
     req = json.loads(argv[0])
     try:

@@ -1,6 +1,6 @@
 """What a worker does: gevent first, then the app, then serve it with its own context.
 
-The master (:mod:`greenzmq.arbiter`) forks and calls :func:`run_worker` in the
+The master (:mod:`greenzmq.launcher.arbiter`) forks and calls :func:`run_worker` in the
 child, which never returns into the master's loop (the arbiter exits with its
 result through ``os._exit``). Order matters (rule 7): the master imported
 neither gevent nor zmq, so this process imports gevent first (with the
@@ -8,9 +8,9 @@ monitor thread configured before the hub exists), then the app (which imports
 zmq.green), and :meth:`Service.serve` makes the context after that.
 
 The very first worker is different: the master starts it with exec
-(``python -m greenzmq.workerproc``, :func:`main`) before it forks anything,
+(``python -m greenzmq.launcher.workerproc``, :func:`main`) before it forks anything,
 and that worker is the pre-fork check. It imports the app, validates the
-endpoints for every worker index (:func:`greenzmq.appspec.describe_service`)
+endpoints for every worker index (:func:`greenzmq.launcher.appspec.describe_service`)
 and either prints the error and exits (the master exits with its code,
 nothing forked or bound) or boots as worker 0 and reports ``checked {json}``
 once its sockets are bound and its setup ran (so a port already in use is
@@ -90,7 +90,7 @@ class _Channel:
 def _boot_failure(chan: _Channel, exc: BaseException, code: int, *, echo: bool = False) -> int:
     import zmq
 
-    from .errors import GreenZMQError
+    from ..errors import GreenZMQError
 
     expected = isinstance(exc, (GreenZMQError, zmq.ZMQError, ValueError))
     if expected and is_config_error(exc):
@@ -145,8 +145,8 @@ def _check(cfg: Config) -> tuple[Any, dict[str, Any], int]:
     ``checked`` only once the service's sockets are bound (see the ``ready``
     callback in :func:`run_worker`), so a port in use is part of the check.
     """
+    from ..errors import GreenZMQError
     from .appspec import as_service, describe_service, load_app
-    from .errors import GreenZMQError
 
     try:
         service = as_service(load_app(cfg.app))
@@ -170,7 +170,7 @@ def is_config_error(exc: BaseException) -> bool:
 
     import zmq
 
-    from .errors import GreenZMQError
+    from ..errors import GreenZMQError
 
     if isinstance(exc, zmq.ZMQError):
         return exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
@@ -206,11 +206,11 @@ def run_worker(
         # 2. the app (imports zmq.green), logging, endpoints for this worker index
         import zmq
 
+        from ..core.sockets import apply_endpoints
+        from ..core.tracing import configure_logging, get_logger, reopen_log_files
+        from ..errors import GreenZMQError
         from .appspec import as_service, load_app
         from .config import expand_endpoint
-        from .errors import GreenZMQError
-        from .sockets import apply_endpoints
-        from .tracing import configure_logging, get_logger, reopen_log_files
 
         if service is None:
             service = as_service(load_app(cfg.app))
@@ -342,7 +342,7 @@ def run_worker(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m greenzmq.workerproc REQUEST``: the first worker, exec'd by the master.
+    """``python -m greenzmq.launcher.workerproc REQUEST``: the first worker, exec'd by the master.
 
     REQUEST is JSON: the command line (``argv``), the worker index and the
     inherited descriptor of the master pipe. The settings are resolved again

@@ -1,6 +1,6 @@
 """Live stats: per-socket counters, an optional control endpoint, ``greenzmq stats``.
 
-Every :class:`~greenzmq.service.Service` has a :class:`Stats`: per socket,
+Every :class:`~greenzmq.core.service.Service` has a :class:`Stats`: per socket,
 messages and bytes in and out and drops by reason (:class:`SocketCounters`),
 and queue depths (gauges read when asked). Hot paths count per batch, not per
 message: the broker adds a whole drain's count at once and sums bytes only
@@ -28,8 +28,8 @@ from typing import Any
 
 import orjson
 
-from .cli import plain
-from .errors import ConfigError
+from ..cli import plain
+from ..errors import ConfigError
 
 __all__ = ["STATS_ENV", "SocketCounters", "Stats", "fetch", "main", "serve_control"]
 

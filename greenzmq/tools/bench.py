@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import plain
+from ..cli import plain
 
 __all__ = ["BrokerRow", "MuxRow", "main"]
 
@@ -98,7 +98,7 @@ def find_bench_dir(given: str | None) -> Path:
     candidates = (
         [Path(given)]
         if given
-        else [Path(__file__).resolve().parent.parent / "benchmarks", Path.cwd() / "benchmarks"]
+        else [Path(__file__).resolve().parents[2] / "benchmarks", Path.cwd() / "benchmarks"]
     )
     for c in candidates:
         if (c / "broker_anchors.py").is_file() and (c / "mux.py").is_file():

@@ -3,13 +3,13 @@
 Stdlib only: the master never imports zmq, zmq.green or gevent, so no context,
 socket or hub crosses a fork (rule 7). It does not even import the app, which
 would import zmq.green. The app is checked before any fork by the first
-worker, which the master starts with exec (``python -m greenzmq.workerproc``):
+worker, which the master starts with exec (``python -m greenzmq.launcher.workerproc``):
 that fresh interpreter imports the app, validates the endpoints for every
 worker index, binds, and reports ``checked`` (or prints the one-line error or
 the traceback and exits; the master then exits with its code). Only then does
 the master fork the other workers; each imports gevent, then the app, then
-makes its own context (:mod:`greenzmq.workerproc`). Spec syntax and settings
-were checked earlier, in the command (:mod:`greenzmq.runner`).
+makes its own context (:mod:`greenzmq.launcher.workerproc`). Spec syntax and settings
+were checked earlier, in the command (:mod:`greenzmq.launcher.runner`).
 
 The loop reads top to bottom, like gunicorn's::
 
@@ -176,7 +176,8 @@ def child_env() -> dict[str, str]:
     The app is found where the command was started, greenzmq where it was
     imported (both may be missing from ``sys.path`` of a new interpreter).
     """
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # greenzmq/launcher/arbiter.py -> the directory that holds greenzmq/
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (os.getcwd(), pkg_parent, env.get("PYTHONPATH", "")) if p
@@ -716,7 +717,9 @@ class Arbiter:
         req = json.dumps({"argv": self.argv, "wid": 0, "fd": child.fileno()})
         try:
             pid = os.posix_spawn(
-                sys.executable, [sys.executable, "-m", "greenzmq.workerproc", req], child_env()
+                sys.executable,
+                [sys.executable, "-m", "greenzmq.launcher.workerproc", req],
+                child_env(),
             )
         finally:
             child.close()

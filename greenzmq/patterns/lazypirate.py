@@ -10,7 +10,7 @@ endpoint, the number of tries and the timeout.
 
 Because it speaks plain REQ, it works against anything that answers REQ: the
 tutorial broker's ROUTER frontend, the Paranoid Pirate queue
-(:mod:`greenzmq.ppp`) and a plain REP server. A retried request may be
+(:mod:`greenzmq.patterns.ppp`) and a plain REP server. A retried request may be
 answered twice by the server (at-least-once), so requests should be idempotent;
 the client only ever returns the reply from its current socket, so a late
 reply to an abandoned try is never mistaken for the answer to the next request.
@@ -23,9 +23,9 @@ from typing import Any, TypeVar
 
 import gevent
 
-from .errors import RequestTimeout
-from .sockets import Context, Socket, SocketSpec
-from .tracing import get_logger
+from ..core.sockets import Context, Socket, SocketSpec
+from ..core.tracing import get_logger
+from ..errors import RequestTimeout
 
 __all__ = ["LazyPirate", "RetryingClient"]
 
@@ -35,7 +35,7 @@ _C = TypeVar("_C", bound="RetryingClient")
 class RetryingClient:
     """What the retrying clients share: one owned socket, remade after every timeout.
 
-    A subclass (:class:`LazyPirate`, :class:`greenzmq.mdp.MDPClient`) builds its
+    A subclass (:class:`LazyPirate`, :class:`greenzmq.patterns.mdp.MDPClient`) builds its
     request and passes :meth:`_exchange` the protocol's way of reading a reply;
     the base sends, waits ``timeout`` seconds per try, and on a timeout opens a
     fresh socket (rule 9) and sends again, up to ``retries`` tries in all.
@@ -115,7 +115,7 @@ class LazyPirate(RetryingClient):
     """A retrying REQ client; see the module docstring.
 
     ``options`` are extra socket options applied to every socket it opens (for
-    example the CURVE client keys from :func:`greenzmq.auth.client_options`).
+    example the CURVE client keys from :func:`greenzmq.core.auth.client_options`).
     The client is used by one greenlet at a time, like the socket it owns.
     """
 

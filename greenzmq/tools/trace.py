@@ -1,6 +1,6 @@
 """``greenzmq trace LOGFILE...``: follow messages across processes through their hop logs.
 
-Reads the JSON hop events (``event="hop"``, see :mod:`greenzmq.tracing`) of any
+Reads the JSON hop events (``event="hop"``, see :mod:`greenzmq.core.tracing`) of any
 number of processes and joins them into one path per message:
 
 * hops with the same ``key`` are the same message (the key is a digest of the
@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from .cli import plain
+from ..cli import plain
 
 __all__ = ["Hop", "Path", "build_paths", "hop_latencies", "load_hops", "main", "stopped"]
 

@@ -38,7 +38,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .service import Service
 from .sockets import Context, Socket, apply_endpoints, attach_endpoints
 from .tracing import get_logger
@@ -308,10 +308,10 @@ def secured(
 
     For example::
 
-    greenzmq "greenzmq.auth:secured('services.broker:app', sockets=['frontend'],
+    greenzmq "greenzmq.core.auth:secured('services.broker:app', sockets=['frontend'],
               secret_key='keys/server.key_secret', allowed_keys='allowed')"
     """
-    from .appspec import as_service, load_app
+    from ..launcher.appspec import as_service, load_app
 
     service = as_service(load_app(app))
     return secure(service, secret_key=secret_key, allowed_keys=allowed_keys, sockets=sockets)

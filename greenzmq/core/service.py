@@ -1,6 +1,6 @@
 """The service lifecycle: start, run, graceful stop, in one process.
 
-A :class:`Service` declares its sockets (:class:`~greenzmq.sockets.SocketSpec`)
+A :class:`Service` declares its sockets (:class:`~greenzmq.core.sockets.SocketSpec`)
 and implements :meth:`Service.run`. :meth:`Service.serve` makes the context
 and sockets (after any fork), watches the kill switch and SIGTERM/SIGINT, runs
 ``run`` in its own greenlet, and shuts down in order: stop taking work
@@ -239,13 +239,13 @@ class CallableService(Service):
         """Call the callable; one that returns a Service was a factory: a failure, not exit 0.
 
         (A factory with a Service return annotation is refused earlier, by
-        :func:`greenzmq.appspec.load_app`, before anything runs.)
+        :func:`greenzmq.launcher.appspec.load_app`, before anything runs.)
         """
         result = self.fn()
         if isinstance(result, Service) or (
             isinstance(result, type) and issubclass(result, Service)
         ):
-            from .errors import AppImportError
+            from ..errors import AppImportError
 
             where = f"{getattr(self.fn, '__module__', '?')}:{self.name}"
             self.refused = AppImportError(

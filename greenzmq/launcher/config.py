@@ -29,8 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .endpoints import parse_endpoint
-from .errors import ConfigError
+from ..core.endpoints import parse_endpoint
+from ..errors import ConfigError
 
 __all__ = [
     "ENV_VAR",
@@ -389,8 +389,8 @@ def build_parser(prog: str = "greenzmq", *, for_env: bool = False) -> argparse.A
     Every option defaults to SUPPRESS, so the namespace holds only what was
     given: that is what lets the layers stack (defaults < file < env < CLI).
     """
-    from . import __version__
-    from .cli import USAGE
+    from .. import __version__
+    from ..cli import USAGE
 
     p = argparse.ArgumentParser(
         prog=ENV_VAR if for_env else prog,

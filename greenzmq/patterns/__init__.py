@@ -1,0 +1,1 @@
+"""Request-reply patterns: the tutorial broker, Lazy Pirate, Paranoid Pirate, Majordomo."""

@@ -1,0 +1,1 @@
+"""The ``greenzmq`` subcommands: demo, bench and trace."""
