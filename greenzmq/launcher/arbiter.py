@@ -53,9 +53,11 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
+from ..errors import ConfigError
 from .config import LOG_LEVELS, Config, load_config
+from .proc import Pidfile, child_env, title_setter
 
-__all__ = ["Arbiter", "HaltServer", "MasterLog", "child_env", "title_setter"]
+__all__ = ["Arbiter", "HaltServer", "MasterLog"]
 
 KILL_GRACE = 1.0  # seconds between ABRT (or a quick stop) and KILL
 STABLE_AFTER = 5.0  # a worker up this long ends a crash streak
@@ -161,30 +163,6 @@ class MasterLog:
         self.log("error", event, **fields)
 
 
-def title_setter() -> Callable[[str], None]:
-    """``setproctitle`` with a ``greenzmq:`` prefix, or a no-op without it."""
-    try:
-        from setproctitle import setproctitle
-    except ImportError:  # optional: titles are a nicety
-        return lambda _title: None
-    return lambda t: setproctitle(f"greenzmq: {t}")
-
-
-def child_env() -> dict[str, str]:
-    """The environment for a fresh ``python -m greenzmq...`` interpreter.
-
-    The app is found where the command was started, greenzmq where it was
-    imported (both may be missing from ``sys.path`` of a new interpreter).
-    """
-    # greenzmq/launcher/arbiter.py -> the directory that holds greenzmq/
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (os.getcwd(), pkg_parent, env.get("PYTHONPATH", "")) if p
-    )
-    return env
-
-
 class Worker:
     """The master's record of one worker process."""
 
@@ -261,7 +239,7 @@ class Arbiter:
         self.log = MasterLog(cfg.log_format, cfg.log_file, cfg.log_level, self.name)
         self.pipe: tuple[int, int] = (-1, -1)
         self.selector: selectors.BaseSelector | None = None
-        self.pidfile: str | None = None
+        self.pidfile: Pidfile | None = None  # once written: removed at exit
 
     # -- start / stop ------------------------------------------------------
     def _binds_per_worker(self) -> bool:
@@ -271,7 +249,12 @@ class Arbiter:
         """Pidfile, self-pipe, signal handlers; ``on_starting``."""
         self.cfg.run_hook("on_starting", self)
         if self.cfg.pid:
-            self._write_pidfile(self.cfg.pid)
+            pidfile = Pidfile(self.cfg.pid)
+            try:
+                pidfile.create()
+            except ConfigError as e:
+                raise HaltServer(str(e), 2) from None
+            self.pidfile = pidfile
         r, w = os.pipe()
         for fd in (r, w):
             os.set_blocking(fd, False)
@@ -296,33 +279,6 @@ class Arbiter:
             timeout=self.cfg.timeout,
             graceful_timeout=self.cfg.graceful_timeout,
         )
-
-    def _write_pidfile(self, path: str) -> None:
-        try:
-            with open(path) as f:
-                old = int(f.read().strip() or 0)
-            if old and old != os.getpid():
-                os.kill(old, 0)
-                raise HaltServer(f"pidfile {path} names a running process ({old})", 2)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            pass
-        except PermissionError:
-            raise HaltServer(f"pidfile {path} names a running process", 2) from None
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
-        self.pidfile = path
-
-    def _remove_pidfile(self) -> None:
-        if self.pidfile is None:
-            return
-        try:
-            with open(self.pidfile) as f:
-                if int(f.read().strip() or 0) == os.getpid():
-                    os.unlink(self.pidfile)
-        except (OSError, ValueError):
-            pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # only enqueue and wake the loop: no logging, no locks. CHLD needs no entry
@@ -374,7 +330,8 @@ class Arbiter:
             self.cfg.run_hook("on_exit", self)
         except Exception:
             self.log.error("master.hook_failed", hook="on_exit", error=traceback.format_exc())
-        self._remove_pidfile()
+        if self.pidfile is not None:
+            self.pidfile.remove()
         (self.log.debug if self.quiet_exit else self.log.info)("master.exit", code=self.exit_code)
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_DFL)

@@ -349,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     from the same command line and environment, so hooks from ``-c`` exist
     here too (``post_fork`` gets ``None`` for the arbiter).
     """
-    from .arbiter import title_setter
     from .config import load_config
+    from .proc import title_setter
 
     req = json.loads((sys.argv[1:] if argv is None else argv)[0])
     cfg = load_config(req["argv"])
