@@ -56,6 +56,21 @@ from typing import IO, Any
 from ..errors import ConfigError
 from .config import LOG_LEVELS, Config, load_config
 from .proc import Pidfile, child_env, title_setter
+from .protocol import (
+    CHECKED,
+    EXIT,
+    EXIT_BOOT,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    FAIL,
+    READY,
+    Failure,
+    LineReader,
+    encode_request,
+    is_done,
+    is_recycle,
+)
 
 __all__ = ["Arbiter", "HaltServer", "MasterLog"]
 
@@ -176,29 +191,23 @@ class Worker:
         self.stale = False  # HUP: retire once its successors have booted
         self.kill_at: float | None = None  # KILL if still alive then
         self.aborted = False
-        self.failure: dict[str, Any] | None = None
+        self.failure: Failure | None = None
         self.exit_reason: str | None = None
         self.checked: dict[str, Any] | None = None
-        self._buf = b""
+        self._reader = LineReader()
 
     def feed(self, data: bytes) -> None:
-        """Parse newline-framed lines from the worker."""
+        """Take what the worker said (:mod:`greenzmq.launcher.protocol`)."""
         self.last_beat = time.monotonic()  # any line proves the hub runs
-        self._buf += data
-        *lines, self._buf = self._buf.split(b"\n")
-        for raw in lines:
-            line = raw.decode(errors="replace")
-            if line == "ready":
+        for msg in self._reader.feed(data):
+            if msg.kind == READY:
                 self.booted_at = time.monotonic()
-            elif line.startswith("fail "):
-                try:
-                    self.failure = json.loads(line[5:])
-                except ValueError:
-                    self.failure = {"message": line[5:]}
-            elif line.startswith("exit "):
-                self.exit_reason = line[5:]
-            elif line.startswith("checked "):
-                self.checked = json.loads(line[8:])
+            elif msg.kind == FAIL:
+                self.failure = msg.arg
+            elif msg.kind == EXIT:
+                self.exit_reason = msg.arg
+            elif msg.kind == CHECKED:
+                self.checked = msg.arg
 
 
 class Arbiter:
@@ -253,7 +262,7 @@ class Arbiter:
             try:
                 pidfile.create()
             except ConfigError as e:
-                raise HaltServer(str(e), 2) from None
+                raise HaltServer(str(e), EXIT_CONFIG) from None
             self.pidfile = pidfile
         r, w = os.pipe()
         for fd in (r, w):
@@ -516,30 +525,32 @@ class Arbiter:
             return
         if not self.checked and w.failure is None:
             # the first worker is the pre-fork check and printed why it failed
-            if code == 2:
-                raise HaltServer("the app does not check", 2, quiet=True)
-            if code == 1:
-                raise HaltServer(f"importing {self.cfg.app!r} failed (traceback above)", 1)
-            raise HaltServer(f"worker failed to boot ({how})", 3)
+            if code == EXIT_CONFIG:
+                raise HaltServer("the app does not check", EXIT_CONFIG, quiet=True)
+            if code == EXIT_FAILED:
+                raise HaltServer(
+                    f"importing {self.cfg.app!r} failed (traceback above)", EXIT_FAILED
+                )
+            raise HaltServer(f"worker failed to boot ({how})", EXIT_BOOT)
         if w.failure is not None:
             f = w.failure
             if "message" in f:
                 # before the check passed, the first worker printed the message itself
                 quiet = not self.checked
-                raise HaltServer(str(f["message"]), int(f.get("code", 1)), quiet=quiet)
+                raise HaltServer(str(f["message"]), int(f.get("code", EXIT_FAILED)), quiet=quiet)
             raise HaltServer(
                 "worker failed to boot (traceback above)",
-                int(f.get("code", 3)),
+                int(f.get("code", EXIT_BOOT)),
                 detail=str(f.get("traceback", "")),
             )
         if w.booted_at is None and not w.retiring and not w.aborted and not self.app_booted:
             # the app's first boot: nothing ever served, respawning would loop
-            raise HaltServer(f"worker failed to boot ({how})", 3)
+            raise HaltServer(f"worker failed to boot ({how})", EXIT_BOOT)
         if w.retiring:
             return
-        if code == 0 and w.exit_reason == "recycle":
+        if code == EXIT_OK and is_recycle(w.exit_reason):
             return  # max-requests: manage_workers starts the replacement at once
-        if code == 0 and (w.exit_reason or "").startswith("done"):
+        if code == EXIT_OK and is_done(w.exit_reason):
             # the app finished (kill switch, run returned): the whole launcher stops
             self.log.info("master.app_done", reason=w.exit_reason)
             self.stop(graceful=True)
@@ -651,7 +662,7 @@ class Arbiter:
                 code = self._child(wid, child, old_mask)
             except BaseException:
                 traceback.print_exc()
-                code = 3
+                code = EXIT_BOOT
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -671,7 +682,7 @@ class Arbiter:
         placeholder = Worker(0, 0, parent)
         self.cfg.run_hook("pre_fork", self, placeholder)
         os.set_inheritable(child.fileno(), True)
-        req = json.dumps({"argv": self.argv, "wid": 0, "fd": child.fileno()})
+        req = encode_request(self.argv, 0, child.fileno())
         try:
             pid = os.posix_spawn(
                 sys.executable,

@@ -38,6 +38,7 @@ from ..errors import ConfigError, GreenZMQError
 from .appspec import as_service, load_app, parse_app_spec
 from .config import Config, format_config, load_config
 from .proc import child_env
+from .protocol import EXIT_CONFIG, EXIT_FAILED
 
 __all__ = [
     "EXIT_CONFIG",
@@ -48,9 +49,6 @@ __all__ = [
     "run_service",
     "validate_start",
 ]
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 
 
 def fail(message: str, code: int = EXIT_CONFIG) -> int:

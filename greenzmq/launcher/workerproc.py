@@ -34,7 +34,6 @@ plain (non-gevent) handler so it also runs while the hub is blocked.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -44,19 +43,13 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import protocol
+from .protocol import EXIT_BOOT, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, heartbeat_interval
+
 if TYPE_CHECKING:
     from .config import Config
 
-__all__ = ["EXIT_BOOT", "WorkerInfo", "heartbeat_interval", "run_worker"]
-
-EXIT_BOOT = 3  # like gunicorn's WORKER_BOOT_ERROR: the master halts
-
-
-def heartbeat_interval(timeout: float) -> float:
-    """Seconds between beats: a quarter of the timeout, within [0.05, 1]."""
-    if timeout <= 0:
-        return 1.0
-    return min(1.0, max(0.05, timeout / 4))
+__all__ = ["WorkerInfo", "run_worker"]
 
 
 class WorkerInfo:
@@ -78,11 +71,11 @@ class _Channel:
         self.sock = gsocket.socket(fileno=fd)
         self.broken = False
 
-    def send(self, line: str) -> None:
+    def send(self, line: bytes) -> None:
         if self.broken:
             return
         try:
-            self.sock.sendall(line.encode() + b"\n")
+            self.sock.sendall(line)
         except OSError:
             self.broken = True  # master gone: the reader greenlet sees EOF too
 
@@ -94,16 +87,16 @@ def _boot_failure(chan: _Channel, exc: BaseException, code: int, *, echo: bool =
 
     expected = isinstance(exc, (GreenZMQError, zmq.ZMQError, ValueError))
     if expected and is_config_error(exc):
-        code = 2
-    payload: dict[str, Any] = {"code": code if expected else EXIT_BOOT}
+        code = EXIT_CONFIG
+    payload: protocol.Failure = {"code": code if expected else EXIT_BOOT}
     if expected:
         payload["message"] = str(exc)
         if echo:  # nothing forked yet: one line on the command's stderr, the master is quiet
             print(f"greenzmq: error: {exc}", file=sys.stderr, flush=True)
     else:
         payload["traceback"] = "".join(traceback.format_exception(exc))
-    chan.send("fail " + json.dumps(payload))
-    return int(payload["code"])
+    chan.send(protocol.fail(payload))
+    return payload["code"]
 
 
 def _remove_ipc_files(paths: list[str]) -> None:
@@ -153,11 +146,11 @@ def _check(cfg: Config) -> tuple[Any, dict[str, Any], int]:
         desc = describe_service(service, dict(cfg.endpoint), int(cfg.workers))
     except GreenZMQError as e:
         print(f"greenzmq: error: {e}", file=sys.stderr, flush=True)
-        return None, {}, 2
+        return None, {}, EXIT_CONFIG
     except BaseException:
         traceback.print_exc()
         sys.stderr.flush()
-        return None, {}, 1
+        return None, {}, EXIT_FAILED
     return service, desc, 0
 
 
@@ -237,14 +230,14 @@ def run_worker(
         if cfg.block_threshold > 0:
             _install_monitor(cfg.block_threshold, log)
     except BaseException as e:
-        return _boot_failure(chan, e, 2)
+        return _boot_failure(chan, e, EXIT_CONFIG)
 
     state: dict[str, Any] = {"ready": False, "reason": None}
     interval = heartbeat_interval(cfg.timeout)
 
     def beat() -> None:
         while not chan.broken:
-            chan.send("beat")
+            chan.send(protocol.beat())
             gevent.sleep(interval)
 
     def watch_master() -> None:
@@ -262,8 +255,8 @@ def run_worker(
     def ready(svc: Any) -> None:
         state["ready"] = True
         if check:
-            chan.send("checked " + json.dumps(desc))  # bound: the master may fork the rest
-        chan.send("ready")
+            chan.send(protocol.checked(desc))  # bound: the master may fork the rest
+        chan.send(protocol.ready())
         cfg.run_hook("post_worker_init", info)
 
     def quick(signame: str) -> None:
@@ -281,7 +274,7 @@ def run_worker(
             log.error("worker.abort", wid=wid, stack=stack)
             cfg.run_hook("worker_abort", info)
         finally:
-            os._exit(1)
+            os._exit(EXIT_FAILED)
 
     limit = 0
     if cfg.max_requests > 0:
@@ -290,7 +283,7 @@ def run_worker(
         def count(svc: Any) -> None:
             if svc.requests >= limit and not svc.stopping.is_set():
                 log.info("worker.max_requests", wid=wid, requests=svc.requests, limit=limit)
-                state["reason"] = "recycle"
+                state["reason"] = protocol.RECYCLE
                 svc.stop("max requests")
 
         service.add_request_callback(count)
@@ -313,10 +306,11 @@ def run_worker(
     except BaseException as e:
         if state["ready"]:
             log.error("worker.failed", wid=wid, error=repr(e), exc_info=True)
-            return 1
+            return EXIT_FAILED
         # the first worker is still the pre-fork check: its message is the command's own line
         if isinstance(e, (GreenZMQError, zmq.ZMQError)):
-            return _boot_failure(chan, e, 1 if isinstance(e, zmq.ZMQError) else 2, echo=check)
+            code = EXIT_FAILED if isinstance(e, zmq.ZMQError) else EXIT_CONFIG
+            return _boot_failure(chan, e, code, echo=check)
         return _boot_failure(chan, e, EXIT_BOOT, echo=check)
     finally:
         for h in handlers:
@@ -329,11 +323,11 @@ def run_worker(
         # the master halts with its line (exit 2) instead of restarting it
         beater.kill(block=False)
         watcher.kill(block=False)
-        return _boot_failure(chan, refused, 2)
-    if code == 0 and state["reason"] == "recycle":
-        chan.send("exit recycle")
-    elif code == 0 and service.stop_reason not in ("SIGTERM", "SIGINT", "SIGQUIT"):
-        chan.send(f"exit done {service.stop_reason}")
+        return _boot_failure(chan, refused, EXIT_CONFIG)
+    if code == EXIT_OK and state["reason"] == protocol.RECYCLE:
+        chan.send(protocol.recycle())
+    elif code == EXIT_OK and service.stop_reason not in ("SIGTERM", "SIGINT", "SIGQUIT"):
+        chan.send(protocol.done(service.stop_reason))
     beater.kill(block=False)
     watcher.kill(block=False)
     sys.stdout.flush()
@@ -352,9 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import load_config
     from .proc import title_setter
 
-    req = json.loads((sys.argv[1:] if argv is None else argv)[0])
-    cfg = load_config(req["argv"])
-    wid, fd = int(req["wid"]), int(req["fd"])
+    args, wid, fd = protocol.decode_request((sys.argv[1:] if argv is None else argv)[0])
+    cfg = load_config(args)
     cfg.run_hook("post_fork", None, WorkerInfo(wid))
     return run_worker(cfg, wid, fd, title_setter(), check=True)
 
