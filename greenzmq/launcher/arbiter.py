@@ -712,10 +712,10 @@ class Arbiter:
                 other.sock.close()
         self.log.close()
         self.cfg.run_hook("post_fork", self, Worker(wid, os.getpid(), chan))
-        from .workerproc import run_worker
+        from .workerproc import WorkerProcess  # the worker's code: the master never runs it
 
         fd = chan.detach()
-        return run_worker(self.cfg, wid, fd, self.title)
+        return WorkerProcess(self.cfg, wid, fd, self.title).run()
 
     # -- helpers ---------------------------------------------------------------
     def _close_channel(self, w: Worker) -> None:
