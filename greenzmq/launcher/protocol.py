@@ -162,6 +162,7 @@ def parse(line: str) -> Message | None:
         except ValueError:  # still the worker's own words: show them
             return Message(FAIL, {"message": rest})
     if kind == CHECKED:
+        # only our own first worker sends it: bad JSON is a bug, not input to forgive
         return Message(CHECKED, json.loads(rest))
     if kind == EXIT:
         return Message(EXIT, rest)
