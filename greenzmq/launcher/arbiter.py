@@ -29,9 +29,10 @@ config and replaces every worker (new workers first; the old ones retire once
 as many new ones have booted); TTIN/TTOU one worker more/less (never below
 1); USR1 reopens log files here and in the workers.
 
-Workers heartbeat over a socketpair; one silent for ``timeout`` seconds gets
-ABRT (it logs its stack and runs ``worker_abort``), then KILL a second later,
-and a replacement. A worker that fails while booting halts the master with
+Workers heartbeat over a socketpair (:mod:`greenzmq.launcher.protocol` has
+what they say and what their exit codes mean); one silent for ``timeout``
+seconds gets ABRT (it logs its stack and runs ``worker_abort``), then KILL a
+second later, and a replacement. A worker that fails while booting halts the master with
 the worker's message or traceback; a worker that crashes after booting is
 replaced, with exponential backoff while crashes keep coming. "While
 booting" halts only when the worker reports its own boot failure (``fail``),
