@@ -662,6 +662,17 @@ class TestOneWorker:
         assert not pidfile.exists()
         assert not [f for f in ipc if f.exists()]
 
+    def test_pidfile_of_a_running_process_halts(self, service: Start, tmp_path: Path) -> None:
+        """A pidfile naming a live process: one line, exit 2, the file kept, nothing spawned."""
+        pidfile = tmp_path / "b.pid"
+        pidfile.write_text(f"{os.getpid()}\n")  # this test's process: alive, not the master
+        p = service("services.broker:app", "--pid", str(pidfile), "--log-level", "debug")
+        assert p.wait(10) == 2
+        line = f"greenzmq: error: pidfile {pidfile} names a running process ({os.getpid()})"
+        assert line in p.output()
+        assert pidfile.read_text() == f"{os.getpid()}\n"
+        assert not p.events("worker.spawn")
+
     def test_kill_switch_stops_every_worker(self, service: Start) -> None:
         """A kill-switch message stops all workers and the master exits 0."""
         ctx = zmq.Context()

@@ -212,13 +212,14 @@ def _main(argv: list[str]) -> int:
     import json
 
     from ..errors import GreenZMQError
+    from .protocol import EXIT_CONFIG
 
     req = json.loads(argv[0])
     try:
         info = check_app(req["app"], req.get("endpoint", {}), int(req.get("workers", 1)))
     except GreenZMQError as e:
         print(f"greenzmq: error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_CONFIG
     print(json.dumps(info), flush=True)
     return 0
 

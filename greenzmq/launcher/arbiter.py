@@ -29,9 +29,10 @@ config and replaces every worker (new workers first; the old ones retire once
 as many new ones have booted); TTIN/TTOU one worker more/less (never below
 1); USR1 reopens log files here and in the workers.
 
-Workers heartbeat over a socketpair; one silent for ``timeout`` seconds gets
-ABRT (it logs its stack and runs ``worker_abort``), then KILL a second later,
-and a replacement. A worker that fails while booting halts the master with
+Workers heartbeat over a socketpair (:mod:`greenzmq.launcher.protocol` has
+what they say and what their exit codes mean); one silent for ``timeout``
+seconds gets ABRT (it logs its stack and runs ``worker_abort``), then KILL a
+second later, and a replacement. A worker that fails while booting halts the master with
 the worker's message or traceback; a worker that crashes after booting is
 replaced, with exponential backoff while crashes keep coming. "While
 booting" halts only when the worker reports its own boot failure (``fail``),
@@ -53,9 +54,26 @@ import traceback
 from collections.abc import Callable
 from typing import IO, Any
 
+from ..errors import ConfigError
 from .config import LOG_LEVELS, Config, load_config
+from .proc import Pidfile, child_env, title_setter
+from .protocol import (
+    CHECKED,
+    EXIT,
+    EXIT_BOOT,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    FAIL,
+    READY,
+    Failure,
+    LineReader,
+    encode_request,
+    is_done,
+    is_recycle,
+)
 
-__all__ = ["Arbiter", "HaltServer", "MasterLog", "child_env", "title_setter"]
+__all__ = ["Arbiter", "HaltServer", "MasterLog"]
 
 KILL_GRACE = 1.0  # seconds between ABRT (or a quick stop) and KILL
 STABLE_AFTER = 5.0  # a worker up this long ends a crash streak
@@ -161,30 +179,6 @@ class MasterLog:
         self.log("error", event, **fields)
 
 
-def title_setter() -> Callable[[str], None]:
-    """``setproctitle`` with a ``greenzmq:`` prefix, or a no-op without it."""
-    try:
-        from setproctitle import setproctitle
-    except ImportError:  # optional: titles are a nicety
-        return lambda _title: None
-    return lambda t: setproctitle(f"greenzmq: {t}")
-
-
-def child_env() -> dict[str, str]:
-    """The environment for a fresh ``python -m greenzmq...`` interpreter.
-
-    The app is found where the command was started, greenzmq where it was
-    imported (both may be missing from ``sys.path`` of a new interpreter).
-    """
-    # greenzmq/launcher/arbiter.py -> the directory that holds greenzmq/
-    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (os.getcwd(), pkg_parent, env.get("PYTHONPATH", "")) if p
-    )
-    return env
-
-
 class Worker:
     """The master's record of one worker process."""
 
@@ -198,29 +192,23 @@ class Worker:
         self.stale = False  # HUP: retire once its successors have booted
         self.kill_at: float | None = None  # KILL if still alive then
         self.aborted = False
-        self.failure: dict[str, Any] | None = None
+        self.failure: Failure | None = None
         self.exit_reason: str | None = None
         self.checked: dict[str, Any] | None = None
-        self._buf = b""
+        self._reader = LineReader()
 
     def feed(self, data: bytes) -> None:
-        """Parse newline-framed lines from the worker."""
+        """Take what the worker said (:mod:`greenzmq.launcher.protocol`)."""
         self.last_beat = time.monotonic()  # any line proves the hub runs
-        self._buf += data
-        *lines, self._buf = self._buf.split(b"\n")
-        for raw in lines:
-            line = raw.decode(errors="replace")
-            if line == "ready":
+        for msg in self._reader.feed(data):
+            if msg.kind == READY:
                 self.booted_at = time.monotonic()
-            elif line.startswith("fail "):
-                try:
-                    self.failure = json.loads(line[5:])
-                except ValueError:
-                    self.failure = {"message": line[5:]}
-            elif line.startswith("exit "):
-                self.exit_reason = line[5:]
-            elif line.startswith("checked "):
-                self.checked = json.loads(line[8:])
+            elif msg.kind == FAIL:
+                self.failure = msg.arg
+            elif msg.kind == EXIT:
+                self.exit_reason = msg.arg
+            elif msg.kind == CHECKED:
+                self.checked = msg.arg
 
 
 class Arbiter:
@@ -261,7 +249,7 @@ class Arbiter:
         self.log = MasterLog(cfg.log_format, cfg.log_file, cfg.log_level, self.name)
         self.pipe: tuple[int, int] = (-1, -1)
         self.selector: selectors.BaseSelector | None = None
-        self.pidfile: str | None = None
+        self.pidfile: Pidfile | None = None  # once written: removed at exit
 
     # -- start / stop ------------------------------------------------------
     def _binds_per_worker(self) -> bool:
@@ -271,7 +259,12 @@ class Arbiter:
         """Pidfile, self-pipe, signal handlers; ``on_starting``."""
         self.cfg.run_hook("on_starting", self)
         if self.cfg.pid:
-            self._write_pidfile(self.cfg.pid)
+            pidfile = Pidfile(self.cfg.pid)
+            try:
+                pidfile.create()
+            except ConfigError as e:
+                raise HaltServer(str(e), EXIT_CONFIG) from None
+            self.pidfile = pidfile
         r, w = os.pipe()
         for fd in (r, w):
             os.set_blocking(fd, False)
@@ -296,33 +289,6 @@ class Arbiter:
             timeout=self.cfg.timeout,
             graceful_timeout=self.cfg.graceful_timeout,
         )
-
-    def _write_pidfile(self, path: str) -> None:
-        try:
-            with open(path) as f:
-                old = int(f.read().strip() or 0)
-            if old and old != os.getpid():
-                os.kill(old, 0)
-                raise HaltServer(f"pidfile {path} names a running process ({old})", 2)
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            pass
-        except PermissionError:
-            raise HaltServer(f"pidfile {path} names a running process", 2) from None
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
-        self.pidfile = path
-
-    def _remove_pidfile(self) -> None:
-        if self.pidfile is None:
-            return
-        try:
-            with open(self.pidfile) as f:
-                if int(f.read().strip() or 0) == os.getpid():
-                    os.unlink(self.pidfile)
-        except (OSError, ValueError):
-            pass
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # only enqueue and wake the loop: no logging, no locks. CHLD needs no entry
@@ -374,7 +340,8 @@ class Arbiter:
             self.cfg.run_hook("on_exit", self)
         except Exception:
             self.log.error("master.hook_failed", hook="on_exit", error=traceback.format_exc())
-        self._remove_pidfile()
+        if self.pidfile is not None:
+            self.pidfile.remove()
         (self.log.debug if self.quiet_exit else self.log.info)("master.exit", code=self.exit_code)
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
@@ -559,30 +526,32 @@ class Arbiter:
             return
         if not self.checked and w.failure is None:
             # the first worker is the pre-fork check and printed why it failed
-            if code == 2:
-                raise HaltServer("the app does not check", 2, quiet=True)
-            if code == 1:
-                raise HaltServer(f"importing {self.cfg.app!r} failed (traceback above)", 1)
-            raise HaltServer(f"worker failed to boot ({how})", 3)
+            if code == EXIT_CONFIG:
+                raise HaltServer("the app does not check", EXIT_CONFIG, quiet=True)
+            if code == EXIT_FAILED:
+                raise HaltServer(
+                    f"importing {self.cfg.app!r} failed (traceback above)", EXIT_FAILED
+                )
+            raise HaltServer(f"worker failed to boot ({how})", EXIT_BOOT)
         if w.failure is not None:
             f = w.failure
             if "message" in f:
                 # before the check passed, the first worker printed the message itself
                 quiet = not self.checked
-                raise HaltServer(str(f["message"]), int(f.get("code", 1)), quiet=quiet)
+                raise HaltServer(str(f["message"]), int(f.get("code", EXIT_FAILED)), quiet=quiet)
             raise HaltServer(
                 "worker failed to boot (traceback above)",
-                int(f.get("code", 3)),
+                int(f.get("code", EXIT_BOOT)),
                 detail=str(f.get("traceback", "")),
             )
         if w.booted_at is None and not w.retiring and not w.aborted and not self.app_booted:
             # the app's first boot: nothing ever served, respawning would loop
-            raise HaltServer(f"worker failed to boot ({how})", 3)
+            raise HaltServer(f"worker failed to boot ({how})", EXIT_BOOT)
         if w.retiring:
             return
-        if code == 0 and w.exit_reason == "recycle":
+        if code == EXIT_OK and is_recycle(w.exit_reason):
             return  # max-requests: manage_workers starts the replacement at once
-        if code == 0 and (w.exit_reason or "").startswith("done"):
+        if code == EXIT_OK and is_done(w.exit_reason):
             # the app finished (kill switch, run returned): the whole launcher stops
             self.log.info("master.app_done", reason=w.exit_reason)
             self.stop(graceful=True)
@@ -694,7 +663,7 @@ class Arbiter:
                 code = self._child(wid, child, old_mask)
             except BaseException:
                 traceback.print_exc()
-                code = 3
+                code = EXIT_BOOT
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -714,7 +683,7 @@ class Arbiter:
         placeholder = Worker(0, 0, parent)
         self.cfg.run_hook("pre_fork", self, placeholder)
         os.set_inheritable(child.fileno(), True)
-        req = json.dumps({"argv": self.argv, "wid": 0, "fd": child.fileno()})
+        req = encode_request(self.argv, 0, child.fileno())
         try:
             pid = os.posix_spawn(
                 sys.executable,
@@ -744,10 +713,10 @@ class Arbiter:
                 other.sock.close()
         self.log.close()
         self.cfg.run_hook("post_fork", self, Worker(wid, os.getpid(), chan))
-        from .workerproc import run_worker
+        from .workerproc import WorkerProcess  # the worker's code: the master never runs it
 
         fd = chan.detach()
-        return run_worker(self.cfg, wid, fd, self.title)
+        return WorkerProcess(self.cfg, wid, fd, self.title).run()
 
     # -- helpers ---------------------------------------------------------------
     def _close_channel(self, w: Worker) -> None:

@@ -37,6 +37,8 @@ from typing import Any
 from ..errors import ConfigError, GreenZMQError
 from .appspec import as_service, load_app, parse_app_spec
 from .config import Config, format_config, load_config
+from .proc import child_env
+from .protocol import EXIT_CONFIG, EXIT_FAILED
 
 __all__ = [
     "EXIT_CONFIG",
@@ -47,9 +49,6 @@ __all__ = [
     "run_service",
     "validate_start",
 ]
-
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 
 
 def fail(message: str, code: int = EXIT_CONFIG) -> int:
@@ -63,8 +62,6 @@ def check_in_subprocess(cfg: Config) -> dict[str, Any] | int:
 
     The subprocess prints its own errors on our stderr (inherited).
     """
-    from .arbiter import child_env
-
     req = json.dumps({"app": cfg.app, "endpoint": cfg.endpoint, "workers": cfg.workers})
     proc = subprocess.run(
         [sys.executable, "-m", "greenzmq.launcher.appspec", req],
