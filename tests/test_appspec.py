@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -76,6 +77,26 @@ class TestLoad:
         assert ks.expect == 3
         with pytest.raises(AppImportError, match="calling make failed"):
             load_app("services.killswitch:make(nope=1)")
+
+    def test_roles_load_under_both_names(self, tmp_path: Path) -> None:
+        """Every role imports as services.X (repository root) and greenzmq.services.X."""
+        import importlib
+
+        for path in sorted((ROOT / "services").glob("*.py")):
+            for pkg in ("services", "greenzmq.services"):
+                mod = importlib.import_module(f"{pkg}.{path.stem}")
+                assert Path(mod.__file__ or "") == path
+        assert as_service(load_app("greenzmq.services.broker:app")).name == "broker"
+        # from any directory, also one with its own services/ package
+        (tmp_path / "services").mkdir()
+        (tmp_path / "services" / "__init__.py").write_text("")
+        r = subprocess.run(
+            [sys.executable, "-m", "greenzmq", "--check-config", "greenzmq.services.client:app"],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "(client-3)" in r.stdout + r.stderr
 
     def test_import_error_inside_the_app_keeps_its_traceback(self) -> None:
         """The app's own exception propagates as itself."""

@@ -92,7 +92,7 @@ class TestPieces:
         assert kind_label("readers@1") == "readers trace all"
         assert kind_label("pypoll") == "pypoll"
         cmd = broker_command("greenzmq@1", 5999, "/tmp/logs")
-        assert cmd.startswith("cmd=") and "services.broker:app" in cmd
+        assert cmd.startswith("cmd=") and " greenzmq.services.broker:app " in cmd
         assert "{fe}" in cmd and "{be}" in cmd and "--trace-sample 1" in cmd
         assert "kill=tcp://127.0.0.1:5999" in cmd and "/tmp/logs/broker-1.log" in cmd
         assert broker_command("proxy", 1, "/x") == "proxy"

@@ -123,7 +123,7 @@ def broker_command(kind: str, kill_port: int, logdir: str) -> str:
     sample = float(rate or 0)
     log = os.path.join(logdir, f"broker-{rate or 0}.log") if sample else os.devnull
     return (
-        f"cmd={shlex.quote(sys.executable)} -m greenzmq services.broker:app"
+        f"cmd={shlex.quote(sys.executable)} -m greenzmq greenzmq.services.broker:app"
         " --endpoint frontend={fe} --endpoint backend={be}"
         f" --endpoint kill=tcp://127.0.0.1:{kill_port} --trace-sample {sample:g}"
         f" --log-format json --log-file {shlex.quote(log)}"
