@@ -59,10 +59,12 @@ class TestWheel:
 
     @pytest.mark.deadline(180)
     def test_roles_ship_inside_greenzmq(self, wheel: Path) -> None:
-        """services/ is installed as greenzmq/services, with its own __init__ (not the stand-in)."""
+        """services/ is greenzmq/services (its __init__, not the stand-in); bench scripts too."""
         names = set(_names(wheel))
         for p in sorted((ROOT / "services").glob("*.py")):
             assert f"greenzmq/services/{p.name}" in names
+        for name in ("broker_anchors.py", "mux.py", "mux_anchors.py"):  # greenzmq bench's
+            assert f"greenzmq/tools/benchmarks/{name}" in names
         with zipfile.ZipFile(wheel) as z:
             init = z.read("greenzmq/services/__init__.py")
         assert init == (ROOT / "services" / "__init__.py").read_bytes()
