@@ -393,6 +393,36 @@ class TestLifecycle:
         assert ignored == [True]
         assert events("service.graceful_timeout", seconds=0.2)
 
+    def test_kill_run_from_on_stop(self, logs: Any) -> None:
+        """kill_run(): an on_stop kills a run parked with nothing in flight at once; exit 0.
+
+        From run's own greenlet, before run started and after it ended it does nothing.
+        """
+        events = logs()
+        cleaned: list[bool] = []
+
+        class Parked(Idle):
+            def on_stop(self) -> None:
+                self.killed = self.kill_run()
+
+        def parked(svc: Idle) -> None:
+            assert svc.kill_run() is False  # run's own greenlet: left alone
+            try:
+                gevent.sleep(60)
+            finally:
+                cleaned.append(True)
+
+        svc = Parked(parked)
+        svc.graceful_timeout = 30.0  # a stop that waited for it would time the test out
+        assert svc.kill_run() is False  # not serving yet
+        run = gevent.spawn(svc.serve, install_signals=False)
+        green_wait_for(lambda: svc._main is not None, 5, "run to start")
+        svc.stop("test")
+        assert run.get(timeout=5) == 0
+        assert svc.killed is True and cleaned == [True]
+        assert svc.kill_run() is False  # run has ended
+        assert not events("service.graceful_timeout")
+
     def test_spawned_failure_stops_with_exit_1(self, logs: Any) -> None:
         """A greenlet started with spawn() that raises stops the service; exit code 1."""
         events = logs()

@@ -109,6 +109,22 @@ class Service:
         """Call ``fn(service)`` once the sockets exist and ``setup`` returned."""
         self._ready_callbacks.append(fn)
 
+    def kill_run(self) -> bool:
+        """Kill the greenlet running :meth:`run` now, without waiting for it; True if it did.
+
+        For an ``on_stop`` whose ``run`` holds no work worth finishing (parked
+        in a recv, pausing between sends): ``GreenletExit`` is raised where
+        ``run`` waits, so its ``finally`` blocks run, and the exit code stays
+        0. Nothing happens before ``run`` started, after it ended, or when
+        called from ``run``'s own greenlet (a stop asked inside ``run``, which
+        returns by itself).
+        """
+        main = self._main
+        if main is None or main.dead or main is gevent.getcurrent():
+            return False
+        main.kill(block=False)
+        return True
+
     def stop(self, reason: str = "requested") -> None:
         """Ask the service to stop (idempotent; any greenlet, signal handlers too)."""
         if self.stopping.is_set():
@@ -258,6 +274,4 @@ class CallableService(Service):
 
     def on_stop(self) -> None:
         """Kill the callable's greenlet, unless it is the one asking."""
-        main = self._main
-        if main is not None and main is not gevent.getcurrent() and not main.dead:
-            main.kill(block=False)
+        self.kill_run()
