@@ -13,6 +13,7 @@ from typing import Any
 
 import gevent
 import pytest
+import zmq
 
 from greenzmq import Broker, CallableService, Service
 from greenzmq.core.sockets import SocketSpec
@@ -422,6 +423,35 @@ class TestLifecycle:
         assert svc.killed is True and cleaned == [True]
         assert svc.kill_run() is False  # run has ended
         assert not events("service.graceful_timeout")
+
+    def test_before_bind_callback(self, logs: Any) -> None:
+        """Before-bind callbacks run once the context exists and before any socket is made;
+        a socket one makes is closed with the others, also when a bind then fails."""
+        logs()
+        seen: list[tuple[bool, list[str]]] = []
+        made: list[Any] = []
+
+        def before(svc: Service) -> None:
+            assert svc.ctx is not None
+            seen.append((svc.log is not None, sorted(svc.socks)))
+            sock = svc.ctx.socket(zmq.PAIR)
+            made.append(sock)
+            svc.socks["extra"] = sock
+
+        svc = Idle(lambda s: None)
+        svc.add_before_bind_callback(before)
+        assert gevent.spawn(svc.serve, install_signals=False).get(timeout=5) == 0
+        assert seen == [(True, [])]
+        assert made[0].closed and svc.ctx is None
+
+        # the service's own socket cannot bind: the callback's socket is closed too
+        with pysocket.create_server(("127.0.0.1", 0)) as taken:
+            port = taken.getsockname()[1]
+            late = Idle(lambda s: None)
+            late.add_before_bind_callback(before)
+            with pytest.raises(zmq.ZMQError, match="cannot bind socket 'in'"):
+                late.open({"in": f"tcp://127.0.0.1:{port}"})
+        assert made[1].closed and late.ctx is None and late.socks == {}
 
     def test_spawned_failure_stops_with_exit_1(self, logs: Any) -> None:
         """A greenlet started with spawn() that raises stops the service; exit code 1."""

@@ -70,6 +70,7 @@ class Service:
         self.requests = 0
         self._ready_callbacks: list[Callable[[Service], Any]] = []
         self._request_callbacks: list[Callable[[Service], Any]] = []
+        self._before_bind_callbacks: list[Callable[[Service], Any]] = []
 
     # -- to override ------------------------------------------------------
     def setup(self) -> None:
@@ -104,6 +105,17 @@ class Service:
     def add_request_callback(self, fn: Callable[[Service], Any]) -> None:
         """Call ``fn(service)`` after each :meth:`request_done`."""
         self._request_callbacks.append(fn)
+
+    def add_before_bind_callback(self, fn: Callable[[Service], Any]) -> None:
+        """Call ``fn(service)`` in :meth:`open` once the context exists, before any socket is made.
+
+        ``self.ctx`` and ``self.log`` are set and no socket of ``specs`` exists
+        yet: the place for what must be ready before a socket binds or
+        connects (:func:`greenzmq.core.auth.secure` starts its ZAP handler
+        here). A socket ``fn`` makes goes in ``self.socks``: it is closed with
+        the others; greenlets go through :meth:`spawn`.
+        """
+        self._before_bind_callbacks.append(fn)
 
     def add_ready_callback(self, fn: Callable[[Service], Any]) -> None:
         """Call ``fn(service)`` once the sockets exist and ``setup`` returned."""
@@ -162,14 +174,22 @@ class Service:
         self.stop("kill switch")
 
     def open(self, endpoints: Mapping[str, str] | None = None) -> None:
-        """Make the context and sockets (endpoint overrides applied)."""
+        """Make the context, run the before-bind callbacks, make the sockets (endpoints applied)."""
         specs = apply_endpoints(self.specs, endpoints or {})
         self.log = get_logger()
         self.tracer = Tracer(self.name)
         self.ctx = Context()
+        self.socks = {}
         try:
-            self.socks = self.ctx.build_all(specs)
+            for fn in self._before_bind_callbacks:
+                fn(self)
+            self.socks.update(self.ctx.build_all(specs))
         except BaseException:
+            # what the callbacks started (build_all closed its own sockets)
+            self.group.kill(block=False)
+            for sock in self.socks.values():
+                sock.close(linger=0)
+            self.socks = {}
             self.ctx.term()
             self.ctx = None
             raise
