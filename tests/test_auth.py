@@ -105,7 +105,7 @@ def queues(keys: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> I
             logs / f"{kind}-queue.log",
         )
         w = ServiceProcess(
-            ["services.ppworker:make(heartbeat=0.2)", "--endpoint", f"backend={be}"],
+            ["services.ppworker:app(heartbeat=0.2)", "--endpoint", f"backend={be}"],
             logs / f"{kind}-worker.log",
         )
         procs += [q, w]

@@ -133,7 +133,7 @@ class TestProcesses:
             w.wait_started()
         clients = [
             service(
-                f"services.client:make(i={REQUESTS})",
+                f"services.client:app(i={REQUESTS})",
                 "--endpoint",
                 f"frontend={fe}",
                 "--trace-sample",

@@ -24,7 +24,7 @@ from .helpers import ROOT, ServiceProcess, green_wait_for
 
 # every tutorial role, with the endpoints it has
 TUTORIAL = {
-    "services.ventilator:make(count=1000)": ("tasks",),
+    "services.ventilator:app(count=1000)": ("tasks",),
     "services.weather:app": ("updates",),
     "services.killswitch:app": ("kill",),
     "services.listener:app": ("tasks", "weather", "kill"),
@@ -32,7 +32,7 @@ TUTORIAL = {
     "services.broker:app": ("frontend", "backend", "kill"),
     "services.worker:app": ("backend", "kill"),
     "services.worker:tasks_app": ("backend", "kill"),
-    "services.client:make(i=5)": ("frontend",),
+    "services.client:app(i=5)": ("frontend",),
 }
 
 
@@ -99,7 +99,7 @@ class TestKillSwitch:
         for p in targets:
             p.wait_started()
         # the kill switch waits for its 5 subscribers, so nobody misses the message
-        ks = service(f"services.killswitch:make(expect={len(targets)})",
+        ks = service(f"services.killswitch:app(expect={len(targets)})",
                      "--endpoint", f"kill={eps['kill']}")  # fmt: skip
         assert ks.wait(15) == 0, ks.output()
         sent = ks.wait_event("killswitch.sent")

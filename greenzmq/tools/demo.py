@@ -165,7 +165,7 @@ class Demo:
     def stop_by_switch(self, label: str, kill: str, procs: Sequence[Proc], what: str) -> float:
         """Pull the kill switch at ``kill``; wait for ``procs`` to exit; seconds it took."""
         t0 = time.monotonic()
-        switch = self.start(label, f"{ROLES}.killswitch:make(expect={len(procs)})", kill=kill)
+        switch = self.start(label, f"{ROLES}.killswitch:app(expect={len(procs)})", kill=kill)
         self.expect_exit([switch, *procs], what)
         return time.monotonic() - t0
 
@@ -202,10 +202,10 @@ class Demo:
             listeners,
         )
         producers = [
-            self.start("ventilator", f"{ROLES}.ventilator:make(count={TASKS})", tasks=ep["tasks"]),
+            self.start("ventilator", f"{ROLES}.ventilator:app(count={TASKS})", tasks=ep["tasks"]),
             self.start(
                 "weather",
-                f"{ROLES}.weather:make(count={UPDATES}, expect={len(listeners)})",
+                f"{ROLES}.weather:app(count={UPDATES}, expect={len(listeners)})",
                 updates=ep["weather"],
             ),
         ]
@@ -257,7 +257,7 @@ class Demo:
             servers,
         )
         clients = [
-            self.start(f"client-{i}", f"{ROLES}.client:make(i={i})", frontend=ep["frontend"])
+            self.start(f"client-{i}", f"{ROLES}.client:app(i={i})", frontend=ep["frontend"])
             for i in CLIENTS
         ]
         self.expect_exit(clients, "the clients to get their replies")
