@@ -9,13 +9,23 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["greenzmq", "greenzmq.*", "services", "services.*"]),
+    # Only greenzmq is installed at the top level: the tutorial's roles (the
+    # repository's services/ folder) go in as greenzmq.services, so a user's
+    # own services/ package and `greenzmq greenzmq.services.X:app` both work.
+    # greenzmq/services/__init__.py is the stand-in a checkout imports; the
+    # wheel takes services/ in its place.
+    packages=[
+        *find_packages(include=["greenzmq", "greenzmq.*"], exclude=["greenzmq.services"]),
+        "greenzmq.services",
+    ],
+    package_dir={"greenzmq.services": "services"},
     package_data={"greenzmq": ["py.typed"]},
     # orjson: hop events are rendered to bytes at ~3 us instead of ~6.6 us with
     # the stdlib json renderer (see docs/design.md).
     install_requires=["pyzmq>=25", "gevent>=23", "structlog>=23", "orjson>=3.8"],
     extras_require={
-        # six: majortomo imports it without declaring it
+        # six: majortomo imports it without declaring it; wheel: tests/test_packaging.py
+        # builds a wheel offline (--no-build-isolation) with setuptools < 70.1
         "test": [
             "pytest>=7",
             "tox>=4",
@@ -23,6 +33,7 @@ setup(
             "majortomo>=0.2",
             "six",
             "setproctitle>=1.3",
+            "wheel",
         ],
         "title": ["setproctitle>=1.3"],
         # greenzmq bench --plot PNG

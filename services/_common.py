@@ -46,9 +46,7 @@ def xpub_options() -> dict[int, int]:
 
 def kill_main(svc: Service) -> None:
     """Kill ``svc``'s main greenlet now, unless it is the one asking (an ``on_stop`` body)."""
-    main = svc._main
-    if main is not None and not main.dead and main is not gevent.getcurrent():
-        main.kill(block=False)
+    svc.kill_run()
 
 
 def socket_tracer(svc: Service, socket: str, kind: str) -> SocketTracer | None:

@@ -2,7 +2,8 @@
 
 Sends 1..i and checks each reply is the square; exits 0 when all are right,
 1 (with the wrong reply logged) otherwise, or when a reply takes longer than
-``timeout`` seconds.
+``timeout`` seconds. ``services.client:app(i=5)`` sets them (``app`` is the
+class: its arguments are the constructor's).
 """
 
 from __future__ import annotations
@@ -50,11 +51,6 @@ class Client(Service):
                 raise ValueError(f"client {self.i}: {j} -> {reply!r}, expected {j * j}")
             self.checked += 1
         self.log.info("client.done", i=self.i, checked=self.checked)
-
-
-def make(i: int = 3, timeout: float = 10.0) -> Client:
-    """Factory: ``services.client:make(i=2)``."""
-    return Client(i, timeout)
 
 
 app = Client

@@ -13,8 +13,9 @@ unsubscribe message), or ``wait`` s without a new subscriber if some never
 leave. Nobody subscribed within ``wait`` s: it logs ``killswitch.nobody``
 and exits 0 (nothing to stop).
 
-``make(expect=N)`` is the old contract: wait (up to ``wait`` s) for N
-subscribers, publish once, exit.
+``services.killswitch:app(expect=N)`` is the old contract: wait (up to
+``wait`` s) for N subscribers, publish once, exit. (``app`` is the class: its
+arguments, ``app(settle=2.0)`` too, are the constructor's.)
 """
 
 from __future__ import annotations
@@ -100,11 +101,6 @@ class KillSwitch(Service):
             seen = wait_for_subscribers(self.socks["kill"], self.expect, self.wait)
             self._publish()
         self.log.info("killswitch.sent", subscribers=seen, expected=self.expect, sends=self.sends)
-
-
-def make(expect: int | None = None, wait: float = 10.0, settle: float = 1.0) -> KillSwitch:
-    """Factory: ``services.killswitch:make(expect=7)``, ``make(settle=2.0)``."""
-    return KillSwitch(expect, wait, settle)
 
 
 app = KillSwitch

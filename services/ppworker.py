@@ -1,8 +1,9 @@
 """A Paranoid Pirate worker: backend DEALER connect tcp://127.0.0.1:5556, plus the kill switch.
 
 Squares integers like the tutorial's worker (an error reply for anything
-else). ``services.ppworker:make(heartbeat=0.2, delay=0.5)`` sets the
-heartbeat interval and an artificial time per request (seconds).
+else). ``services.ppworker:app(heartbeat=0.2, delay=0.5)`` sets the
+heartbeat interval and an artificial time per request (seconds); ``app`` is
+the class, its arguments are the constructor's.
 """
 
 from __future__ import annotations
@@ -41,17 +42,6 @@ class PPWorker(PPPWorkerService):
         if self.delay:
             gevent.sleep(self.delay)
         return answer(body)
-
-
-def make(
-    heartbeat: float = 1.0,
-    liveness: int = 3,
-    reconnect: float = 1.0,
-    reconnect_max: float = 32.0,
-    delay: float = 0.0,
-) -> PPWorker:
-    """Factory: ``services.ppworker:make(heartbeat=0.2)``."""
-    return PPWorker(heartbeat, liveness, reconnect, reconnect_max, delay)
 
 
 app = PPWorker

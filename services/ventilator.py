@@ -2,6 +2,8 @@
 
 PUSH waits (green) until a puller is connected, and the socket's linger lets
 the last tasks reach it before the process exits: nothing is lost.
+``services.ventilator:app(count=100, pause=0)`` sets the count and the longest
+pause (``app`` is the class: its arguments are the constructor's).
 """
 
 from __future__ import annotations
@@ -28,11 +30,6 @@ class Ventilator(Service):
     def run(self) -> None:
         """Send the tasks."""
         send_numbered(self, "tasks", "PUSH", self.count, self.pause, "ventilator.sent", "task")
-
-
-def make(count: int = 5, pause: float = 0.3) -> Ventilator:
-    """Factory: ``services.ventilator:make(count=100, pause=0)``."""
-    return Ventilator(count, pause)
 
 
 app = Ventilator

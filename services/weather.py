@@ -3,6 +3,8 @@
 The socket is an XPUB (a PUB that also sees subscriptions): it waits until
 ``expect`` subscribers have joined before publishing, so none of the updates
 it claims to deliver is lost to the slow-joiner problem.
+``services.weather:app(count=5, expect=2)`` sets them (``app`` is the class:
+its arguments are the constructor's).
 """
 
 from __future__ import annotations
@@ -32,11 +34,6 @@ class Weather(Service):
         seen = wait_for_subscribers(sock, self.expect, self.wait)
         self.log.info("weather.subscribers", seen=seen, expected=self.expect)
         send_numbered(self, "updates", "XPUB", self.count, self.pause, "weather.sent", "update")
-
-
-def make(count: int = 5, expect: int = 1, pause: float = 0.3, wait: float = 10.0) -> Weather:
-    """Factory: ``services.weather:make(expect=2)``."""
-    return Weather(count, expect, pause, wait)
 
 
 app = Weather

@@ -44,7 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # keeps all tox environments together under ten minutes on 2 cores.
 SLOW_MODULES = frozenset(
     {"test_auth", "test_bench", "test_demo", "test_hostile", "test_launcher", "test_mdp",
-     "test_ppp", "test_readme", "test_stats"}
+     "test_packaging", "test_ppp", "test_readme", "test_stats"}
 )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -24,14 +25,14 @@ class TestParse:
             ("services.broker:app", AppSpec("services.broker", "app", text="services.broker:app")),
             ("services.broker", AppSpec("services.broker", "app", text="services.broker")),
             (
-                "services.killswitch:make(2, wait=1.5)",
+                "services.killswitch:app(2, wait=1.5)",
                 AppSpec(
                     "services.killswitch",
-                    "make",
+                    "app",
                     True,
                     (2,),
                     {"wait": 1.5},
-                    "services.killswitch:make(2, wait=1.5)",
+                    "services.killswitch:app(2, wait=1.5)",
                 ),
             ),
         ],
@@ -71,11 +72,36 @@ class TestLoad:
             load_app("services.broker:missing")
 
     def test_factory_is_called(self) -> None:
-        """`mod:factory(args)` calls the factory; a wrong signature is one line."""
-        ks = load_app("services.killswitch:make(expect=3)")
+        """`mod:factory(args)` calls the factory (a Service class too); a wrong signature is
+        one line."""
+        ks = load_app("services.killswitch:app(expect=3)")
         assert ks.expect == 3
-        with pytest.raises(AppImportError, match="calling make failed"):
-            load_app("services.killswitch:make(nope=1)")
+        with pytest.raises(AppImportError, match="calling app failed"):
+            load_app("services.killswitch:app(nope=1)")
+        from greenzmq import PPPQueue
+
+        # a factory that is not its class's constructor: it adds CURVE
+        assert isinstance(load_app("services.ppqueue:make(heartbeat=0.2)"), PPPQueue)
+
+    def test_roles_load_under_both_names(self, tmp_path: Path) -> None:
+        """Every role imports as services.X (repository root) and greenzmq.services.X."""
+        import importlib
+
+        for path in sorted((ROOT / "services").glob("*.py")):
+            for pkg in ("services", "greenzmq.services"):
+                mod = importlib.import_module(f"{pkg}.{path.stem}")
+                assert Path(mod.__file__ or "") == path
+        assert as_service(load_app("greenzmq.services.broker:app")).name == "broker"
+        # from any directory, also one with its own services/ package
+        (tmp_path / "services").mkdir()
+        (tmp_path / "services" / "__init__.py").write_text("")
+        r = subprocess.run(
+            [sys.executable, "-m", "greenzmq", "--check-config", "greenzmq.services.client:app"],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "(client-3)" in r.stdout + r.stderr
 
     def test_import_error_inside_the_app_keeps_its_traceback(self) -> None:
         """The app's own exception propagates as itself."""
@@ -184,16 +210,12 @@ class TestCommand:
         assert worse.returncode == 2
 
 
-# every factory of a service in services/, named without its parentheses
+# every factory of a service in services/, named without its parentheses (the
+# roles whose arguments are their constructor's have none: `app(...)` calls the class)
 FACTORIES = (
-    "services.client:make",
-    "services.killswitch:make",
     "services.majordomo:make",
     "services.majordomo:worker",
     "services.ppqueue:make",
-    "services.ppworker:make",
-    "services.ventilator:make",
-    "services.weather:make",
 )
 
 

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pytest
 import zmq
 from zmq.utils import z85
 
-from greenzmq import RequestTimeout
+from greenzmq import RequestTimeout, Service, SocketSpec
 from greenzmq.core.auth import GreenAuthenticator, client_options, generate_keys, load_keypair
 from greenzmq.patterns.lazypirate import LazyPirate
 
@@ -104,7 +105,7 @@ def queues(keys: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> I
             logs / f"{kind}-queue.log",
         )
         w = ServiceProcess(
-            ["services.ppworker:make(heartbeat=0.2)", "--endpoint", f"backend={be}"],
+            ["services.ppworker:app(heartbeat=0.2)", "--endpoint", f"backend={be}"],
             logs / f"{kind}-worker.log",
         )
         procs += [q, w]
@@ -232,6 +233,69 @@ class TestCurve:
         errors = [line for line in r.stderr.splitlines() if line.startswith("greenzmq: error:")]
         assert len(errors) == 1 and "nope.key_secret" in errors[0], r.stderr
         assert zmq.CURVE_SERVER  # CURVE is compiled in (else the tests above could not pass)
+
+
+class _Echo(Service):
+    """A REP echo service whose ``open`` override records the endpoints it is given."""
+
+    name = "echo"
+    specs = (SocketSpec("rep", "REP", bind=("tcp://127.0.0.1:1",)),)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened_with: list[Any] = []
+
+    def open(self, endpoints: Any = None) -> None:
+        self.opened_with.append(endpoints)
+        super().open(endpoints)
+
+    def on_stop(self) -> None:
+        self.kill_run()
+
+    def run(self) -> None:
+        sock = self.socks["rep"]
+        while True:
+            sock.send_multipart(sock.recv_multipart())
+
+
+class TestSecureInProcess:
+    def test_secure_uses_the_before_bind_hook(
+        self, keys: dict[str, Path], ctx: Any, endpoint: Any, logs: Any
+    ) -> None:
+        """secure() replaces no method: the service's own open() is called with its endpoints,
+        the ZAP handler is up before the secured socket exists, CURVE is enforced."""
+        from greenzmq.core.auth import secure
+
+        events = logs(trace_sample=0)
+        svc = _Echo()
+        secure(
+            svc,
+            secret_key=keys["server.key_secret"],
+            allowed_keys=keys["allowed"],
+            sockets=("rep",),
+        )
+        assert "open" not in vars(svc)  # nothing shadows the class's methods
+        order: list[list[str]] = []
+        svc.add_before_bind_callback(lambda s: order.append(sorted(s.socks)))
+        ep = endpoint()
+        run = gevent.spawn(svc.serve, {"rep": ep}, install_signals=False)
+        try:
+            opts = client_options(keys["server.key"], keys["client.key_secret"])
+            with LazyPirate(ep, timeout=3, retries=2, ctx=ctx, options=opts) as c:
+                assert c.request(MARKER) == [MARKER]
+            with (
+                LazyPirate(ep, timeout=0.3, retries=1, ctx=ctx) as c,
+                pytest.raises(RequestTimeout),
+            ):
+                c.request(MARKER)
+        finally:
+            svc.stop("test over")
+            assert run.get(timeout=10) == 0
+        assert svc.opened_with == [{"rep": ep}]
+        assert order == [["zap"]]  # secure's callback ran first: ZAP before any service socket
+        names = [e["event"] for e in events()]
+        assert names.index("auth.secured") < names.index("service.start")
+        assert "auth.allowed" in names
 
 
 class TestSecuredAnyApp:

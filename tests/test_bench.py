@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from greenzmq.tools.bench import (
     broker_command,
     broker_table,
     check_targets,
+    find_bench_dir,
     kind_label,
     main,
 )
@@ -36,7 +38,9 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
          "--broker-kinds", "proxy,pypoll,greenzmq,greenzmq@1",
          "--mux-kinds", "plain_poll,readers,poller",
          "--json", str(d / "bench.json"), "--plot", str(d / "bench.png")],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        # from outside the checkout: the scripts ship in the package
+        cwd=d, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     return {"proc": out, "dir": d}
 
@@ -92,10 +96,20 @@ class TestPieces:
         assert kind_label("readers@1") == "readers trace all"
         assert kind_label("pypoll") == "pypoll"
         cmd = broker_command("greenzmq@1", 5999, "/tmp/logs")
-        assert cmd.startswith("cmd=") and "services.broker:app" in cmd
+        assert cmd.startswith("cmd=") and " greenzmq.services.broker:app " in cmd
         assert "{fe}" in cmd and "{be}" in cmd and "--trace-sample 1" in cmd
         assert "kill=tcp://127.0.0.1:5999" in cmd and "/tmp/logs/broker-1.log" in cmd
         assert broker_command("proxy", 1, "/x") == "proxy"
+
+    def test_scripts_ship_in_the_package(self) -> None:
+        """By default the scripts come from greenzmq/tools/benchmarks/, not a checkout's folder."""
+        import greenzmq.tools
+
+        packaged = Path(greenzmq.tools.__file__).resolve().parent / "benchmarks"
+        assert find_bench_dir(None) == packaged
+        for name in ("broker_anchors.py", "mux.py", "mux_anchors.py"):
+            assert (packaged / name).is_file()
+        assert not (ROOT / "benchmarks" / "mux.py").exists()  # only bench.png stays there
 
     def test_targets_judged_from_rows(self) -> None:
         """The targets compare within the run: met and missed both reported."""
@@ -121,7 +135,7 @@ class TestPieces:
         assert table[4] == "| 64x100B | greenzmq | 70 | 0.70 | 18.0 | 0.90 | 10 | 1.00 | 20 |"
 
     def test_bad_options(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        """An unknown load, a missing benchmarks/ directory or no rounds: one-line error, exit 2."""
+        """An unknown load, a --dir without the scripts or no rounds: one-line error, exit 2."""
         assert main(["--scenarios", "64x1GB"]) == 2
         assert main(["--dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err.splitlines()

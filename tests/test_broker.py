@@ -14,7 +14,7 @@ import gevent
 import pytest
 import zmq
 
-from greenzmq.core.sockets import Context, SocketSpec
+from greenzmq.core.sockets import Context, Socket, SocketSpec
 from greenzmq.patterns.broker import Broker, envelope_problem
 from services.worker import Worker
 
@@ -133,7 +133,7 @@ class TestProcesses:
             w.wait_started()
         clients = [
             service(
-                f"services.client:make(i={REQUESTS})",
+                f"services.client:app(i={REQUESTS})",
                 "--endpoint",
                 f"frontend={fe}",
                 "--trace-sample",
@@ -561,3 +561,51 @@ class TestForgedReplies:
             finally:
                 for s in (worker, client):
                     s.close(linger=0)
+
+
+class _RenamedInternals(Socket):
+    """A green socket as if pyzmq had renamed its private watcher callback."""
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.endswith("__state_changed"):
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+class TestPyzmqPrivates:
+    @pytest.mark.deadline(60)
+    def test_renamed_green_internals_only_lose_the_saving(
+        self, ctx: Any, endpoint: Callable[[], str], logs: Any
+    ) -> None:
+        """The broker pauses pyzmq's per-socket watcher through private names; if a pyzmq
+        release renames them, requests are still served and the stop is clean (exit 0)."""
+        events = logs(trace_sample=0)
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+
+        def rename(svc: Any) -> None:
+            # built by pyzmq as usual; from now on the broker's two sockets have
+            # no callback under the private name (they are only read raw)
+            for name in ("frontend", "backend"):
+                svc.socks[name].__class__ = _RenamedInternals
+
+        broker = Broker()
+        broker.add_ready_callback(rename)
+        run = gevent.spawn(
+            broker.serve, {"frontend": fe, "backend": be, "kill": kill}, install_signals=False
+        )
+        worker = ctx.build(SocketSpec("worker", "DEALER", connect=(be,)))
+        client = ctx.build(SocketSpec("client", "REQ", connect=(fe,)))
+        try:
+            with gevent.Timeout(10):
+                client.send(b"7")
+                env = worker.recv_multipart()
+                worker.send_multipart([*env[:-1], b"49"])
+                assert client.recv() == b"49"
+        finally:
+            broker.stop("test over")
+            code = run.get(timeout=10)
+            for s in (worker, client):
+                s.close(linger=0)
+        assert isinstance(broker.socks["frontend"], _RenamedInternals)
+        assert code == 0, events("service.greenlet_failed")
+        assert broker.forwarded == {"frontend->backend": 1, "backend->frontend": 1}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,20 @@ from .helpers import ROOT
 
 class TestDemo:
     def test_demo_passes_and_keeps_hop_logs(self, tmp_path: Path) -> None:
-        """The demo exits 0 within 30 s, reports every check, and leaves joinable JSON logs."""
+        """The demo exits 0 within 30 s, reports every check, and leaves joinable JSON logs.
+
+        It runs from a user's project that has its own ``services`` package
+        (issue 9.3): the demo's roles are ``greenzmq.services.*``, which that
+        package cannot shadow.
+        """
+        project = tmp_path / "project"
+        (project / "services").mkdir(parents=True)
+        (project / "services" / "__init__.py").write_text('"""A user\'s own services."""\n')
+        logdir = tmp_path / "logs"
         r = subprocess.run(
-            [sys.executable, "-m", "greenzmq", "demo", "--log-dir", str(tmp_path)],
-            cwd=ROOT,
+            [sys.executable, "-m", "greenzmq", "demo", "--log-dir", str(logdir)],
+            cwd=project,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
             capture_output=True,
             text=True,
             timeout=60,
@@ -29,7 +40,7 @@ class TestDemo:
         assert "broker forwarded 6 requests and 6 replies" in out
         assert "demo: OK" in out
         # every process wrote JSON lines; the broker's forwards carry keys
-        logs = {p.stem: p for p in tmp_path.glob("*.log")}
+        logs = {p.stem: p for p in logdir.glob("*.log")}
         assert {"broker", "listener-poller", "listener-tasks", "worker-1", "client-3"} <= set(logs)
         hops = [json.loads(line) for line in logs["broker"].read_text().splitlines()]
         forwards = [e for e in hops if e.get("event") == "hop" and e.get("op") == "forward"]

@@ -152,7 +152,7 @@ class TestHostile:
             f"backend={be}",
             *QUIET,
         )
-        w = service("services.ppworker:make(heartbeat=0.2)", "--endpoint", f"backend={be}", *QUIET)
+        w = service("services.ppworker:app(heartbeat=0.2)", "--endpoint", f"backend={be}", *QUIET)
         wait_for(lambda: q.events("ppqueue.worker_ready"), 15, "worker ready")
         counter = {"sent": 0, "bad": 0}
         with LazyPirate(fe, timeout=2, retries=3, ctx=ctx) as c:
@@ -242,7 +242,7 @@ class TestMaxMsgSize:
             f"backend={be}",
             *QUIET,
         )
-        service("services.ppworker:make(heartbeat=0.2)", "--endpoint", f"backend={be}", *QUIET)
+        service("services.ppworker:app(heartbeat=0.2)", "--endpoint", f"backend={be}", *QUIET)
         wait_for(lambda: q.events("ppqueue.worker_ready"), 15, "worker ready")
         with LazyPirate(fe, timeout=0.5, retries=1, ctx=ctx) as c:
             with pytest.raises(RequestTimeout):

@@ -67,9 +67,9 @@ def systems() -> dict[str, list[str]]:
         "services.majordomo:worker()": endpoints(broker=mdp, kill=kill),
         # waiting for a peer that never comes is idleness too
         "services.ventilator:app": endpoints(tasks=free_endpoint()),
-        "services.weather:make(wait=60)": endpoints(updates=free_endpoint()),
-        "services.client:make(timeout=60)": endpoints(frontend=free_endpoint()),
-        "services.killswitch:make(wait=60)": endpoints(kill=free_endpoint()),
+        "services.weather:app(wait=60)": endpoints(updates=free_endpoint()),
+        "services.client:app(timeout=60)": endpoints(frontend=free_endpoint()),
+        "services.killswitch:app(wait=60)": endpoints(kill=free_endpoint()),
     }
 
 

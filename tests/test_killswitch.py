@@ -69,7 +69,7 @@ def test_no_subscriber_exits_zero_after_wait(
 ) -> None:
     """Nobody subscribed: the switch waits ``wait`` s for one, says so, and exits 0."""
     t0 = time.monotonic()
-    ks = service("services.killswitch:make(wait=1.0)", "--endpoint", f"kill={endpoint()}")
+    ks = service("services.killswitch:app(wait=1.0)", "--endpoint", f"kill={endpoint()}")
     assert ks.wait(30) == 0, ks.output()
     assert time.monotonic() - t0 >= 1.0
     ev = ks.wait_event("killswitch.nobody")
@@ -86,7 +86,7 @@ def test_late_subscriber_within_settle_is_stopped(
     first = service("services.worker:app", "--endpoint", f"backend={endpoint()}",
                     "--endpoint", f"kill={kill}")  # fmt: skip
     first.wait_started()
-    ks = service("services.killswitch:make(settle=30.0)", "--endpoint", f"kill={kill}")
+    ks = service("services.killswitch:app(settle=30.0)", "--endpoint", f"kill={kill}")
     assert first.wait(15) == 0, first.output()
     wait_for(lambda: ks.events("hop", op="send"), 10, "the first kill")
     late = service("services.worker:app", "--endpoint", f"backend={endpoint()}",

@@ -536,7 +536,7 @@ class TestScaling:
         eps = {"frontend": free_endpoint(), "backend": free_endpoint(), "kill": free_endpoint()}
         q = service("services.ppqueue:app", *[f"--endpoint={k}={v}" for k, v in eps.items()])
         q.wait_started()
-        p = service(*worker_args(eps, "-w", "2", app="services.ppworker:make(heartbeat=0.2)"))
+        p = service(*worker_args(eps, "-w", "2", app="services.ppworker:app(heartbeat=0.2)"))
         load = _hups_under_load(p, eps["frontend"])
         assert load.retries == 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,6 +15,19 @@ import zmq.green as gzmq
 
 from greenzmq.core.poller import GreenPoller
 from greenzmq.core.sockets import SocketSpec
+
+
+class _NoPrivateMap(GreenPoller):
+    """A GreenPoller whose pyzmq-private ``_map`` greenzmq's own code cannot see.
+
+    pyzmq's methods still use it; greenzmq.core.poller gets AttributeError, as
+    it would from a pyzmq release that renamed it.
+    """
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "_map" and sys._getframe(1).f_globals.get("__name__") == "greenzmq.core.poller":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
 
 
 @pytest.fixture
@@ -69,6 +83,24 @@ class TestAPI:
         p.unregister(push)
         assert p.poll(0) == []
         assert p.sockets == []
+
+    def test_register_with_flags_0_through_public_names_only(self, pair: tuple[Any, Any]) -> None:
+        """register(sock, 0) unregisters (zmq.Poller's meaning; a no-op if not registered),
+        using only pyzmq's public names: greenzmq's code never reads the private ``_map``
+        (this poller hides it from greenzmq, as a pyzmq that renamed it would)."""
+        pull, push = pair
+        p = _NoPrivateMap()
+        p.register(pull, zmq.POLLIN)
+        p.register(push, zmq.POLLOUT)
+        p.register(push, 0)
+        assert p.sockets == [(pull, zmq.POLLIN)]
+        p.register(push, 0)  # not registered: nothing happens
+        assert p.sockets == [(pull, zmq.POLLIN)]
+        push.send(b"x")
+        with gevent.Timeout(5):
+            assert p.poll() == [(pull, zmq.POLLIN)]  # the watchers were rebuilt
+        p.register(pull, 0)
+        assert p.sockets == [] and p.poll(0) == []
 
     def test_plain_file_descriptor(self) -> None:
         """Plain FDs (a pipe) can be polled too, and wake a parked poll."""

@@ -22,7 +22,7 @@ from .helpers import ServiceProcess, wait_for
 
 HB = 0.2
 QUEUE = f"services.ppqueue:make(heartbeat={HB})"
-WORKER = f"services.ppworker:make(heartbeat={HB}, reconnect=0.2)"
+WORKER = f"services.ppworker:app(heartbeat={HB}, reconnect=0.2)"
 
 
 def start_queue(service: Any, fe: str, be: str) -> ServiceProcess:
@@ -265,7 +265,7 @@ class TestFaults:
         fe, be = endpoint(), endpoint()
         q = start_queue(service, fe, be)
         w = service(
-            f"services.ppworker:make(heartbeat={HB}, delay=1.0)", "--endpoint", f"backend={be}"
+            f"services.ppworker:app(heartbeat={HB}, delay=1.0)", "--endpoint", f"backend={be}"
         )
         ready_workers(q, 1)
         req = ctx.socket(zmq.REQ)
@@ -284,7 +284,7 @@ class TestFaults:
         fe, be = endpoint(), endpoint()
         q = start_queue(service, fe, be)
         w = service(
-            f"services.ppworker:make(heartbeat={HB}, delay=1.0)", "--endpoint", f"backend={be}"
+            f"services.ppworker:app(heartbeat={HB}, delay=1.0)", "--endpoint", f"backend={be}"
         )
         ready_workers(q, 1)
         req = ctx.socket(zmq.REQ)

@@ -13,6 +13,7 @@ from typing import Any
 
 import gevent
 import pytest
+import zmq
 
 from greenzmq import Broker, CallableService, Service
 from greenzmq.core.sockets import SocketSpec
@@ -23,7 +24,7 @@ from .helpers import ROOT, ServiceProcess, green_wait_for
 
 # every tutorial role, with the endpoints it has
 TUTORIAL = {
-    "services.ventilator:make(count=1000)": ("tasks",),
+    "services.ventilator:app(count=1000)": ("tasks",),
     "services.weather:app": ("updates",),
     "services.killswitch:app": ("kill",),
     "services.listener:app": ("tasks", "weather", "kill"),
@@ -31,7 +32,7 @@ TUTORIAL = {
     "services.broker:app": ("frontend", "backend", "kill"),
     "services.worker:app": ("backend", "kill"),
     "services.worker:tasks_app": ("backend", "kill"),
-    "services.client:make(i=5)": ("frontend",),
+    "services.client:app(i=5)": ("frontend",),
 }
 
 
@@ -98,7 +99,7 @@ class TestKillSwitch:
         for p in targets:
             p.wait_started()
         # the kill switch waits for its 5 subscribers, so nobody misses the message
-        ks = service(f"services.killswitch:make(expect={len(targets)})",
+        ks = service(f"services.killswitch:app(expect={len(targets)})",
                      "--endpoint", f"kill={eps['kill']}")  # fmt: skip
         assert ks.wait(15) == 0, ks.output()
         sent = ks.wait_event("killswitch.sent")
@@ -392,6 +393,65 @@ class TestLifecycle:
         assert run.get(timeout=5) == 0
         assert ignored == [True]
         assert events("service.graceful_timeout", seconds=0.2)
+
+    def test_kill_run_from_on_stop(self, logs: Any) -> None:
+        """kill_run(): an on_stop kills a run parked with nothing in flight at once; exit 0.
+
+        From run's own greenlet, before run started and after it ended it does nothing.
+        """
+        events = logs()
+        cleaned: list[bool] = []
+
+        class Parked(Idle):
+            def on_stop(self) -> None:
+                self.killed = self.kill_run()
+
+        def parked(svc: Idle) -> None:
+            assert svc.kill_run() is False  # run's own greenlet: left alone
+            try:
+                gevent.sleep(60)
+            finally:
+                cleaned.append(True)
+
+        svc = Parked(parked)
+        svc.graceful_timeout = 30.0  # a stop that waited for it would time the test out
+        assert svc.kill_run() is False  # not serving yet
+        run = gevent.spawn(svc.serve, install_signals=False)
+        green_wait_for(lambda: svc._main is not None, 5, "run to start")
+        svc.stop("test")
+        assert run.get(timeout=5) == 0
+        assert svc.killed is True and cleaned == [True]
+        assert svc.kill_run() is False  # run has ended
+        assert not events("service.graceful_timeout")
+
+    def test_before_bind_callback(self, logs: Any) -> None:
+        """Before-bind callbacks run once the context exists and before any socket is made;
+        a socket one makes is closed with the others, also when a bind then fails."""
+        logs()
+        seen: list[tuple[bool, list[str]]] = []
+        made: list[Any] = []
+
+        def before(svc: Service) -> None:
+            assert svc.ctx is not None
+            seen.append((svc.log is not None, sorted(svc.socks)))
+            sock = svc.ctx.socket(zmq.PAIR)
+            made.append(sock)
+            svc.socks["extra"] = sock
+
+        svc = Idle(lambda s: None)
+        svc.add_before_bind_callback(before)
+        assert gevent.spawn(svc.serve, install_signals=False).get(timeout=5) == 0
+        assert seen == [(True, [])]
+        assert made[0].closed and svc.ctx is None
+
+        # the service's own socket cannot bind: the callback's socket is closed too
+        with pysocket.create_server(("127.0.0.1", 0)) as taken:
+            port = taken.getsockname()[1]
+            late = Idle(lambda s: None)
+            late.add_before_bind_callback(before)
+            with pytest.raises(zmq.ZMQError, match="cannot bind socket 'in'"):
+                late.open({"in": f"tcp://127.0.0.1:{port}"})
+        assert made[1].closed and late.ctx is None and late.socks == {}
 
     def test_spawned_failure_stops_with_exit_1(self, logs: Any) -> None:
         """A greenlet started with spawn() that raises stops the service; exit code 1."""

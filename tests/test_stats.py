@@ -121,7 +121,7 @@ class TestServed:
         worker = service("services.worker:app", "--endpoint", f"backend={eps['backend']}",
                          "--endpoint", f"kill={eps['kill']}")  # fmt: skip
         worker.wait_started()
-        client = service("services.client:make(i=20)", "--endpoint", f"frontend={eps['frontend']}")
+        client = service("services.client:app(i=20)", "--endpoint", f"frontend={eps['frontend']}")
         assert client.wait(30) == 0, client.output()
         bad = zmq.Context.instance().socket(zmq.DEALER)
         bad.linger = 1000

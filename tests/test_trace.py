@@ -214,7 +214,7 @@ class TestRealLogs:
                          "--endpoint", f"kill={eps['kill']}")  # fmt: skip
         broker.wait_started()
         worker.wait_started()
-        client = service("services.client:make(i=6)", "--endpoint", f"frontend={eps['frontend']}")
+        client = service("services.client:app(i=6)", "--endpoint", f"frontend={eps['frontend']}")
         assert client.wait(30) == 0, client.output()
         worker.wait_event("hop", op="send", key=message_key([b"36"]))
         broker.wait_event("hop", op="forward", key=message_key([b"36"]))

@@ -65,7 +65,7 @@ def _start_pair(
 def _run_client(
     service: Callable[..., ServiceProcess], fe: str, n: int, *extra: str
 ) -> ServiceProcess:
-    client = service(f"services.client:make(i={n})", "--endpoint", f"frontend={fe}", *extra)
+    client = service(f"services.client:app(i={n})", "--endpoint", f"frontend={fe}", *extra)
     assert client.wait(30) == 0, client.output()
     return client
 
@@ -161,9 +161,9 @@ class TestCaseOneHops:
             *(a for n in ("tasks", "weather", "kill") for a in ("--endpoint", f"{n}={eps[n]}")),
         )
         listener.wait_started()
-        vent = service("services.ventilator:make(count=5, pause=0)",
+        vent = service("services.ventilator:app(count=5, pause=0)",
                        "--endpoint", f"tasks={eps['tasks']}")  # fmt: skip
-        weather = service("services.weather:make(count=5, pause=0)",
+        weather = service("services.weather:app(count=5, pause=0)",
                           "--endpoint", f"updates={eps['weather']}")  # fmt: skip
         assert vent.wait(15) == 0 and weather.wait(15) == 0
         ks = service("services.killswitch:app", "--endpoint", f"kill={eps['kill']}")

@@ -29,7 +29,7 @@ import argparse
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from zmq.utils import z85
 
 from ..errors import ConfigError
 from .service import Service
-from .sockets import Context, Socket, apply_endpoints, attach_endpoints
+from .sockets import Context, Socket
 from .tracing import get_logger
 
 __all__ = [
@@ -253,10 +253,10 @@ def secure(
 
     Keys are read now, so a bad path fails before anything is bound. The ZAP
     handler must be listening before a secured socket takes a connection
-    (libzmq lets every client in when no handler is bound), so the service's
-    ``open`` is wrapped: it builds the secured sockets without endpoints,
-    starts the authenticator in the service's greenlet group, then binds or
-    connects them. ``allowed_keys=None`` allows no client at all.
+    (libzmq lets every client in when no handler is bound): it is bound and
+    started (in the service's greenlet group) by a before-bind callback
+    (:meth:`~greenzmq.core.service.Service.add_before_bind_callback`), before
+    the service makes any socket. ``allowed_keys=None`` allows no client at all.
     """
     names = set(sockets)
     unknown = names - {s.name for s in service.specs}
@@ -270,30 +270,17 @@ def secure(
         dataclasses.replace(s, options={**s.options, **opts}) if s.name in names else s
         for s in service.specs
     )
-    plain_open = service.open
 
-    def open_secure(endpoints: Mapping[str, str] | None = None) -> None:
-        resolved = apply_endpoints(service.specs, endpoints or {})
-        declared = service.specs
-        service.specs = tuple(
-            dataclasses.replace(s, bind=(), connect=()) if s.name in names else s for s in resolved
-        )
-        try:
-            plain_open(None)
-        finally:
-            service.specs = declared
-        assert service.ctx is not None
-        auth = GreenAuthenticator(service.ctx, allowed).start(service.spawn)
+    def start_auth(svc: Service) -> None:
+        # before any socket is made: libzmq lets every client in while no
+        # ZAP handler is bound
+        assert svc.ctx is not None
+        auth = GreenAuthenticator(svc.ctx, allowed).start(svc.spawn)
         assert auth.sock is not None
-        service.socks["zap"] = auth.sock  # closed with the others
-        for spec in resolved:
-            if spec.name not in names:
-                continue
-            attach_endpoints(service.socks[spec.name], spec)
-        service.log.info("auth.secured", sockets=sorted(names), mechanism="CURVE")
+        svc.socks["zap"] = auth.sock  # closed with the others
+        svc.log.info("auth.secured", sockets=sorted(names), mechanism="CURVE")
 
-    # an instance attribute shadows the method for this one service
-    setattr(service, "open", open_secure)  # noqa: B010
+    service.add_before_bind_callback(start_auth)
     return service
 
 

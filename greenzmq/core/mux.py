@@ -144,7 +144,7 @@ def _recv_raw(raw: zmq.Socket[bytes]) -> list[bytes]:
 
     The hot drain path: a zmq.Frame carries its RCVMORE flag, which saves the
     getsockopt through pyzmq's option enum that ``recv_multipart`` pays per
-    message (about 2x cheaper per message; benchmarks/mux.py).
+    message (about 2x cheaper per message; greenzmq/tools/benchmarks/mux.py).
     """
     f = _recv(raw, _NB, False)
     m = [f.bytes]

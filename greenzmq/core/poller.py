@@ -73,8 +73,9 @@ class GreenPoller(gzmq.Poller):
         """Like ``zmq.Poller.register`` (flags 0 unregisters); rebuilds the watchers."""
         if not flags:
             # zmq.Poller's meaning of flags 0; through super() it would call our
-            # unregister and then rebuild a second time here
-            if socket in self._map:
+            # unregister and then rebuild a second time here. Registered or not
+            # is read from the public ``sockets`` list, not pyzmq's private map.
+            if any(s == socket for s, _ in self.sockets):
                 self.unregister(socket)
             return
         super().register(socket, flags)

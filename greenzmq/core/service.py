@@ -70,6 +70,7 @@ class Service:
         self.requests = 0
         self._ready_callbacks: list[Callable[[Service], Any]] = []
         self._request_callbacks: list[Callable[[Service], Any]] = []
+        self._before_bind_callbacks: list[Callable[[Service], Any]] = []
 
     # -- to override ------------------------------------------------------
     def setup(self) -> None:
@@ -105,9 +106,36 @@ class Service:
         """Call ``fn(service)`` after each :meth:`request_done`."""
         self._request_callbacks.append(fn)
 
+    def add_before_bind_callback(self, fn: Callable[[Service], Any]) -> None:
+        """Call ``fn(service)`` in :meth:`open` once the context exists, before any socket is made.
+
+        ``self.ctx`` and ``self.log`` are set and no socket of ``specs`` exists
+        yet: the place for what must be ready before a socket binds or
+        connects (:func:`greenzmq.core.auth.secure` starts its ZAP handler
+        here). A socket ``fn`` makes goes in ``self.socks``: it is closed with
+        the others; greenlets go through :meth:`spawn`.
+        """
+        self._before_bind_callbacks.append(fn)
+
     def add_ready_callback(self, fn: Callable[[Service], Any]) -> None:
         """Call ``fn(service)`` once the sockets exist and ``setup`` returned."""
         self._ready_callbacks.append(fn)
+
+    def kill_run(self) -> bool:
+        """Kill the greenlet running :meth:`run` now, without waiting for it; True if it did.
+
+        For an ``on_stop`` whose ``run`` holds no work worth finishing (parked
+        in a recv, pausing between sends): ``GreenletExit`` is raised where
+        ``run`` waits, so its ``finally`` blocks run, and the exit code stays
+        0. Nothing happens before ``run`` started, after it ended, or when
+        called from ``run``'s own greenlet (a stop asked inside ``run``, which
+        returns by itself).
+        """
+        main = self._main
+        if main is None or main.dead or main is gevent.getcurrent():
+            return False
+        main.kill(block=False)
+        return True
 
     def stop(self, reason: str = "requested") -> None:
         """Ask the service to stop (idempotent; any greenlet, signal handlers too)."""
@@ -146,14 +174,22 @@ class Service:
         self.stop("kill switch")
 
     def open(self, endpoints: Mapping[str, str] | None = None) -> None:
-        """Make the context and sockets (endpoint overrides applied)."""
+        """Make the context, run the before-bind callbacks, make the sockets (endpoints applied)."""
         specs = apply_endpoints(self.specs, endpoints or {})
         self.log = get_logger()
         self.tracer = Tracer(self.name)
         self.ctx = Context()
+        self.socks = {}
         try:
-            self.socks = self.ctx.build_all(specs)
+            for fn in self._before_bind_callbacks:
+                fn(self)
+            self.socks.update(self.ctx.build_all(specs))
         except BaseException:
+            # what the callbacks started (build_all closed its own sockets)
+            self.group.kill(block=False)
+            for sock in self.socks.values():
+                sock.close(linger=0)
+            self.socks = {}
             self.ctx.term()
             self.ctx = None
             raise
@@ -258,6 +294,4 @@ class CallableService(Service):
 
     def on_stop(self) -> None:
         """Kill the callable's greenlet, unless it is the one asking."""
-        main = self._main
-        if main is not None and main is not gevent.getcurrent() and not main.dead:
-            main.kill(block=False)
+        self.kill_run()

@@ -1,7 +1,8 @@
 """App specs with gunicorn's grammar: ``module:attr``, ``module:factory(args)``, ``module``.
 
 No colon means the attribute ``app``. Factory arguments are Python literals
-(``services.killswitch:make(expect=7)``). A factory of a service named
+(``services.killswitch:app(expect=7)``: a Service class is called like a
+factory). A factory of a service named
 without its parentheses (``services.majordomo:worker``: a function whose
 return annotation is a Service class) is refused before it runs, with the
 fix (``services.majordomo:worker()``); gunicorn too needs the call spelled

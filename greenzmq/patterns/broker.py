@@ -406,10 +406,22 @@ class Broker(Service):
         stopping = self.stopping
         # Nobody waits green on these sockets while the loop owns them: pause
         # pyzmq's own per-socket watcher, which would read EVENTS on every
-        # edge for nothing (a few us per wake-up).
-        paused = [w for w in (getattr(s, "_state_event", None) for s in (fe, be)) if w]
-        for w in paused:
-            w.stop()
+        # edge for nothing (a few us per wake-up). The watcher and the
+        # callback that restarts it are pyzmq's private names
+        # (zmq/green/core.py): both are looked up before anything is paused,
+        # so a pyzmq release that renames them only loses this saving (the
+        # watcher keeps running), never the clean stop.
+        paused: list[tuple[Socket, Any, Any]] = []
+        for s in (fe, be):
+            watcher: Any = getattr(s, "_state_event", None)
+            resume = getattr(s, "_Socket__state_changed", None)
+            if (
+                callable(resume)
+                and callable(getattr(watcher, "stop", None))
+                and callable(getattr(watcher, "start", None))
+            ):
+                watcher.stop()
+                paused.append((s, watcher, resume))
         try:
             while not stopping.is_set():
                 serve()
@@ -424,10 +436,11 @@ class Broker(Service):
                     serve(deadline)
         finally:
             poller.close_watchers()
-            for s in (fe, be):
-                g: Any = s  # pyzmq's green internals (zmq/green/core.py), untyped
-                if not g.closed and getattr(g, "_state_event", None) in paused:
-                    g._state_event.start(g._Socket__state_changed)
+            for s, watcher, resume in paused:
+                # a closed socket's watcher is gone (pyzmq drops it on close)
+                current: Any = getattr(s, "_state_event", None)
+                if not s.closed and current is watcher:
+                    watcher.start(resume)
         for cid in slow:  # a client that never read: its replies die with the broker
             for r in clients[cid].replies:
                 drop(fe, r, "slow peer")

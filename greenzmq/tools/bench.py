@@ -1,15 +1,16 @@
 """``greenzmq bench``: the benchmark suite against the anchors, in one run, as ratios.
 
-Runs ``benchmarks/broker_anchors.py`` (greenzmq's broker beside libzmq's
+Runs ``broker_anchors.py`` (greenzmq's broker beside libzmq's
 ``zmq.proxy``, a plain pyzmq Poller broker, a naive ``zmq.green`` broker and a
-``zmq.asyncio`` broker) for each load scenario, and ``benchmarks/mux.py``
+``zmq.asyncio`` broker) for each load scenario, and ``mux.py``
 (Readers and PollerListener beside plain pyzmq, threads + queue.Queue,
 asyncio and the naive green consumers), then prints one table per suite with
 ratios to the anchors and checks the targets of issue 5. Absolute numbers
 depend on the machine and its load; compare only within one run.
 
-The benchmark scripts live in the source tree (``benchmarks/``), next to the
-package, or wherever ``--dir`` says. Each run is its own set of processes.
+The benchmark scripts ship inside the package (``greenzmq/tools/benchmarks/``),
+so an installed greenzmq runs them from any directory; ``--dir`` names
+another copy. Each run is its own set of processes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import platform
 import shlex
+import site
 import socket
 import subprocess
 import sys
@@ -93,19 +95,20 @@ class MuxRow:
     cpu_us: float
 
 
+# the scripts, shipped in the package; and the folder holding the greenzmq
+# package, put on the children's path so they import this very greenzmq
+PACKAGED = Path(__file__).resolve().parent / "benchmarks"
+_IMPORT_ROOT = Path(__file__).resolve().parents[2]
+
+
 def find_bench_dir(given: str | None) -> Path:
-    """The ``benchmarks/`` directory: ``given``, next to the package, or in the cwd."""
-    candidates = (
-        [Path(given)]
-        if given
-        else [Path(__file__).resolve().parents[2] / "benchmarks", Path.cwd() / "benchmarks"]
-    )
-    for c in candidates:
-        if (c / "broker_anchors.py").is_file() and (c / "mux.py").is_file():
-            return c
+    """The benchmark scripts' directory: ``given`` (``--dir``) or the packaged one."""
+    c = Path(given) if given else PACKAGED
+    if (c / "broker_anchors.py").is_file() and (c / "mux.py").is_file():
+        return c
     raise FileNotFoundError(
-        f"benchmark scripts not found in {', '.join(map(str, candidates))} "
-        "(run from a source checkout or pass --dir)"
+        f"benchmark scripts not found in {c} (broker_anchors.py and mux.py; "
+        f"the packaged ones are in {PACKAGED})"
     )
 
 
@@ -123,17 +126,31 @@ def broker_command(kind: str, kill_port: int, logdir: str) -> str:
     sample = float(rate or 0)
     log = os.path.join(logdir, f"broker-{rate or 0}.log") if sample else os.devnull
     return (
-        f"cmd={shlex.quote(sys.executable)} -m greenzmq services.broker:app"
+        f"cmd={shlex.quote(sys.executable)} -m greenzmq greenzmq.services.broker:app"
         " --endpoint frontend={fe} --endpoint backend={be}"
         f" --endpoint kill=tcp://127.0.0.1:{kill_port} --trace-sample {sample:g}"
         f" --log-format json --log-file {shlex.quote(log)}"
     )
 
 
-def _run_json(cmd: list[str], root: Path) -> list[dict[str, Any]]:
+def _child_env() -> dict[str, str]:
+    """The children's environment: they import this very greenzmq.
+
+    A checkout's greenzmq (found through the current directory, which a script
+    run by path does not get, or PYTHONPATH) goes on PYTHONPATH; an installed
+    one is on the children's path already (and a site directory on PYTHONPATH
+    would go before the standard library).
+    """
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
+    sites = {Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if _IMPORT_ROOT not in sites:
+        path = [str(_IMPORT_ROOT), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
+    return env
+
+
+def _run_json(cmd: list[str]) -> list[dict[str, Any]]:
+    proc = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"{' '.join(cmd[1:3])} failed ({proc.returncode}): {' | '.join(tail)}")
@@ -165,8 +182,7 @@ def run_broker(
                     "-r",
                     str(rounds),
                     *cmds,
-                ],
-                bench.parent,
+                ]
             )
             for rec in out:
                 rs = rec["rounds"]
@@ -195,8 +211,7 @@ def run_mux(bench: Path, kinds: Sequence[str], messages: int, rounds: int) -> li
             "-r",
             str(rounds),
             *kinds,
-        ],
-        bench.parent,
+        ]
     )
     return [
         MuxRow(
@@ -376,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mux-kinds", type=_csv, default=list(MUX_KINDS), help="consumer kinds")
     p.add_argument("--plot", metavar="PNG", help="also draw the ratios (needs greenzmq[plot])")
     p.add_argument("--json", metavar="PATH", help="also write every number as JSON")
-    p.add_argument("--dir", help="the benchmarks/ directory (default: the source tree's)")
+    p.add_argument(
+        "--dir", help="the benchmark scripts' directory (default: the ones shipped in greenzmq)"
+    )
     return p
 
 

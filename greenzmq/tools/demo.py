@@ -35,6 +35,9 @@ from ..cli import plain
 
 __all__ = ["main"]
 
+# The roles by their installed name: they import from any directory, also
+# one whose own services/ package would shadow the repository's.
+ROLES = "greenzmq.services"
 TASKS = 5
 UPDATES = 5
 CLIENTS = (1, 2, 3)
@@ -162,7 +165,7 @@ class Demo:
     def stop_by_switch(self, label: str, kill: str, procs: Sequence[Proc], what: str) -> float:
         """Pull the kill switch at ``kill``; wait for ``procs`` to exit; seconds it took."""
         t0 = time.monotonic()
-        switch = self.start(label, f"services.killswitch:make(expect={len(procs)})", kill=kill)
+        switch = self.start(label, f"{ROLES}.killswitch:app(expect={len(procs)})", kill=kill)
         self.expect_exit([switch, *procs], what)
         return time.monotonic() - t0
 
@@ -190,8 +193,8 @@ class Demo:
         """Many sockets, one loop; the report lines, or DemoFailed."""
         ep = {n: f"tcp://127.0.0.1:{_free_port()}" for n in ("tasks", "weather", "kill")}
         listeners = [
-            self.start("listener-poller", "services.listener:app", **ep),
-            self.start("listener-tasks", "services.listener:tasks_app", **ep),
+            self.start("listener-poller", f"{ROLES}.listener:app", **ep),
+            self.start("listener-tasks", f"{ROLES}.listener:tasks_app", **ep),
         ]
         self.wait(
             "the listeners to start",
@@ -199,10 +202,10 @@ class Demo:
             listeners,
         )
         producers = [
-            self.start("ventilator", f"services.ventilator:make(count={TASKS})", tasks=ep["tasks"]),
+            self.start("ventilator", f"{ROLES}.ventilator:app(count={TASKS})", tasks=ep["tasks"]),
             self.start(
                 "weather",
-                f"services.weather:make(count={UPDATES}, expect={len(listeners)})",
+                f"{ROLES}.weather:app(count={UPDATES}, expect={len(listeners)})",
                 updates=ep["weather"],
             ),
         ]
@@ -240,11 +243,11 @@ class Demo:
     def scenario_two(self) -> list[str]:
         """Request-reply through a broker; the report lines, or DemoFailed."""
         ep = {n: f"tcp://127.0.0.1:{_free_port()}" for n in ("frontend", "backend", "kill")}
-        broker = self.start("broker", "services.broker:app", **ep)
+        broker = self.start("broker", f"{ROLES}.broker:app", **ep)
         workers = [
             self.start(f"worker-{i}", spec, backend=ep["backend"], kill=ep["kill"])
             for i, spec in enumerate(
-                ["services.worker:app"] * 2 + ["services.worker:tasks_app"] * 2, start=1
+                [f"{ROLES}.worker:app"] * 2 + [f"{ROLES}.worker:tasks_app"] * 2, start=1
             )
         ]
         servers = [broker, *workers]
@@ -254,7 +257,7 @@ class Demo:
             servers,
         )
         clients = [
-            self.start(f"client-{i}", f"services.client:make(i={i})", frontend=ep["frontend"])
+            self.start(f"client-{i}", f"{ROLES}.client:app(i={i})", frontend=ep["frontend"])
             for i in CLIENTS
         ]
         self.expect_exit(clients, "the clients to get their replies")

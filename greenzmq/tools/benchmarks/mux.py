@@ -1,6 +1,6 @@
 """Many sockets into one consumer: greenzmq's muxes beside the anchors, in one run.
 
-usage: python benchmarks/mux.py [-n N] [-r ROUNDS] [--json] KIND...
+usage: python greenzmq/tools/benchmarks/mux.py [-n N] [-r ROUNDS] [--json] KIND...
 
 Three producer processes PUSH N messages each (100 bytes, an 8-digit counter
 then padding, so hop keys differ and 1% sampling samples 1%) to three PULL

@@ -3,7 +3,7 @@
 
 Copied from the project's shared reference ``shared/bench/mux_anchors.py``
 (the anchor definitions of issue 5) so the repository carries its own
-benchmark; ``benchmarks/mux.py`` runs these consumers beside greenzmq's
+benchmark; ``mux.py`` beside it runs these consumers beside greenzmq's
 Readers and PollerListener, one fresh process per run. The definitions below
 are unchanged.
 
