@@ -16,10 +16,10 @@ __all__ = ["USAGE", "main", "plain"]
 
 SUBCOMMANDS = {
     "demo": "greenzmq.tools.demo",
-    "keygen": "greenzmq.core.auth",
+    "keygen": "greenzmq.tools.curve",
     "bench": "greenzmq.tools.bench",
     "trace": "greenzmq.tools.trace",
-    "stats": "greenzmq.core.stats",
+    "stats": "greenzmq.tools.stats",
 }
 
 

@@ -302,10 +302,10 @@ class TestSecuredAnyApp:
     def test_tutorial_broker_secured_from_the_command_line(
         self, service: Any, endpoint: Any, keys: dict[str, Path], ctx: Any
     ) -> None:
-        """greenzmq.core.auth:secured(...) wraps any app: the tutorial broker, CURVE frontend."""
+        """greenzmq.tools.curve:secured(...) wraps any app: the tutorial broker, CURVE frontend."""
         fe, be = endpoint(), endpoint()
         spec = (
-            f"greenzmq.core.auth:secured('services.broker:app', sockets=['frontend'], "
+            f"greenzmq.tools.curve:secured('services.broker:app', sockets=['frontend'], "
             f"secret_key={str(keys['server.key_secret'])!r}, "
             f"allowed_keys={str(keys['allowed'])!r})"
         )

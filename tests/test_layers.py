@@ -50,16 +50,7 @@ PACKAGE = ROOT / "greenzmq"
 FORK_SAFE_CORE = frozenset({"greenzmq.core.endpoints"})
 """The ``core`` modules the master may import: stdlib only."""
 
-KNOWN_EXCEPTIONS: Mapping[tuple[str, str], str] = {
-    ("greenzmq/core/stats.py", "greenzmq.cli"): (
-        "the `greenzmq stats` client (in core today) borrows cli.plain for its --help; "
-        "issue 9.3 moves the stats client to tools/"
-    ),
-    ("greenzmq/core/auth.py", "greenzmq.launcher.appspec"): (
-        "auth.secured, an app-spec factory for the command line, loads the app it "
-        "secures; it and keygen belong in tools/ (issue 9.3)"
-    ),
-}
+KNOWN_EXCEPTIONS: Mapping[tuple[str, str], str] = {}
 
 FORBIDDEN_IN_MASTER = ("zmq", "gevent")  # zmq.green is under zmq
 

@@ -18,7 +18,7 @@ import zmq
 from greenzmq.core.mux import Readers
 from greenzmq.core.sockets import SocketSpec
 from greenzmq.core.stats import STATS_ENV, Stats, control_endpoint, ipc_path
-from greenzmq.core.stats import main as stats_main
+from greenzmq.tools.stats import main as stats_main
 
 from .helpers import ROOT, ServiceProcess, wait_for
 

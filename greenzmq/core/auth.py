@@ -25,10 +25,8 @@ secure with :func:`secure` (or a socket gets :func:`server_options`)::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,9 +50,7 @@ __all__ = [
     "load_allowed",
     "load_keypair",
     "load_public",
-    "main",
     "secure",
-    "secured",
     "server_options",
 ]
 
@@ -282,44 +278,3 @@ def secure(
 
     service.add_before_bind_callback(start_auth)
     return service
-
-
-def secured(
-    app: str,
-    *,
-    secret_key: str,
-    allowed_keys: str | None,
-    sockets: Sequence[str],
-) -> Service:
-    """An app spec factory that secures any other app (for the command line).
-
-    For example::
-
-    greenzmq "greenzmq.core.auth:secured('services.broker:app', sockets=['frontend'],
-              secret_key='keys/server.key_secret', allowed_keys='allowed')"
-    """
-    from ..launcher.appspec import as_service, load_app
-
-    service = as_service(load_app(app))
-    return secure(service, secret_key=secret_key, allowed_keys=allowed_keys, sockets=sockets)
-
-
-def main(argv: Sequence[str]) -> int:
-    """``greenzmq keygen DIR NAME...``: write CURVE key pairs."""
-    p = argparse.ArgumentParser(
-        prog="greenzmq keygen",
-        description="write CURVE key pairs: "
-        "NAME.key (public, give it out) and NAME.key_secret (keep it)",
-    )
-    p.add_argument("directory", help="where to write the keys (created if missing)")
-    p.add_argument("names", nargs="+", metavar="NAME", help="one key pair per name")
-    p.add_argument("--force", action="store_true", help="replace existing key files")
-    ns = p.parse_args(list(argv))
-    for name in ns.names:
-        try:
-            pub, sec = generate_keys(ns.directory, name, force=ns.force)
-        except (ConfigError, OSError) as e:
-            print(f"greenzmq keygen: error: {e}", file=sys.stderr, flush=True)
-            return 2
-        print(f"{pub}\n{sec}")
-    return 0
