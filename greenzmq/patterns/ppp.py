@@ -37,7 +37,7 @@ heartbeating, so a slow handler is not mistaken for a dead worker.
 from __future__ import annotations
 
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -50,6 +50,8 @@ from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, apply_endpoints, with_maxmsgsize
 from ..core.tracing import SocketTracer, Tracer, get_logger
+from ._engine import Engine, Job, Worker
+from ._send import FULL, SENT, recv_bytes, send
 from .broker import envelope_problem
 
 __all__ = [
@@ -410,7 +412,13 @@ class PPPWorkerService(Service):
 
 
 class PPPQueue(Service):
-    """The Paranoid Pirate queue; see the module docstring. Sockets: frontend, backend, kill."""
+    """The Paranoid Pirate queue; see the module docstring. Sockets: frontend, backend, kill.
+
+    A codec over :class:`~greenzmq.patterns._engine.Engine` with one anonymous
+    service: a reply is forwarded only from the worker holding that client's
+    request, a request held by a worker that leaves or dies goes to the next
+    one, and an expired worker that speaks again is taken back.
+    """
 
     name = "ppqueue"
     batch = 256
@@ -436,19 +444,38 @@ class PPPQueue(Service):
         self.drain_timeout = min(drain_timeout, self.graceful_timeout)
         self.drops: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
-        self.idle: OrderedDict[bytes, float] = OrderedDict()  # worker -> expiry, LRU first
-        self.busy: dict[bytes, float] = {}
-        self.pending: deque[list[bytes]] = deque()
+        self.engine: Engine | None = None
         self._poller: GreenPoller | None = None
+        self._be_raw: Any = None
+        self._be_tr: SocketTracer | None = None
+        self._trs: dict[str, SocketTracer] = {}
 
     def on_stop(self) -> None:
         """Wake the poll so the loop sees the stop."""
         if self._poller is not None:
             self._poller.wake()
 
-    def _drop(self, tr: SocketTracer, frames: list[bytes], reason: str) -> None:
+    def _drop(self, sock: str, frames: list[bytes], reason: str) -> None:
         self.drops[reason] += 1
-        tr.drop(frames, reason)
+        self.stats.socket(sock).drop(reason)
+        self._trs[sock].drop(frames, reason)
+
+    # -- the codec the engine sends through ----------------------------------
+    def send_request(self, w: Worker, job: Job) -> int:
+        """Hand ``job`` (the client's whole request) to worker ``w``."""
+        msg = [w.id, *job.body]
+        outcome = send(self._be_raw, msg)
+        if outcome == SENT and self._be_tr is not None and self._be_tr.on:
+            self._be_tr.hop("forward", job.body, dest=w.id.hex())
+        return outcome
+
+    def send_heartbeat(self, w: Worker) -> int:
+        """Heartbeat worker ``w``."""
+        return send(self._be_raw, [w.id, HEARTBEAT])
+
+    def send_disconnect(self, w: Worker) -> None:
+        """Acknowledge (or order) a worker's leaving."""
+        send(self._be_raw, [w.id, DISCONNECT])
 
     def run(self) -> None:
         """Route requests to idle live workers and replies back, until stopped."""
@@ -457,95 +484,67 @@ class PPPQueue(Service):
         be.claim()
         assert self.tracer is not None
         fe_tr = self.tracer.for_socket("frontend", "ROUTER")
-        be_tr = self.tracer.for_socket("backend", "ROUTER")
+        be_tr = self._be_tr = self.tracer.for_socket("backend", "ROUTER")
+        self._trs = {"frontend": fe_tr, "backend": be_tr}
+        fe_raw: Any = fe.raw
+        be_raw: Any = be.raw
+        self._be_raw = be_raw
+        fe_count, be_count = self.stats.socket("frontend"), self.stats.socket("backend")
+        eng = self.engine = Engine(
+            self, self.log, "ppqueue", heartbeat=self.heartbeat, liveness=self.liveness,
+            counts=self.counts,
+        )  # fmt: skip
+        eng.watch(self.stats)
+        pool = eng.pool(b"", pinned=True)
+        assert pool is not None
         poller = self._poller = GreenPoller()
         poller.register(be, zmq.POLLIN)
         fe_on = False
-        idle, busy, pending = self.idle, self.busy, self.pending
-        hb = self.heartbeat
-        patience = hb * self.liveness
-        nb, again = zmq.NOBLOCK, zmq.Again
+        again = zmq.Again
         log = self.log
-
-        def forget(wid: bytes, why: str) -> None:
-            idle.pop(wid, None)
-            busy.pop(wid, None)
-            self.counts[f"workers {why}"] += 1
-            log.warning("ppqueue.worker_lost", worker=wid.hex(), why=why)
-
-        def dispatch(m: list[bytes]) -> bool:
-            """Send a request to the LRU idle worker; False if none is left."""
-            while idle:
-                wid, _ = idle.popitem(last=False)
-                try:
-                    be.raw.send_multipart([wid, *m], nb)
-                except again:
-                    forget(wid, "full")  # an idle worker that cannot take one message
-                    continue
-                except zmq.ZMQError as e:
-                    if e.errno != zmq.EHOSTUNREACH:
-                        raise
-                    forget(wid, "unreachable")  # the request goes to the next worker
-                    continue
-                busy[wid] = time.monotonic() + patience
-                if be_tr.on:
-                    be_tr.hop("forward", m, dest=wid.hex())
-                return True
-            return False
 
         def from_backend(m: list[bytes]) -> None:
             if len(m) < 2:
-                self._drop(be_tr, m, "no worker frames")
+                self._drop("backend", m, "no worker frames")
                 return
-            wid, expiry = m[0], time.monotonic() + patience
+            wid = m[0]
             if len(m) == 2:
                 cmd = m[1]
                 if cmd == READY:
-                    if wid not in idle and wid not in busy:
-                        log.info("ppqueue.worker_ready", worker=wid.hex())
-                    busy.pop(wid, None)
-                    idle.pop(wid, None)
-                    idle[wid] = expiry
-                elif cmd == HEARTBEAT:
-                    if wid in idle:
-                        idle[wid] = expiry  # keeps its LRU place
-                    elif wid in busy:
-                        busy[wid] = expiry
+                    if eng.forget(wid, "ready again"):
+                        pass  # a fresh start on the same socket: its request goes on
                     else:
-                        self._drop(be_tr, m, "heartbeat from unknown worker")
+                        log.info("ppqueue.worker_ready", worker=wid.hex())
+                    eng.ready(wid, pool)
+                elif cmd == HEARTBEAT:
+                    if eng.heard(wid, beat=True) is None:
+                        self._drop("backend", m, "heartbeat from unknown worker")
                 elif cmd == DISCONNECT:
-                    idle.pop(wid, None)
-                    busy.pop(wid, None)
-                    log.info("ppqueue.worker_left", worker=wid.hex())
-                    try:
-                        be.raw.send_multipart([wid, DISCONNECT], nb)
-                    except zmq.ZMQError:
-                        pass  # it left already: nothing to acknowledge
+                    eng.forget(wid, "left")
+                    send(be_raw, [wid, DISCONNECT])  # gone already: nothing to acknowledge
                 else:
-                    self._drop(be_tr, m, "unknown worker command")
+                    self._drop("backend", m, "unknown worker command")
                 return
             reply = m[1:]
             problem = envelope_problem(reply)
             if problem is not None:
-                self._drop(be_tr, m, f"reply: {problem}")
+                self._drop("backend", m, f"reply: {problem}")
                 return
-            try:
-                fe.raw.send_multipart(reply, nb)
+            w = eng.answer(wid, reply[0])
+            if isinstance(w, str):
+                self._drop("backend", m, w)  # forged, late or duplicate: never to the client
+                return
+            outcome = send(fe_raw, reply)
+            if outcome == SENT:
                 self.counts["replies"] += 1
+                fe_count.add_out(1)
                 if fe_tr.on:
                     fe_tr.hop("forward", reply, dest="frontend")
-            except again:
-                self._drop(fe_tr, reply, "client full")
-            except zmq.ZMQError as e:
-                if e.errno != zmq.EHOSTUNREACH:
-                    raise
-                self._drop(fe_tr, reply, "unknown peer")
-            if wid in busy:
-                del busy[wid]
-                idle[wid] = expiry
-            elif wid in idle:
-                idle[wid] = expiry
+            else:
+                self._drop("frontend", reply, "client full" if outcome == FULL else "unknown peer")
+            eng.done(w)
 
+        hb = self.heartbeat
         next_hb = time.monotonic() + hb
         drain_until: float | None = None
         while True:
@@ -553,12 +552,10 @@ class PPPQueue(Service):
                 # graceful stop: take no new requests, forward the replies still coming
                 if drain_until is None:
                     drain_until = time.monotonic() + self.drain_timeout
-                    log.info("ppqueue.draining", busy=len(busy), unsent=len(pending))
-                if not (busy or pending) or time.monotonic() >= drain_until:
+                    log.info("ppqueue.draining", busy=eng.busy(), unsent=pool.queued)
+                if not (pool.queued or eng.busy()) or time.monotonic() >= drain_until:
                     break
-            while pending and idle:
-                dispatch(pending.popleft())
-            want_fe = bool(idle) and not pending and drain_until is None
+            want_fe = bool(pool.idle) and not pool.queued and drain_until is None
             if want_fe != fe_on:
                 if want_fe:
                     poller.register(fe, zmq.POLLIN)
@@ -567,45 +564,37 @@ class PPPQueue(Service):
                 fe_on = want_fe
             wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
             for sock, _ in poller.poll(max(0, int((wake_at - time.monotonic()) * 1000))):
+                from_fe = sock is fe
                 raw, n = sock.raw, 0
                 while n < self.batch:
-                    if sock is fe and (not idle or pending):
-                        break
+                    if from_fe and (not pool.idle or pool.queued):
+                        break  # backpressure: requests wait in libzmq until a worker is idle
                     try:
-                        m = raw.recv_multipart(nb)
+                        m = recv_bytes(raw)
                     except again:
                         break
                     n += 1
-                    if sock is be:
+                    if not from_fe:
                         from_backend(m)
                         continue
                     problem = envelope_problem(m)
                     if problem is not None:
-                        self._drop(fe_tr, m, problem)
+                        self._drop("frontend", m, problem)
                         continue
                     self.counts["requests"] += 1
-                    if not dispatch(m):
-                        pending.append(m)
+                    reason = eng.submit(pool, Job(m[0], b"", m))
+                    if reason is not None:
+                        self._drop("frontend", m, reason)
+                (fe_count if from_fe else be_count).add_in(n)
             now = time.monotonic()
             if now >= next_hb:
                 next_hb = now + hb
-                for wid in [*idle, *busy]:
-                    try:
-                        be.raw.send_multipart([wid, HEARTBEAT], nb)
-                    except again:
-                        pass  # full: its next heartbeat will do
-                    except zmq.ZMQError as e:
-                        if e.errno != zmq.EHOSTUNREACH:
-                            raise
-                        forget(wid, "unreachable")
-                for table in (idle, busy):
-                    for wid in [w for w, exp in table.items() if exp < now]:
-                        forget(wid, "expired")
+                eng.tick(now)
         poller.close_watchers()
         log.info(
             "ppqueue.stats",
             counts=dict(self.counts),
             drops=dict(self.drops),
-            workers=len(idle) + len(busy),
-            pending=len(pending),
+            workers=len(eng.workers),
+            pending=pool.queued,
         )

@@ -1,0 +1,356 @@
+"""The reliable-broker engine under the Paranoid Pirate queue and the Majordomo broker.
+
+PPP is Majordomo with one anonymous service, so both are thin codecs (frames
+in, frames out) over this one copy of the mechanism:
+
+* a :class:`Pool` per service: its workers, the idle ones LRU first, and its
+  requests queued fairly per client (round-robin between clients, so one
+  flooding client cannot starve the others);
+* the worker registry: ready, heard, answered, left, lost; a request held by
+  a worker that leaves, is expired or cannot be reached goes back to the
+  front of its client's queue (nothing handed to a worker is lost);
+* dispatch to the longest-idle worker, skipping (and forgetting) a worker
+  that cannot be reached;
+* the heartbeat tick: heartbeat every worker, expire the silent ones. A busy
+  worker is given ``busy_timeout`` (zguide and majortomo workers do not
+  heartbeat while working) unless it has been seen to heartbeat while busy
+  (greenzmq's workers do): then ``liveness`` silent intervals expire it,
+  busy or not, so a hung (SIGSTOPped) worker's request moves on;
+* an expired worker that speaks again is taken back at once (as the zguide's
+  ppqueue does), with its request if nobody else has taken it meanwhile;
+* a reply is accepted only from the worker that holds that client's request.
+
+The codec sends (through :func:`greenzmq.patterns._send.send`) and logs the
+drops of what it parses; the engine never touches a socket.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict, deque
+from typing import Any, Protocol
+
+from ._send import FULL, GONE, SENT
+
+__all__ = ["Codec", "Engine", "Job", "Pool", "Worker"]
+
+
+class Job:
+    """One client request: who asked (``client``, its routing id), for what, in which version."""
+
+    __slots__ = ("body", "client", "service", "version")
+
+    def __init__(self, client: bytes, service: bytes, body: list[bytes], version: int = 0) -> None:
+        self.client = client
+        self.service = service
+        self.body = body  # the codec's: PPP keeps the whole request, MDP the body frames
+        self.version = version
+
+
+class Worker:
+    """One registered worker and the request it holds."""
+
+    __slots__ = ("beats_busy", "beats_job", "id", "job", "partials", "seen", "service", "version")
+
+    def __init__(self, wid: bytes, service: bytes, version: int, now: float) -> None:
+        self.id = wid
+        self.service = service
+        self.version = version
+        self.seen = now  # last message from it, or the dispatch of its request
+        self.job: Job | None = None
+        self.partials: list[bytes] = []  # MDP/0.2 PARTIAL frames held for an MDP/0.1 client
+        self.beats_job = 0  # heartbeats heard while holding the current request
+        # Seen heartbeating while busy (two beats in one request: a single one
+        # may have been on its way when the request was sent).
+        self.beats_busy = False
+
+
+class Pool:
+    """One service: its workers, the idle ones LRU first, its requests fair-queued per client."""
+
+    __slots__ = ("idle", "name", "pinned", "queued", "queues", "turn", "workers")
+
+    def __init__(self, name: bytes, pinned: bool = False) -> None:
+        self.name = name
+        self.pinned = pinned  # kept when empty (PPP's one service)
+        self.idle: OrderedDict[bytes, None] = OrderedDict()
+        self.workers: set[bytes] = set()
+        self.queues: dict[bytes, deque[Job]] = {}
+        self.turn: deque[bytes] = deque()  # clients with requests queued, next first
+        self.queued = 0
+
+    def push(self, job: Job, front: bool = False) -> None:
+        """Queue ``job``; ``front``: it was handed out and comes back first."""
+        q = self.queues.get(job.client)
+        if q is None:
+            q = self.queues[job.client] = deque()
+            if front:
+                self.turn.appendleft(job.client)
+            else:
+                self.turn.append(job.client)
+        elif front:
+            self.turn.remove(job.client)
+            self.turn.appendleft(job.client)
+        if front:
+            q.appendleft(job)
+        else:
+            q.append(job)
+        self.queued += 1
+
+    def pop(self) -> Job:
+        """The next request, taking clients in turn."""
+        client = self.turn.popleft()
+        q = self.queues[client]
+        job = q.popleft()
+        self.queued -= 1
+        if q:
+            self.turn.append(client)
+        else:
+            del self.queues[client]
+        return job
+
+    def remove(self, job: Job) -> bool:
+        """Take ``job`` out of the queue; False if it is not queued (handed out again)."""
+        q = self.queues.get(job.client)
+        if q is None or not any(j is job for j in q):
+            return False
+        q.remove(job)
+        self.queued -= 1
+        if not q:
+            del self.queues[job.client]
+            self.turn.remove(job.client)
+        return True
+
+
+class Codec(Protocol):
+    """What the engine needs from a protocol: send a request, a heartbeat, a DISCONNECT."""
+
+    def send_request(self, w: Worker, job: Job) -> int:
+        """Send ``job`` to ``w``: SENT, FULL or GONE."""
+
+    def send_heartbeat(self, w: Worker) -> int:
+        """Send a heartbeat to ``w``: SENT, FULL or GONE."""
+
+    def send_disconnect(self, w: Worker) -> None:
+        """Tell ``w`` it is forgotten (best effort)."""
+
+
+class Engine:
+    """Workers, pools and the rules between them; see the module docstring.
+
+    ``busy_timeout`` None means ``heartbeat * liveness`` (every PPP worker
+    heartbeats while busy). ``max_queue`` caps the requests queued for one
+    service, ``client_queue`` those of one client in it. ``tell_expired``: send
+    DISCONNECT to an expired worker (MDP). ``service_key``: the log key naming a
+    worker's service (None: do not name it).
+    """
+
+    def __init__(
+        self,
+        codec: Codec,
+        log: Any,
+        prefix: str,
+        *,
+        heartbeat: float,
+        liveness: int,
+        busy_timeout: float | None = None,
+        max_queue: int = 10000,
+        client_queue: int | None = None,
+        max_services: int = 10000,
+        tell_expired: bool = False,
+        service_key: str | None = None,
+        counts: Counter[str] | None = None,
+        remember: int = 4096,
+    ) -> None:
+        self.codec, self.log, self.prefix = codec, log, prefix
+        self.heartbeat = heartbeat
+        self.patience = heartbeat * liveness
+        self.busy_timeout = self.patience if busy_timeout is None else busy_timeout
+        self.max_queue = max_queue
+        self.client_queue = max_queue if client_queue is None else client_queue
+        self.max_services = max_services
+        self.tell_expired = tell_expired
+        self.service_key = service_key
+        self.counts: Counter[str] = Counter() if counts is None else counts
+        self.workers: dict[bytes, Worker] = {}
+        self.pools: dict[bytes, Pool] = {}
+        # expired workers, newest last: one that speaks again is taken back
+        self._expired: OrderedDict[bytes, Worker] = OrderedDict()
+        self._remember = remember
+
+    # -- pools --------------------------------------------------------------
+    def pool(self, name: bytes, pinned: bool = False) -> Pool | None:
+        """The pool of service ``name``, made on first use; None past ``max_services``."""
+        p = self.pools.get(name)
+        if p is None:
+            if len(self.pools) >= self.max_services:
+                return None
+            p = self.pools[name] = Pool(name, pinned)
+        return p
+
+    def tidy(self, p: Pool) -> None:
+        """Forget a pool with no workers and no requests."""
+        if not p.workers and not p.queued and not p.pinned:
+            self.pools.pop(p.name, None)
+
+    def busy(self) -> int:
+        """Workers holding a request."""
+        return sum(w.job is not None for w in self.workers.values())
+
+    def idle(self) -> int:
+        """Workers waiting for a request."""
+        return sum(len(p.idle) for p in self.pools.values())
+
+    def queued(self) -> int:
+        """Requests waiting for a worker, all services."""
+        return sum(p.queued for p in self.pools.values())
+
+    def watch(self, stats: Any) -> None:
+        """Report idle and busy workers, queued requests and expiries as gauges of ``stats``."""
+        stats.gauge("workers:idle", self.idle)
+        stats.gauge("workers:busy", self.busy)
+        stats.gauge("pending", self.queued)
+        stats.gauge("workers:expired", lambda: self.counts["workers expired"])
+        stats.gauge("requests:requeued", lambda: self.counts["requeued"])
+
+    # -- requests -----------------------------------------------------------
+    def submit(self, p: Pool, job: Job) -> str | None:
+        """Queue ``job`` in ``p`` and dispatch; a drop reason if there is no room."""
+        if p.queued >= self.max_queue:
+            return "service queue full"
+        q = p.queues.get(job.client)
+        if q is not None and len(q) >= self.client_queue:
+            return "client queue full"
+        p.push(job)
+        self.dispatch(p)
+        return None
+
+    def dispatch(self, p: Pool) -> None:
+        """Hand queued requests to idle workers, LRU first; skip and forget unreachable ones."""
+        now = time.monotonic()
+        while p.queued and p.idle:
+            wid, _ = p.idle.popitem(last=False)
+            w = self.workers[wid]
+            job = p.pop()
+            outcome = self.codec.send_request(w, job)
+            if outcome == SENT:
+                w.job, w.seen, w.beats_job = job, now, 0
+                continue
+            p.push(job, front=True)  # to the next worker
+            self._lose(w, "full" if outcome == FULL else "unreachable")
+        self.tidy(p)
+
+    # -- workers ------------------------------------------------------------
+    def ready(self, wid: bytes, p: Pool, version: int = 0) -> Worker:
+        """Register a new worker of pool ``p`` and give it work."""
+        self._expired.pop(wid, None)
+        w = self.workers[wid] = Worker(wid, p.name, version, time.monotonic())
+        p.workers.add(wid)
+        p.idle[wid] = None
+        self.dispatch(p)
+        return w
+
+    def heard(self, wid: bytes, beat: bool = False) -> Worker | None:
+        """A message from ``wid`` (``beat``: a heartbeat); its worker, or None if unknown.
+
+        An expired worker is taken back here.
+        """
+        w = self.workers.get(wid)
+        if w is None:
+            w = self._revive(wid)
+            if w is None:
+                return None
+        w.seen = time.monotonic()
+        if beat and w.job is not None:
+            w.beats_job += 1
+            if w.beats_job >= 2:
+                w.beats_busy = True
+        return w
+
+    def _revive(self, wid: bytes) -> Worker | None:
+        w = self._expired.pop(wid, None)
+        if w is None:
+            return None
+        p = self.pool(w.service)
+        if p is None:
+            return None
+        self.workers[wid] = w
+        p.workers.add(wid)
+        self.counts["workers back"] += 1
+        # it keeps its request if no other worker took it meanwhile
+        kept = w.job is not None and p.remove(w.job)
+        if not kept:
+            w.job, w.partials = None, []
+            p.idle[wid] = None
+        self.log.info(f"{self.prefix}.worker_back", worker=wid.hex(), kept_request=kept)
+        if not kept:
+            self.dispatch(p)
+        return w
+
+    def answer(self, wid: bytes, client: bytes) -> Worker | str:
+        """The worker answering ``client``'s request, or why the reply is refused."""
+        w = self.heard(wid)
+        if w is None:
+            return "reply from an unknown worker"
+        if w.job is None or w.job.client != client:
+            return "reply to no request of this worker"
+        return w
+
+    def done(self, w: Worker) -> None:
+        """``w`` answered its request: idle again, next request if any."""
+        w.job, w.partials = None, []
+        p = self.pools.get(w.service)
+        if p is not None:
+            p.idle[w.id] = None
+            self.dispatch(p)
+
+    def forget(self, wid: bytes, why: str, *, tell: bool = False) -> bool:
+        """Drop worker ``wid`` (its request goes back to the queue); False if unknown."""
+        w = self.workers.get(wid)
+        if w is None:
+            return False
+        p = self._lose(w, why, tell=tell)
+        if p is not None:
+            self.dispatch(p)
+        return True
+
+    def _lose(self, w: Worker, why: str, *, tell: bool = False) -> Pool | None:
+        del self.workers[w.id]
+        p = self.pools.get(w.service)
+        job = w.job
+        if p is not None:
+            p.idle.pop(w.id, None)
+            p.workers.discard(w.id)
+            if job is not None:
+                p.push(job, front=True)
+                self.counts["requeued"] += 1
+        if why == "expired":
+            self._expired[w.id] = w  # keeps its job: taken back if it answers first
+            while len(self._expired) > self._remember:
+                self._expired.popitem(last=False)
+        else:
+            w.job = None
+        if tell:
+            self.codec.send_disconnect(w)
+        self.counts[f"workers {why}"] += 1
+        fields: dict[str, Any] = {"worker": w.id.hex(), "why": why}
+        if self.service_key is not None:
+            fields[self.service_key] = w.service.decode(errors="replace")
+        left = why == "left"
+        log = self.log.info if left else self.log.warning
+        log(
+            f"{self.prefix}.worker_left" if left else f"{self.prefix}.worker_lost",
+            requeued=job is not None,
+            lost_request=job is not None and p is None,
+            **fields,
+        )
+        return p
+
+    def tick(self, now: float) -> None:
+        """Expire silent workers, heartbeat the others (call every ``heartbeat`` seconds)."""
+        for w in list(self.workers.values()):
+            limit = self.patience if w.job is None or w.beats_busy else self.busy_timeout
+            if now - w.seen > limit:
+                self.forget(w.id, "expired", tell=self.tell_expired)
+            elif self.codec.send_heartbeat(w) == GONE:
+                self.forget(w.id, "unreachable")
