@@ -299,3 +299,76 @@ class TestFaults:
         assert w.wait_event("worker.done")["answered"] == 1
         q.wait_event("ppqueue.worker_left")
         req.close(linger=0)
+
+
+class TestTakenBack:
+    def test_expired_worker_that_speaks_again_is_taken_back(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """An expired worker's next heartbeat re-admits it at once (the zguide's ppqueue)."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        w = FakeWorker(ctx, be)
+        ready_workers(q, 1)
+        q.wait_event("ppqueue.worker_lost", why="expired")  # silent for 3 intervals
+        w.sock.send(HEARTBEAT)
+        q.wait_event("ppqueue.worker_back")
+        req = ctx.socket(zmq.REQ)
+        req.connect(fe)
+        req.send(b"again")
+        m, _ = w.next_request()
+        assert m[-1] == b"again"
+        w.sock.send_multipart([*m[:-1], b"answered"])
+        with gevent.Timeout(5):
+            assert req.recv() == b"answered"
+        assert not [d for d in q.events("hop", op="drop") if "unknown worker" in d["reason"]]
+        for s in (req, w.sock):
+            s.close(linger=0)
+
+    @pytest.mark.deadline(60)
+    def test_worker_blocking_past_expiry_answers_every_request(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A handler that blocks the hub longer than the expiry: each reply is still taken."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        service(f"tests.engine_apps:ppp_blocking(block={5 * HB}, heartbeat={HB})",
+                "--endpoint", f"backend={be}")  # fmt: skip
+        ready_workers(q, 1)
+        # taken back at once, each request takes about the block (1 s); forgotten, the
+        # worker would come back only after 3 silent intervals + its 2 s backoff
+        with LazyPirate(fe, timeout=2.0, retries=1, ctx=ctx) as c:
+            for i in range(1, 6):
+                assert c.request(str(i).encode()) == [str(i * i).encode()]
+        assert q.events("ppqueue.worker_lost", why="expired")  # it was expired, and taken back
+        assert q.events("ppqueue.worker_back")
+
+
+class TestForgedReplies:
+    def test_reply_only_from_the_worker_holding_the_request(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """Replies forged by an unregistered peer or another worker never reach the client."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        holder = FakeWorker(ctx, be)
+        ready_workers(q, 1)
+        other = FakeWorker(ctx, be)  # registered, idle
+        ready_workers(q, 2)
+        stranger = ctx.socket(zmq.DEALER)  # never said READY
+        stranger.connect(be)
+        req = ctx.socket(zmq.REQ)
+        req.connect(fe)
+        req.send(b"question")
+        m, _ = holder.next_request()
+        envelope = m[:-1]  # the client's routing id and the delimiter: guessable
+        stranger.send_multipart([*envelope, b"forged by a stranger"])
+        other.sock.send_multipart([*envelope, b"forged by another worker"])
+        wait_for(lambda: len(q.events("hop", op="drop")) >= 2, 10, "two forged replies dropped")
+        holder.sock.send_multipart([*envelope, b"real"])
+        with gevent.Timeout(5):
+            assert req.recv() == b"real"
+        reasons = {d["reason"] for d in q.events("hop", op="drop")}
+        assert reasons == {"reply from an unknown worker", "reply to no request of this worker"}
+        for s in (req, stranger, holder.sock, other.sock):
+            s.close(linger=0)
