@@ -367,3 +367,53 @@ class TestNothingLost:
         finally:
             os.killpg(hung.pid, signal.SIGKILL)
             client.close(linger=0)
+
+
+class TestFairness:
+    @pytest.mark.deadline(60)
+    def test_flooding_client_does_not_starve_others(self, endpoint: Any, ctx: Any) -> None:
+        """One client floods a 100-slot service queue; another's requests are all answered."""
+        from greenzmq.patterns.mdp import MDPBroker
+
+        from .helpers import green_wait_for
+
+        ep = endpoint()
+        broker = MDPBroker(heartbeat=HB, max_queue=100)
+        bg = gevent.spawn(broker.serve, {"broker": ep, "kill": endpoint()}, install_signals=False)
+
+        def handler(body: list[bytes]) -> list[bytes]:
+            gevent.sleep(0.002)
+            return [body[0] + b"!"]
+
+        worker = MDPWorkerService("svc", handler, endpoint=ep, heartbeat=HB)
+        wg = gevent.spawn(worker.serve, {"kill": endpoint()}, install_signals=False)
+        flooding = True
+        flooded = [0]
+
+        def flood() -> None:
+            """Keep the service queue full for as long as the good client runs."""
+            s = ctx.socket(zmq.DEALER)
+            s.connect(ep)
+            try:
+                while flooding:
+                    for _ in range(100):
+                        s.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"flood"])
+                    flooded[0] += 100
+                    gevent.sleep(0.001)
+            finally:
+                s.close(linger=0)
+
+        fg = gevent.spawn(flood)
+        try:
+            green_wait_for(lambda: broker.drops, 10, "the flood over the queue dropped")
+            with MDPClient(ep, timeout=5, retries=1, ctx=ctx) as good:
+                for i in range(20):
+                    assert good.request("svc", b"good%d" % i) == [b"good%d!" % i]
+            print(f"flooded {flooded[0]}, dropped {dict(broker.drops)}")
+        finally:
+            flooding = False
+            fg.get(timeout=10)
+            worker.stop()
+            assert wg.get(timeout=10) == 0
+            broker.stop()
+            assert bg.get(timeout=10) == 0

@@ -112,9 +112,12 @@ class Pool:
     def remove(self, job: Job) -> bool:
         """Take ``job`` out of the queue; False if it is not queued (handed out again)."""
         q = self.queues.get(job.client)
-        if q is None or not any(j is job for j in q):
+        if q is None:
             return False
-        q.remove(job)
+        try:
+            q.remove(job)  # Job has no __eq__: by identity
+        except ValueError:
+            return False
         self.queued -= 1
         if not q:
             del self.queues[job.client]
@@ -133,6 +136,9 @@ class Codec(Protocol):
 
     def send_disconnect(self, w: Worker) -> None:
         """Tell ``w`` it is forgotten (best effort)."""
+
+    def drop_job(self, job: Job, reason: str) -> None:
+        """Log (and count) a queued request dropped for ``reason``."""
 
 
 class Engine:
@@ -215,12 +221,23 @@ class Engine:
 
     # -- requests -----------------------------------------------------------
     def submit(self, p: Pool, job: Job) -> str | None:
-        """Queue ``job`` in ``p`` and dispatch; a drop reason if there is no room."""
-        if p.queued >= self.max_queue:
-            return "service queue full"
+        """Queue ``job`` in ``p`` and dispatch; a drop reason if there is no room.
+
+        A full queue makes room by dropping the newest request of the client
+        with the most queued, if that is not this one: a flooding client loses
+        its own requests, never the others'.
+        """
         q = p.queues.get(job.client)
-        if q is not None and len(q) >= self.client_queue:
+        mine = 0 if q is None else len(q)
+        if mine >= self.client_queue:
             return "client queue full"
+        if p.queued >= self.max_queue:
+            hog = max(p.queues.values(), key=len)
+            if len(hog) <= mine + 1:
+                return "service queue full"
+            victim = hog.pop()  # its newest (the queue keeps at least one: len > 1)
+            p.queued -= 1
+            self.codec.drop_job(victim, "service queue full: the longest client's newest")
         p.push(job)
         self.dispatch(p)
         return None

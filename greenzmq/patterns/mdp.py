@@ -105,10 +105,13 @@ def _version(v: int | str) -> int:
 class MDPBroker(Service):
     """The Majordomo broker (see the module docstring). Sockets: ``broker`` ROUTER, ``kill``.
 
-    A codec over :class:`~greenzmq.patterns._engine.Engine`: requests are
-    fair-queued per client (``client_queue`` each, ``max_queue`` per
-    service), a request held by a worker that leaves, dies or hangs goes to
-    the next worker, and an expired worker that speaks again is taken back.
+    A codec over :class:`~greenzmq.patterns._engine.Engine`. Requests are
+    queued per client and served round-robin between clients; a service
+    queue at ``max_queue`` makes room by dropping the newest request of the
+    client with the most queued (``client_queue`` caps one client; None: no
+    cap but ``max_queue``), so a flooding client cannot starve the others. A
+    request held by a worker that leaves, dies or hangs goes to the next
+    worker, and an expired worker that speaks again is taken back.
     """
 
     name = "majordomo"
@@ -122,7 +125,7 @@ class MDPBroker(Service):
         liveness: int = 3,
         busy_timeout: float = 900.0,
         max_queue: int = 10000,
-        client_queue: int = 1000,
+        client_queue: int | None = None,
         max_services: int = 10000,
         maxmsgsize: int = -1,
         drain_timeout: float = 5.0,
@@ -187,6 +190,10 @@ class MDPBroker(Service):
     def send_disconnect(self, w: Worker) -> None:
         """Tell worker ``w`` it is forgotten (or acknowledge its leaving)."""
         self._send([w.id, b"", _WORKER_HEADER[w.version], _DISCONNECT[w.version]])
+
+    def drop_job(self, job: Job, reason: str) -> None:
+        """Log a queued request the engine dropped."""
+        self._drop([job.client, b"", _CLIENT_HEADER[job.version], job.service, *job.body], reason)
 
     # -- workers ------------------------------------------------------------
     def _from_worker(self, m: list[bytes], version: int) -> None:

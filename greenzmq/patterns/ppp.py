@@ -477,6 +477,10 @@ class PPPQueue(Service):
         """Acknowledge (or order) a worker's leaving."""
         send(self._be_raw, [w.id, DISCONNECT])
 
+    def drop_job(self, job: Job, reason: str) -> None:
+        """Log a queued request the engine dropped."""
+        self._drop("frontend", job.body, reason)
+
     def run(self) -> None:
         """Route requests to idle live workers and replies back, until stopped."""
         fe, be = self.socks["frontend"], self.socks["backend"]
