@@ -34,6 +34,8 @@ from ._send import FULL, GONE, SENT
 
 __all__ = ["Codec", "Engine", "Job", "Pool", "Worker"]
 
+_GAUGED_SERVICES = 64  # services with their own pending gauge; the total counts them all
+
 
 class Job:
     """One client request: who asked (``client``, its routing id), for what, in which version."""
@@ -183,6 +185,20 @@ class Engine:
         # expired workers, newest last: one that speaks again is taken back
         self._expired: OrderedDict[bytes, Worker] = OrderedDict()
         self._remember = remember
+        self._stats: Any = None
+        self._gauged: set[bytes] = set()
+
+    def _gauge_pending(self, name: bytes) -> None:
+        # bounded: clients choose service names, and a gauge is never removed
+        if name in self._gauged or len(self._gauged) >= _GAUGED_SERVICES:
+            return
+        self._gauged.add(name)
+
+        def pending() -> int:
+            p = self.pools.get(name)
+            return 0 if p is None else p.queued
+
+        self._stats.gauge(f"pending:{name.decode(errors='replace')}", pending)
 
     # -- pools --------------------------------------------------------------
     def pool(self, name: bytes, pinned: bool = False) -> Pool | None:
@@ -192,6 +208,8 @@ class Engine:
             if len(self.pools) >= self.max_services:
                 return None
             p = self.pools[name] = Pool(name, pinned)
+            if self._stats is not None and name:
+                self._gauge_pending(name)
         return p
 
     def tidy(self, p: Pool) -> None:
@@ -212,7 +230,11 @@ class Engine:
         return sum(p.queued for p in self.pools.values())
 
     def watch(self, stats: Any) -> None:
-        """Report idle and busy workers, queued requests and expiries as gauges of ``stats``."""
+        """Report idle and busy workers, queued requests (all, and per service) and expiries.
+
+        They are gauges of ``stats`` (read when a snapshot is taken: free otherwise).
+        """
+        self._stats = stats
         stats.gauge("workers:idle", self.idle)
         stats.gauge("workers:busy", self.busy)
         stats.gauge("pending", self.queued)

@@ -144,6 +144,7 @@ class MDPBroker(Service):
         self.engine: Engine | None = None
         self._poller: GreenPoller | None = None
         self._raw: Any = None
+        self._count = self.stats.socket("broker")
         self._tr: SocketTracer | None = None
 
     def on_stop(self) -> None:
@@ -157,6 +158,7 @@ class MDPBroker(Service):
         assert self._tr is not None
         outcome = send(self._raw, msg)
         if outcome == SENT:
+            self._count.add_out(1)
             if self._tr.on:
                 self._tr.hop("send", msg)
         elif log_drop:

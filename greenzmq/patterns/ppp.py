@@ -49,6 +49,7 @@ import zmq
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, apply_endpoints, with_maxmsgsize
+from ..core.stats import SocketCounters
 from ..core.tracing import SocketTracer, Tracer, get_logger
 from ._engine import Engine, Job, Worker
 from ._send import FULL, SENT, recv_bytes, send
@@ -105,6 +106,7 @@ class HeartbeatWorker:
         on_socket: Callable[[Socket], None] | None = None,
         on_answer: Callable[[], Any] | None = None,
         tracer: Tracer | None = None,
+        counters: SocketCounters | None = None,
     ) -> None:
         if heartbeat <= 0 or liveness < 1:
             raise ValueError("heartbeat must be positive and liveness at least 1")
@@ -114,6 +116,8 @@ class HeartbeatWorker:
         self.sock = sock
         self.on_socket = on_socket
         self.on_answer = on_answer
+        #: the socket's message counters (the service's Stats), counted per batch
+        self.counters = counters if counters is not None else SocketCounters()
         self.tracer = tracer or Tracer()
         self.trace: SocketTracer = self.tracer.for_socket(spec.name, "DEALER")
         self.log = get_logger(socket=spec.name, role=self.kind)
@@ -166,10 +170,9 @@ class HeartbeatWorker:
 
     def _send(self, msg: list[bytes]) -> bool:
         assert self.sock is not None
-        try:
-            self.sock.raw.send_multipart(msg, zmq.NOBLOCK)
-        except zmq.Again:
+        if send(self.sock.raw, msg) != SENT:
             return False  # no peer (queue gone, not yet reconnected)
+        self.counters.add_out(1)
         return True
 
     def _connect(self) -> None:
@@ -224,27 +227,34 @@ class HeartbeatWorker:
     def _drain(self) -> None:
         assert self.sock is not None
         raw = self.sock.raw
-        for _ in range(self.batch):
-            try:
-                frames = raw.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._heard = time.monotonic()
-            self._alive = True
-            parsed = self.parse(frames)
-            if isinstance(parsed, str):
-                self.trace.drop(frames, parsed)
-                continue
-            kind, envelope, body = parsed
-            if kind == "request":
-                key = self.trace.hop("recv", frames) if self.trace.on else None
-                self._start(envelope, body, key)
-            elif kind == "ack":
-                self._acked = True
-            elif kind == "disconnect":
-                # the broker forgot us (MDP): start again on a fresh socket
-                self.log.info("worker.disconnected_by_peer")
-                self._heard = 0.0
+        n = 0
+        try:
+            while n < self.batch:
+                frames = recv_bytes(raw)
+                n += 1
+                self._take(frames)
+        except zmq.Again:
+            pass
+        self.counters.add_in(n)
+
+    def _take(self, frames: list[bytes]) -> None:
+        self._heard = time.monotonic()
+        self._alive = True
+        parsed = self.parse(frames)
+        if isinstance(parsed, str):
+            self.trace.drop(frames, parsed)
+            self.counters.drop(parsed)
+            return
+        kind, envelope, body = parsed
+        if kind == "request":
+            key = self.trace.hop("recv", frames) if self.trace.on else None
+            self._start(envelope, body, key)
+        elif kind == "ack":
+            self._acked = True
+        elif kind == "disconnect":
+            # the broker forgot us (MDP): start again on a fresh socket
+            self.log.info("worker.disconnected_by_peer")
+            self._heard = 0.0
 
     def run(self) -> None:
         """Serve until :meth:`stop`; in-flight work is answered before this returns."""
@@ -390,6 +400,7 @@ class PPPWorkerService(Service):
             sock=self.socks[name],
             on_socket=self._on_socket,
             on_answer=self.request_done,
+            counters=self.stats.socket(name),
             tracer=self.tracer,
             **self.worker_args,
             **extra,
@@ -465,8 +476,10 @@ class PPPQueue(Service):
         """Hand ``job`` (the client's whole request) to worker ``w``."""
         msg = [w.id, *job.body]
         outcome = send(self._be_raw, msg)
-        if outcome == SENT and self._be_tr is not None and self._be_tr.on:
-            self._be_tr.hop("forward", job.body, dest=w.id.hex())
+        if outcome == SENT:
+            self.stats.socket("backend").add_out(1)
+            if self._be_tr is not None and self._be_tr.on:
+                self._be_tr.hop("forward", job.body, dest=w.id.hex())
         return outcome
 
     def send_heartbeat(self, w: Worker) -> int:
