@@ -82,11 +82,14 @@ class TestQueue:
         b = FakeWorker(ctx, be)
         ready_workers(q, 2)
         clients = [ctx.socket(zmq.REQ) for _ in range(3)]
-        for i, c in enumerate(clients):
+        for c in clients:
             c.connect(fe)
-            c.send(f"r{i}".encode())
+        # one at a time: three connections' requests may reach the queue in any order
+        clients[0].send(b"r0")
         ra, _ = a.next_request()
+        clients[1].send(b"r1")
         rb, _ = b.next_request()
+        clients[2].send(b"r2")
         assert (ra[-1], rb[-1]) == (b"r0", b"r1")  # A was idle first
         # both busy: r2 waits in the queue; both answer heartbeats at once, so neither expires
         both = []
