@@ -94,3 +94,31 @@ class TestLazyPirate:
                 [str(i * i).encode()] for i in range(1, 6)
             ]
         worker.wait_started()
+
+
+class TestCorrelation:
+    def test_stray_reply_is_not_the_next_answer(self, ctx: Any, endpoint: Any) -> None:
+        """A duplicate reply to request 1 is dropped with a reason, not returned for request 2."""
+        from structlog.testing import capture_logs
+
+        ep = endpoint()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.bind(ep)
+
+        def serve() -> None:
+            m = sock.recv_multipart()
+            sock.send_multipart([*m[:-1], b"one"])
+            sock.send_multipart([*m[:-1], b"one again"])  # at-least-once: a duplicate
+            m = sock.recv_multipart()
+            sock.send_multipart([*m[:-1], b"two"])
+
+        g = gevent.spawn(serve)
+        sock.hand_over(g)
+        with capture_logs() as logs, LazyPirate(ep, timeout=2.0, retries=1, ctx=ctx) as c:
+            assert c.request(b"1") == [b"one"]
+            assert c.request(b"2") == [b"two"]
+            assert c.stale == 1
+        g.get(timeout=5)
+        sock.close(linger=0)
+        stale = [e for e in logs if e["event"] == "lazypirate.stale_reply"]
+        assert [e["reason"] for e in stale] == ["not the request in hand"]
