@@ -375,3 +375,56 @@ class TestForgedReplies:
         assert reasons == {"reply from an unknown worker", "reply to no request of this worker"}
         for s in (req, stranger, holder.sock, other.sock):
             s.close(linger=0)
+
+
+class TestGhosts:
+    def test_old_socket_closed_before_the_backoff(self, ctx: Any, endpoint: Any) -> None:
+        """A worker that lost its queue closes the old socket at once, not after the backoff."""
+        from .helpers import green_wait_for
+
+        spec = SocketSpec("backend", "DEALER", connect=(endpoint(),))
+        socks: list[Any] = []
+        w = PPPWorker(ctx, spec, lambda body: body, heartbeat=0.05, liveness=2,
+                      reconnect=5.0, on_socket=socks.append)  # fmt: skip
+        g = gevent.spawn(w.run)
+        try:
+            # lost after 0.1 s; the next socket comes 5 s later
+            green_wait_for(lambda: socks and socks[0].closed, 3, "old socket closed in the backoff")
+            assert len(socks) == 1
+        finally:
+            w.stop()
+            g.get(timeout=5)
+            for s in socks:
+                s.close(linger=0)
+
+    def test_no_request_to_a_worker_silent_since_its_ready(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A READY not followed by a word within one heartbeat (a ghost's) gets no request."""
+        fe, be = endpoint(), endpoint()
+        q: ServiceProcess = service(
+            f"services.ppqueue:make(heartbeat={HB}, liveness=20)",
+            *("--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}"),
+        )
+        q.wait_started()
+        ghost = ctx.socket(zmq.DEALER)
+        ghost.connect(be)
+        ghost.send(READY)
+        ready_workers(q, 1)
+        with gevent.Timeout(5):
+            for _ in range(2):  # two heartbeats unanswered: its READY is over one interval old
+                assert ghost.recv_multipart() == [HEARTBEAT]
+        live = FakeWorker(ctx, be)
+        ready_workers(q, 2)
+        req = ctx.socket(zmq.REQ)
+        req.connect(fe)
+        req.send(b"for the living")
+        try:
+            m, _ = live.next_request()  # the ghost is first in LRU order, and skipped
+            assert m[-1] == b"for the living"
+            live.sock.send_multipart([*m[:-1], b"ok"])
+            with gevent.Timeout(5):
+                assert req.recv() == b"ok"
+        finally:
+            for s in (req, ghost, live.sock):
+                s.close(linger=0)

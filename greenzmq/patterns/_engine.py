@@ -18,6 +18,8 @@ in, frames out) over this one copy of the mechanism:
   busy or not, so a hung (SIGSTOPped) worker's request moves on;
 * an expired worker that speaks again is taken back at once (as the zguide's
   ppqueue does), with its request if nobody else has taken it meanwhile;
+* a worker not heard from since its READY gets no request once that READY is
+  more than one heartbeat old (a ghost: a READY from an abandoned socket);
 * a reply is accepted only from the worker that holds that client's request.
 
 The codec sends (through :func:`greenzmq.patterns._send.send`) and logs the
@@ -52,13 +54,24 @@ class Job:
 class Worker:
     """One registered worker and the request it holds."""
 
-    __slots__ = ("beats_busy", "beats_job", "id", "job", "partials", "seen", "service", "version")
+    __slots__ = (
+        "beats_busy",
+        "beats_job",
+        "confirmed",
+        "id",
+        "job",
+        "partials",
+        "seen",
+        "service",
+        "version",
+    )
 
     def __init__(self, wid: bytes, service: bytes, version: int, now: float) -> None:
         self.id = wid
         self.service = service
         self.version = version
         self.seen = now  # last message from it, or the dispatch of its request
+        self.confirmed = False  # heard from since its READY
         self.job: Job | None = None
         self.partials: list[bytes] = []  # MDP/0.2 PARTIAL frames held for an MDP/0.1 client
         self.beats_job = 0  # heartbeats heard while holding the current request
@@ -174,6 +187,11 @@ class Engine:
         self.heartbeat = heartbeat
         self.patience = heartbeat * liveness
         self.busy_timeout = self.patience if busy_timeout is None else busy_timeout
+        # A worker heard only through its READY gets no request once that is this
+        # old: a live one heartbeats within one interval (half more for the trip).
+        # A READY queued in an abandoned socket that reconnected to a restarted
+        # queue (a ghost) says nothing more.
+        self.unconfirmed = heartbeat * 1.5
         self.max_queue = max_queue
         self.client_queue = max_queue if client_queue is None else client_queue
         self.max_services = max_services
@@ -267,9 +285,13 @@ class Engine:
     def dispatch(self, p: Pool) -> None:
         """Hand queued requests to idle workers, LRU first; skip and forget unreachable ones."""
         now = time.monotonic()
+        unsure: list[bytes] = []
         while p.queued and p.idle:
             wid, _ = p.idle.popitem(last=False)
             w = self.workers[wid]
+            if not w.confirmed and now - w.seen > self.unconfirmed:
+                unsure.append(wid)  # a READY and silence since: maybe a ghost
+                continue
             job = p.pop()
             outcome = self.codec.send_request(w, job)
             if outcome == SENT:
@@ -277,6 +299,9 @@ class Engine:
                 continue
             p.push(job, front=True)  # to the next worker
             self._lose(w, "full" if outcome == FULL else "unreachable")
+        for wid in reversed(unsure):  # back in their LRU places, first in line
+            p.idle[wid] = None
+            p.idle.move_to_end(wid, last=False)
         self.tidy(p)
 
     # -- workers ------------------------------------------------------------
@@ -300,6 +325,7 @@ class Engine:
             if w is None:
                 return None
         w.seen = time.monotonic()
+        w.confirmed = True
         if beat and w.job is not None:
             w.beats_job += 1
             if w.beats_job >= 2:

@@ -175,11 +175,14 @@ class HeartbeatWorker:
         self.counters.add_out(1)
         return True
 
-    def _connect(self) -> None:
-        if self.sock is not None:
+    def _close(self) -> None:
+        if self.sock is not None and not self.sock.closed:
             if self.sock in dict(self.poller.sockets):
                 self.poller.unregister(self.sock)
             self.sock.close(linger=0)
+
+    def _connect(self) -> None:
+        self._close()
         self.sock = self.ctx.build(self.spec)
         self._attach()
 
@@ -296,6 +299,10 @@ class HeartbeatWorker:
                         silent_for=round(now - self._heard, 3),
                         reconnect_in=backoff,
                     )
+                    # Close the old socket now, not after the backoff: left open, it
+                    # reconnects to a restarted queue meanwhile and delivers its
+                    # queued READY and heartbeats there (a ghost worker, rule 9).
+                    self._close()
                     self._wake.clear()
                     if not self._stopping:
                         self._wake.wait(backoff)
