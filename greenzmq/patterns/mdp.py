@@ -32,14 +32,20 @@ has no such thing) are held and sent with the FINAL as one reply.
 ``mmi.service`` (body: a service name) answers ``200`` if that service has
 workers, ``404`` if not; other ``mmi.*`` names answer ``501``.
 
-Like the PPP queue, the broker heartbeats every worker, drops a worker silent
-for ``liveness`` intervals (``busy_timeout`` while it holds a request, since
-zguide and majortomo workers do not heartbeat while working), drops a worker
-it cannot reach (EHOSTUNREACH) and gives the request to the next one, and
-acknowledges a worker's DISCONNECT with DISCONNECT. Every malformed message is
-logged as a drop with its reason. Stopping, it refuses new requests (a logged
-drop, "broker stopping") and forwards the replies of busy workers for up to
-``drain_timeout`` seconds.
+The broker is a codec over the engine the PPP queue uses too
+(:mod:`greenzmq.patterns._engine`). It heartbeats every worker, drops a
+worker silent for ``liveness`` intervals (``busy_timeout`` while it holds a
+request, since zguide and majortomo workers do not heartbeat while working,
+unless the worker has been heard heartbeating while busy, as greenzmq's
+workers do), drops a worker it cannot reach (EHOSTUNREACH), and acknowledges
+a worker's DISCONNECT with DISCONNECT. A request held by a worker that is
+dropped or leaves (even one handed over with its last reply, just before its
+DISCONNECT) goes back to the front of the queue for the next worker. An
+expired worker that speaks again is taken back. Requests are queued per
+client and served round-robin, so one flooding client cannot starve the
+others. Every malformed message is logged as a drop with its reason.
+Stopping, it refuses new requests (a logged drop, "broker stopping") and
+forwards the replies of busy workers for up to ``drain_timeout`` seconds.
 """
 
 from __future__ import annotations

@@ -6,15 +6,23 @@ be busy or dead. Here workers announce themselves instead:
 * A worker's DEALER sends ``READY`` (``0x01``) once, then ``HEARTBEAT``
   (``0x02``) every ``heartbeat`` seconds, and replies as
   ``[client envelope..., b"", body...]``.
-* :class:`PPPQueue` (frontend ROUTER, backend ROUTER) gives each request to
-  the worker that has been idle longest (LRU), only to idle, live workers;
-  it heartbeats every worker; a worker silent for ``liveness`` intervals is
-  dropped. A send to a worker that has gone (EHOSTUNREACH, with
-  ROUTER_MANDATORY) drops that worker at once and the request goes to the
-  next one, so it is not lost. While no worker is idle the queue does not
-  read the frontend: requests wait in libzmq's queue (backpressure).
+* :class:`PPPQueue` (frontend ROUTER, backend ROUTER) is a codec over the
+  engine the Majordomo broker uses too (:mod:`greenzmq.patterns._engine`,
+  one anonymous service). It gives each request to the worker that has been
+  idle longest (LRU), only to idle, live workers; it heartbeats every
+  worker; a worker silent for ``liveness`` intervals, busy or not, is
+  dropped and the request it held goes to the next worker. A send to a
+  worker that has gone (EHOSTUNREACH, with ROUTER_MANDATORY) drops that
+  worker at once and the request goes to the next one, so it is not lost.
+  An expired worker that speaks again is taken back at once (with its
+  request, if nobody took it meanwhile); a reply is forwarded only from the
+  worker holding that client's request (a logged drop otherwise); a worker
+  heard only through a READY over one heartbeat old gets no request. While
+  no worker is idle the queue does not read the frontend: requests wait in
+  libzmq's queue (backpressure).
 * A worker that hears nothing for ``liveness`` intervals closes its socket
-  and reconnects on a fresh one after a backoff that doubles up to
+  at once (linger 0: nothing it queued reaches a restarted queue later) and
+  reconnects on a fresh one after a backoff that doubles up to
   ``reconnect_max`` (rule 9).
 * Stopping (SIGTERM, kill switch), the queue reads no new requests but
   still hands out the ones it holds and forwards replies, for up to
