@@ -64,8 +64,8 @@ from ..core.sockets import Context, Socket, SocketSpec, with_maxmsgsize
 from ..core.tracing import SocketTracer
 from ._engine import Engine, Job, Worker
 from ._send import FULL, SENT, recv_bytes, send
+from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
 from .lazypirate import RetryingClient
-from .ppp import Handler, HeartbeatWorker, Parsed, PPPWorkerService
 
 __all__ = [
     "C_CLIENT01",
@@ -453,7 +453,7 @@ class MDPClient(RetryingClient):
 
 
 class MDPWorker(HeartbeatWorker):
-    """A Majordomo worker (0.1 or 0.2) on the heartbeating loop of :mod:`greenzmq.patterns.ppp`."""
+    """A Majordomo worker (0.1 or 0.2) on the heartbeat loop of :mod:`greenzmq.patterns._worker`."""
 
     kind = "mdpworker"
 
@@ -493,7 +493,7 @@ class MDPWorker(HeartbeatWorker):
         return "unknown broker command"
 
 
-class MDPWorkerService(PPPWorkerService):
+class MDPWorkerService(HeartbeatWorkerService):
     """A service around one :class:`MDPWorker`: sockets ``broker`` (DEALER) and ``kill``.
 
     ``app = MDPWorkerService("echo", lambda body: body)`` is a complete worker.
