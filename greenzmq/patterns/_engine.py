@@ -325,7 +325,11 @@ class Engine:
             if w is None:
                 return None
         w.seen = time.monotonic()
-        w.confirmed = True
+        if not w.confirmed:
+            w.confirmed = True
+            p = self.pools.get(w.service)
+            if w.job is None and p is not None and p.queued:
+                self.dispatch(p)  # it may have been passed over as a ghost
         if beat and w.job is not None:
             w.beats_job += 1
             if w.beats_job >= 2:
