@@ -289,7 +289,8 @@ class TestFaults:
         try:
             s.connect(ep)
             s.send_multipart([b"", C_CLIENT02, b"\x02", b"slow", b"x"])
-            b.wait_event("hop", op="send")  # the request went to the worker
+            # the request went to the worker (7 frames; a heartbeat has 4)
+            b.wait_event("hop", op="send", frames=7)
             b.signal(signal.SIGTERM)
             with gevent.Timeout(15):  # a hang deadline, generous for a loaded machine
                 assert s.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"done x"]

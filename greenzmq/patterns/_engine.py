@@ -18,8 +18,9 @@ in, frames out) over this one copy of the mechanism:
   busy or not, so a hung (SIGSTOPped) worker's request moves on;
 * an expired worker that speaks again is taken back at once (as the zguide's
   ppqueue does), with its request if nobody else has taken it meanwhile;
-* a worker not heard from since its READY gets no request once that READY is
-  more than one heartbeat old (a ghost: a READY from an abandoned socket);
+* (PPP) a worker not heard from since its READY gets no request once that
+  READY is more than one heartbeat old (a ghost: a READY from an abandoned
+  socket);
 * a reply is accepted only from the worker that holds that client's request.
 
 The codec sends (through :func:`greenzmq.patterns._send.send`) and logs the
@@ -163,7 +164,8 @@ class Engine:
     heartbeats while busy). ``max_queue`` caps the requests queued for one
     service, ``client_queue`` those of one client in it. ``tell_expired``: send
     DISCONNECT to an expired worker (MDP). ``service_key``: the log key naming a
-    worker's service (None: do not name it).
+    worker's service (None: do not name it). ``confirm``: route nothing to a
+    worker heard only through a READY over one heartbeat old (PPP).
     """
 
     def __init__(
@@ -182,6 +184,7 @@ class Engine:
         service_key: str | None = None,
         counts: Counter[str] | None = None,
         remember: int = 4096,
+        confirm: bool = True,
     ) -> None:
         self.codec, self.log, self.prefix = codec, log, prefix
         self.heartbeat = heartbeat
@@ -190,8 +193,10 @@ class Engine:
         # A worker heard only through its READY gets no request once that is this
         # old: a live one heartbeats within one interval (half more for the trip).
         # A READY queued in an abandoned socket that reconnected to a restarted
-        # queue (a ghost) says nothing more.
-        self.unconfirmed = heartbeat * 1.5
+        # queue (a ghost) says nothing more. Off (inf) for protocols whose
+        # workers keep their own heartbeat pace (majortomo's first heartbeat
+        # after READY comes two of the broker's intervals later).
+        self.unconfirmed = heartbeat * 1.5 if confirm else float("inf")
         self.max_queue = max_queue
         self.client_queue = max_queue if client_queue is None else client_queue
         self.max_services = max_services

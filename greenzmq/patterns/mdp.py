@@ -344,6 +344,7 @@ class MDPBroker(Service):
             tell_expired=True,
             service_key="mdp_service",
             counts=self.counts,
+            confirm=False,  # majortomo's and the zguide's workers heartbeat at their own pace
         )
         eng.watch(self.stats)
         poller = self._poller = GreenPoller()

@@ -231,9 +231,8 @@ class PPPQueue(Service):
             if len(m) == 2:
                 cmd = m[1]
                 if cmd == READY:
-                    if eng.forget(wid, "ready again"):
-                        pass  # a fresh start on the same socket: its request goes on
-                    else:
+                    # a fresh start on the same socket: a request it held goes on
+                    if not eng.forget(wid, "ready again"):
                         log.info("ppqueue.worker_ready", worker=wid.hex())
                     eng.ready(wid, pool)
                 elif cmd == HEARTBEAT:
