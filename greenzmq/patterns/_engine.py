@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._send import FULL, GONE, SENT
@@ -419,6 +420,43 @@ class Engine:
             **fields,
         )
         return p
+
+    def loop(
+        self,
+        poller: Any,
+        stopping: Any,
+        drain_timeout: float,
+        read: Callable[[Any], None],
+        *,
+        in_flight: Callable[[], int],
+        on_drain: Callable[[], None],
+        before_poll: Callable[[bool], None] | None = None,
+    ) -> None:
+        """The router's loop: poll, ``read`` each ready socket, tick every heartbeat.
+
+        Once ``stopping`` is set, ``on_drain()`` is called once, and the loop
+        goes on (the codec takes no new requests: ``before_poll(True)`` or its
+        own check) while ``in_flight()`` and for up to ``drain_timeout`` s.
+        """
+        hb = self.heartbeat
+        next_hb = time.monotonic() + hb
+        drain_until: float | None = None
+        while True:
+            if stopping.is_set():
+                if drain_until is None:
+                    drain_until = time.monotonic() + drain_timeout
+                    on_drain()
+                if not in_flight() or time.monotonic() >= drain_until:
+                    return
+            if before_poll is not None:
+                before_poll(drain_until is not None)
+            wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
+            for sock, _ in poller.poll(max(0, int((wake_at - time.monotonic()) * 1000))):
+                read(sock)
+            now = time.monotonic()
+            if now >= next_hb:
+                next_hb = now + hb
+                self.tick(now)
 
     def tick(self, now: float) -> None:
         """Expire silent workers, heartbeat the others (call every ``heartbeat`` seconds)."""

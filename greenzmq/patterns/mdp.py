@@ -50,7 +50,6 @@ forwards the replies of busy workers for up to ``drain_timeout`` seconds.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -349,36 +348,28 @@ class MDPBroker(Service):
         eng.watch(self.stats)
         poller = self._poller = GreenPoller()
         poller.register(sock, zmq.POLLIN)
-        again = zmq.Again
-        next_hb = time.monotonic() + self.heartbeat
-        drain_until: float | None = None
-        while True:
-            if self.stopping.is_set():
-                # graceful stop: refuse new requests, forward the replies of busy workers
-                busy = eng.busy()
-                if drain_until is None:
-                    drain_until = time.monotonic() + self.drain_timeout
-                    self._draining = True
-                    self.log.info("mdp.draining", busy=busy)
-                if not busy or time.monotonic() >= drain_until:
+        again, batch = zmq.Again, self.batch
+
+        def read(_sock: Any) -> None:
+            n = 0
+            while n < batch:
+                try:
+                    m = recv_bytes(raw)
+                except again:
                     break
-            wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
-            if poller.poll(max(0, int((wake_at - time.monotonic()) * 1000))):
-                n = 0
-                while n < self.batch:
-                    try:
-                        m = recv_bytes(raw)
-                    except again:
-                        break
-                    n += 1
-                    if tr.on:
-                        tr.hop("recv", m)
-                    self._handle(m)
-                count.add_in(n)
-            now = time.monotonic()
-            if now >= next_hb:
-                next_hb = now + self.heartbeat
-                eng.tick(now)
+                n += 1
+                if tr.on:
+                    tr.hop("recv", m)
+                self._handle(m)
+            count.add_in(n)
+
+        def on_drain() -> None:
+            # graceful stop: refuse new requests, forward the replies of busy workers
+            self._draining = True
+            self.log.info("mdp.draining", busy=eng.busy())
+
+        eng.loop(poller, self.stopping, self.drain_timeout, read,
+                 in_flight=eng.busy, on_drain=on_drain)  # fmt: skip
         poller.close_watchers()
         self.log.info(
             "mdp.stats",

@@ -44,7 +44,6 @@ heartbeating, so a slow handler is not mistaken for a dead worker.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Any
 
@@ -263,52 +262,54 @@ class PPPQueue(Service):
                 self._drop("frontend", reply, "client full" if outcome == FULL else "unknown peer")
             eng.done(w)
 
-        hb = self.heartbeat
-        next_hb = time.monotonic() + hb
-        drain_until: float | None = None
-        while True:
-            if self.stopping.is_set():
-                # graceful stop: take no new requests, forward the replies still coming
-                if drain_until is None:
-                    drain_until = time.monotonic() + self.drain_timeout
-                    log.info("ppqueue.draining", busy=eng.busy(), unsent=pool.queued)
-                if not (pool.queued or eng.busy()) or time.monotonic() >= drain_until:
-                    break
-            want_fe = bool(pool.idle) and not pool.queued and drain_until is None
+        def before_poll(draining: bool) -> None:
+            """Read the frontend only while a worker is idle and nothing waits (backpressure)."""
+            nonlocal fe_on
+            want_fe = bool(pool.idle) and not pool.queued and not draining
             if want_fe != fe_on:
                 if want_fe:
                     poller.register(fe, zmq.POLLIN)
                 else:
                     poller.unregister(fe)
                 fe_on = want_fe
-            wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
-            for sock, _ in poller.poll(max(0, int((wake_at - time.monotonic()) * 1000))):
-                from_fe = sock is fe
-                raw, n = sock.raw, 0
-                while n < self.batch:
-                    if from_fe and (not pool.idle or pool.queued):
-                        break  # backpressure: requests wait in libzmq until a worker is idle
-                    try:
-                        m = recv_bytes(raw)
-                    except again:
-                        break
-                    n += 1
-                    if not from_fe:
-                        from_backend(m)
-                        continue
-                    problem = envelope_problem(m)
-                    if problem is not None:
-                        self._drop("frontend", m, problem)
-                        continue
-                    self.counts["requests"] += 1
-                    reason = eng.submit(pool, Job(m[0], b"", m))
-                    if reason is not None:
-                        self._drop("frontend", m, reason)
-                (fe_count if from_fe else be_count).add_in(n)
-            now = time.monotonic()
-            if now >= next_hb:
-                next_hb = now + hb
-                eng.tick(now)
+
+        def read(sock: Any) -> None:
+            from_fe = sock is fe
+            raw, n = sock.raw, 0
+            while n < self.batch:
+                if from_fe and (not pool.idle or pool.queued):
+                    break  # backpressure: requests wait in libzmq until a worker is idle
+                try:
+                    m = recv_bytes(raw)
+                except again:
+                    break
+                n += 1
+                if not from_fe:
+                    from_backend(m)
+                    continue
+                problem = envelope_problem(m)
+                if problem is not None:
+                    self._drop("frontend", m, problem)
+                    continue
+                self.counts["requests"] += 1
+                reason = eng.submit(pool, Job(m[0], b"", m))
+                if reason is not None:
+                    self._drop("frontend", m, reason)
+            (fe_count if from_fe else be_count).add_in(n)
+
+        def on_drain() -> None:
+            # graceful stop: take no new requests, forward the replies still coming
+            log.info("ppqueue.draining", busy=eng.busy(), unsent=pool.queued)
+
+        eng.loop(
+            poller,
+            self.stopping,
+            self.drain_timeout,
+            read,
+            in_flight=lambda: pool.queued + eng.busy(),
+            on_drain=on_drain,
+            before_poll=before_poll,
+        )
         poller.close_watchers()
         log.info(
             "ppqueue.stats",
