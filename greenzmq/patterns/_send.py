@@ -13,9 +13,14 @@ from typing import Any
 import zmq
 from zmq.backend import Socket as _CSocket
 
-__all__ = ["FULL", "GONE", "SENT", "recv_bytes", "send"]
+# the receiving side is core's (one copy): a whole message as bytes, NOBLOCK;
+# and "is another one waiting" (an EVENTS read, cheaper than ending on EAGAIN)
+from ..core.mux import _more_waiting as more_waiting
+from ..core.mux import _recv_raw as recv_bytes
 
-_recv, _send = _CSocket.recv, _CSocket.send
+__all__ = ["FULL", "GONE", "SENT", "more_waiting", "recv_bytes", "send"]
+
+_send = _CSocket.send
 _NB, _NB_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
 _EHOSTUNREACH = zmq.EHOSTUNREACH
 _Again, _ZMQError = zmq.Again, zmq.ZMQError
@@ -44,13 +49,3 @@ def send(raw: Any, m: Sequence[Any]) -> int:
             raise
         return GONE
     return SENT
-
-
-def recv_bytes(raw: Any) -> list[bytes]:
-    """One whole multipart message as bytes, NOBLOCK; raises ``zmq.Again`` if none waits."""
-    f = _recv(raw, _NB, False)
-    m = [f.bytes]
-    while f.more:
-        f = _recv(raw, _NB, False)
-        m.append(f.bytes)
-    return m

@@ -62,7 +62,7 @@ from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, with_maxmsgsize
 from ..core.tracing import SocketTracer
 from ._engine import Engine, Job, Worker
-from ._send import FULL, SENT, recv_bytes, send
+from ._send import FULL, SENT, more_waiting, recv_bytes, send
 from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
 from .lazypirate import RetryingClient
 
@@ -353,6 +353,8 @@ class MDPBroker(Service):
         def read(_sock: Any) -> None:
             n = 0
             while n < batch:
+                if n == 1 and not more_waiting(raw):
+                    break  # the usual wake-up brings one message: no EAGAIN exception
                 try:
                     m = recv_bytes(raw)
                 except again:

@@ -54,7 +54,7 @@ from ..core.service import Service, kill_spec
 from ..core.sockets import SocketSpec, with_maxmsgsize
 from ..core.tracing import SocketTracer
 from ._engine import Engine, Job, Worker
-from ._send import FULL, SENT, recv_bytes, send
+from ._send import FULL, SENT, more_waiting, recv_bytes, send
 from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
 from .broker import envelope_problem
 
@@ -279,6 +279,8 @@ class PPPQueue(Service):
             while n < self.batch:
                 if from_fe and (not pool.idle or pool.queued):
                     break  # backpressure: requests wait in libzmq until a worker is idle
+                if n == 1 and not more_waiting(raw):
+                    break  # the usual wake-up brings one message: no EAGAIN exception
                 try:
                     m = recv_bytes(raw)
                 except again:
