@@ -428,3 +428,30 @@ class TestGhosts:
         finally:
             for s in (req, ghost, live.sock):
                 s.close(linger=0)
+
+
+class TestHungWorker:
+    @pytest.mark.deadline(60)
+    def test_sigstopped_busy_worker_request_goes_to_another(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A worker SIGSTOPped while holding a request is expired; another answers the request."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        hung = service(f"services.ppworker:make(heartbeat={HB}, delay=30)",
+                       "--endpoint", f"backend={be}")  # fmt: skip
+        ready_workers(q, 1)
+        req = ctx.socket(zmq.REQ)  # no retry: the queue itself must not lose the request
+        req.connect(fe)
+        try:
+            req.send(b"7")
+            hung.wait_event("hop", op="recv")  # it holds the request
+            os.killpg(hung.pid, signal.SIGSTOP)
+            service(WORKER, "--endpoint", f"backend={be}")
+            with gevent.Timeout(15):
+                assert req.recv() == b"49"
+            lost = q.wait_event("ppqueue.worker_lost", why="expired")
+            assert lost["requeued"] is True
+        finally:
+            os.killpg(hung.pid, signal.SIGKILL)
+            req.close(linger=0)
