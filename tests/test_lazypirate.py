@@ -94,3 +94,35 @@ class TestLazyPirate:
                 [str(i * i).encode()] for i in range(1, 6)
             ]
         worker.wait_started()
+
+
+class TestCorrelation:
+    def test_stray_reply_is_not_the_answer(self, ctx: Any, endpoint: Any) -> None:
+        """A reply that does not carry the request's id is dropped with a reason, not returned."""
+        from structlog.testing import capture_logs
+
+        ep = endpoint()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.bind(ep)
+
+        def serve() -> None:
+            m = sock.recv_multipart()
+            # a reply forged for this client's routing id (guessable: they count up)
+            # reaches it while its request is in hand, before the real one
+            sock.send_multipart([m[0], b"", b"forged"])
+            sock.send_multipart([*m[:-1], b"one"])
+            sock.send_multipart([*m[:-1], b"one again"])  # at-least-once: a duplicate
+            m = sock.recv_multipart()
+            sock.send_multipart([*m[:-1], b"two"])
+
+        g = gevent.spawn(serve)
+        sock.hand_over(g)
+        try:
+            with capture_logs() as logs, LazyPirate(ep, timeout=2.0, retries=1, ctx=ctx) as c:
+                assert c.request(b"1") == [b"one"]
+                assert c.request(b"2") == [b"two"]
+            g.get(timeout=5)
+        finally:
+            sock.close(linger=0)
+        stale = [e["reason"] for e in logs if e["event"] == "lazypirate.stale_reply"]
+        assert stale == ["no request id", "not the request in hand"]

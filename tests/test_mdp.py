@@ -27,7 +27,7 @@ from greenzmq.patterns.mdp import (
     MDPWorkerService,
 )
 
-from .helpers import ROOT, ServiceProcess
+from .helpers import ROOT, ServiceProcess, wait_for
 
 HB = 0.2
 BROKER = f"services.majordomo:make(heartbeat={HB})"
@@ -289,7 +289,8 @@ class TestFaults:
         try:
             s.connect(ep)
             s.send_multipart([b"", C_CLIENT02, b"\x02", b"slow", b"x"])
-            b.wait_event("hop", op="send")  # the request went to the worker
+            # the request went to the worker (7 frames; a heartbeat has 4)
+            b.wait_event("hop", op="send", frames=7)
             b.signal(signal.SIGTERM)
             with gevent.Timeout(15):  # a hang deadline, generous for a loaded machine
                 assert s.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"done x"]
@@ -297,3 +298,123 @@ class TestFaults:
             assert b.wait_event("mdp.draining")["busy"] == 1
         finally:
             s.close(linger=0)
+
+
+class TestNothingLost:
+    def test_request_handed_with_last_reply_survives_disconnect(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A worker leaving right after its reply: the request handed to it goes to the next."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        socks = [ctx.socket(zmq.DEALER) for _ in range(4)]
+        leaving, second, a, c = socks
+        for s in socks:
+            s.connect(ep)
+        try:
+            leaving.send_multipart([b"", W_WORKER02, b"\x01", b"svc"])
+            ready(b, 1)
+            with gevent.Timeout(5):
+                a.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"one"])
+                while (m := leaving.recv_multipart())[2] != b"\x02":
+                    pass  # heartbeats
+                # c's request waits in the broker: the mmi answer behind it on the same
+                # pipe says the broker has read it
+                c.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"two"])
+                c.send_multipart([b"", C_CLIENT02, b"\x02", b"mmi.service", b"svc"])
+                assert c.recv_multipart()[-1] == b"200"
+                # the last reply and the goodbye, back to back: "two" is handed over between
+                leaving.send_multipart([b"", W_WORKER02, b"\x04", m[3], b"", b"ONE"])
+                leaving.send_multipart([b"", W_WORKER02, b"\x06"])
+                assert a.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"ONE"]
+            b.wait_event("mdp.worker_left")
+            second.send_multipart([b"", W_WORKER02, b"\x01", b"svc"])
+            with gevent.Timeout(5):
+                while (m := second.recv_multipart())[2] != b"\x02":
+                    pass
+                assert m[-1] == b"two"
+                second.send_multipart([b"", W_WORKER02, b"\x04", m[3], b"", b"TWO"])
+                assert c.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"TWO"]
+        finally:
+            for s in socks:
+                s.close(linger=0)
+
+    @pytest.mark.deadline(60)
+    def test_hung_busy_worker_is_expired_and_its_request_answered(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A SIGSTOPped worker that heartbeats while busy is expired in 3 intervals, not 900 s."""
+        ep = endpoint()
+        b = start_broker(service, ep)  # busy_timeout 900 s
+        hung = service(f"tests.engine_apps:mdp_slow(service='square', heartbeat={HB})",
+                       "--endpoint", f"broker={ep}")  # fmt: skip
+        ready(b, 1)
+        client = ctx.socket(zmq.DEALER)
+        client.connect(ep)
+        try:
+            client.send_multipart([b"", C_CLIENT02, b"\x02", b"square", b"7"])
+            hung.wait_event("hop", op="recv")  # it holds the request
+            seen = len(b.events("hop", op="recv"))
+            # and heartbeats while busy: the broker hears it a few more times
+            wait_for(lambda: len(b.events("hop", op="recv")) >= seen + 3, 10, "busy heartbeats")
+            os.killpg(hung.pid, signal.SIGSTOP)
+            stopped = time.time()
+            mdp_worker(service, ep, "0.2")
+            with gevent.Timeout(15):
+                assert client.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"49"]
+            lost = b.wait_event("mdp.worker_lost", why="expired")
+            print(f"hung busy worker expired {lost['timestamp'] - stopped:.3f} s after SIGSTOP")
+            assert lost["requeued"] is True
+        finally:
+            os.killpg(hung.pid, signal.SIGKILL)
+            client.close(linger=0)
+
+
+class TestFairness:
+    @pytest.mark.deadline(60)
+    def test_flooding_client_does_not_starve_others(self, endpoint: Any, ctx: Any) -> None:
+        """One client floods a 100-slot service queue; another's requests are all answered."""
+        from greenzmq.patterns.mdp import MDPBroker
+
+        from .helpers import green_wait_for
+
+        ep = endpoint()
+        broker = MDPBroker(heartbeat=HB, max_queue=100)
+        bg = gevent.spawn(broker.serve, {"broker": ep, "kill": endpoint()}, install_signals=False)
+
+        def handler(body: list[bytes]) -> list[bytes]:
+            gevent.sleep(0.002)
+            return [body[0] + b"!"]
+
+        worker = MDPWorkerService("svc", handler, endpoint=ep, heartbeat=HB)
+        wg = gevent.spawn(worker.serve, {"kill": endpoint()}, install_signals=False)
+        flooding = True
+        flooded = [0]
+
+        def flood() -> None:
+            """Keep the service queue full for as long as the good client runs."""
+            s = ctx.socket(zmq.DEALER)
+            s.connect(ep)
+            try:
+                while flooding:
+                    for _ in range(100):
+                        s.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"flood"])
+                    flooded[0] += 100
+                    gevent.sleep(0.001)
+            finally:
+                s.close(linger=0)
+
+        fg = gevent.spawn(flood)
+        try:
+            green_wait_for(lambda: broker.drops, 10, "the flood over the queue dropped")
+            with MDPClient(ep, timeout=5, retries=1, ctx=ctx) as good:
+                for i in range(20):
+                    assert good.request("svc", b"good%d" % i) == [b"good%d!" % i]
+            print(f"flooded {flooded[0]}, dropped {dict(broker.drops)}")
+        finally:
+            flooding = False
+            fg.get(timeout=10)
+            worker.stop()
+            assert wg.get(timeout=10) == 0
+            broker.stop()
+            assert bg.get(timeout=10) == 0

@@ -82,11 +82,14 @@ class TestQueue:
         b = FakeWorker(ctx, be)
         ready_workers(q, 2)
         clients = [ctx.socket(zmq.REQ) for _ in range(3)]
-        for i, c in enumerate(clients):
+        for c in clients:
             c.connect(fe)
-            c.send(f"r{i}".encode())
+        # one at a time: three connections' requests may reach the queue in any order
+        clients[0].send(b"r0")
         ra, _ = a.next_request()
+        clients[1].send(b"r1")
         rb, _ = b.next_request()
+        clients[2].send(b"r2")
         assert (ra[-1], rb[-1]) == (b"r0", b"r1")  # A was idle first
         # both busy: r2 waits in the queue; both answer heartbeats at once, so neither expires
         both = []
@@ -299,3 +302,156 @@ class TestFaults:
         assert w.wait_event("worker.done")["answered"] == 1
         q.wait_event("ppqueue.worker_left")
         req.close(linger=0)
+
+
+class TestTakenBack:
+    def test_expired_worker_that_speaks_again_is_taken_back(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """An expired worker's next heartbeat re-admits it at once (the zguide's ppqueue)."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        w = FakeWorker(ctx, be)
+        ready_workers(q, 1)
+        q.wait_event("ppqueue.worker_lost", why="expired")  # silent for 3 intervals
+        w.sock.send(HEARTBEAT)
+        q.wait_event("ppqueue.worker_back")
+        req = ctx.socket(zmq.REQ)
+        req.connect(fe)
+        req.send(b"again")
+        m, _ = w.next_request()
+        assert m[-1] == b"again"
+        w.sock.send_multipart([*m[:-1], b"answered"])
+        with gevent.Timeout(5):
+            assert req.recv() == b"answered"
+        assert not [d for d in q.events("hop", op="drop") if "unknown worker" in d["reason"]]
+        for s in (req, w.sock):
+            s.close(linger=0)
+
+    @pytest.mark.deadline(60)
+    def test_worker_blocking_past_expiry_answers_every_request(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A handler that blocks the hub longer than the expiry: each reply is still taken."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        service(f"tests.engine_apps:ppp_blocking(block={5 * HB}, heartbeat={HB})",
+                "--endpoint", f"backend={be}")  # fmt: skip
+        ready_workers(q, 1)
+        # taken back at once, each request takes about the block (1 s); forgotten, the
+        # worker would come back only after 3 silent intervals + its 2 s backoff
+        with LazyPirate(fe, timeout=2.0, retries=1, ctx=ctx) as c:
+            for i in range(1, 6):
+                assert c.request(str(i).encode()) == [str(i * i).encode()]
+        assert q.events("ppqueue.worker_lost", why="expired")  # it was expired, and taken back
+        assert q.events("ppqueue.worker_back")
+
+
+class TestForgedReplies:
+    def test_reply_only_from_the_worker_holding_the_request(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """Replies forged by an unregistered peer or another worker never reach the client."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        holder = FakeWorker(ctx, be)
+        ready_workers(q, 1)
+        other = FakeWorker(ctx, be)  # registered, idle
+        ready_workers(q, 2)
+        stranger = ctx.socket(zmq.DEALER)  # never said READY
+        stranger.connect(be)
+        req = ctx.socket(zmq.REQ)
+        req.connect(fe)
+        req.send(b"question")
+        m, _ = holder.next_request()
+        envelope = m[:-1]  # the client's routing id and the delimiter: guessable
+        stranger.send_multipart([*envelope, b"forged by a stranger"])
+        other.sock.send_multipart([*envelope, b"forged by another worker"])
+        wait_for(lambda: len(q.events("hop", op="drop")) >= 2, 10, "two forged replies dropped")
+        holder.sock.send_multipart([*envelope, b"real"])
+        with gevent.Timeout(5):
+            assert req.recv() == b"real"
+        reasons = {d["reason"] for d in q.events("hop", op="drop")}
+        assert reasons == {"reply from an unknown worker", "reply to no request of this worker"}
+        for s in (req, stranger, holder.sock, other.sock):
+            s.close(linger=0)
+
+
+class TestGhosts:
+    def test_old_socket_closed_before_the_backoff(self, ctx: Any, endpoint: Any) -> None:
+        """A worker that lost its queue closes the old socket at once, not after the backoff."""
+        from .helpers import green_wait_for
+
+        spec = SocketSpec("backend", "DEALER", connect=(endpoint(),))
+        socks: list[Any] = []
+        w = PPPWorker(ctx, spec, lambda body: body, heartbeat=0.05, liveness=2,
+                      reconnect=5.0, on_socket=socks.append)  # fmt: skip
+        g = gevent.spawn(w.run)
+        try:
+            # lost after 0.1 s; the next socket comes 5 s later
+            green_wait_for(lambda: socks and socks[0].closed, 3, "old socket closed in the backoff")
+            assert len(socks) == 1
+        finally:
+            w.stop()
+            g.get(timeout=5)
+            for s in socks:
+                s.close(linger=0)
+
+    def test_no_request_to_a_worker_silent_since_its_ready(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A READY not followed by a word within one heartbeat (a ghost's) gets no request."""
+        fe, be = endpoint(), endpoint()
+        q: ServiceProcess = service(
+            f"services.ppqueue:make(heartbeat={HB}, liveness=20)",
+            *("--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}"),
+        )
+        q.wait_started()
+        ghost = ctx.socket(zmq.DEALER)
+        ghost.connect(be)
+        ghost.send(READY)
+        ready_workers(q, 1)
+        with gevent.Timeout(5):
+            for _ in range(2):  # two heartbeats unanswered: its READY is over one interval old
+                assert ghost.recv_multipart() == [HEARTBEAT]
+        live = FakeWorker(ctx, be)
+        ready_workers(q, 2)
+        req = ctx.socket(zmq.REQ)
+        req.connect(fe)
+        req.send(b"for the living")
+        try:
+            m, _ = live.next_request()  # the ghost is first in LRU order, and skipped
+            assert m[-1] == b"for the living"
+            live.sock.send_multipart([*m[:-1], b"ok"])
+            with gevent.Timeout(5):
+                assert req.recv() == b"ok"
+        finally:
+            for s in (req, ghost, live.sock):
+                s.close(linger=0)
+
+
+class TestHungWorker:
+    @pytest.mark.deadline(60)
+    def test_sigstopped_busy_worker_request_goes_to_another(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """A worker SIGSTOPped while holding a request is expired; another answers the request."""
+        fe, be = endpoint(), endpoint()
+        q = start_queue(service, fe, be)
+        hung = service(f"services.ppworker:make(heartbeat={HB}, delay=30)",
+                       "--endpoint", f"backend={be}")  # fmt: skip
+        ready_workers(q, 1)
+        req = ctx.socket(zmq.REQ)  # no retry: the queue itself must not lose the request
+        req.connect(fe)
+        try:
+            req.send(b"7")
+            hung.wait_event("hop", op="recv")  # it holds the request
+            os.killpg(hung.pid, signal.SIGSTOP)
+            service(WORKER, "--endpoint", f"backend={be}")
+            with gevent.Timeout(15):
+                assert req.recv() == b"49"
+            lost = q.wait_event("ppqueue.worker_lost", why="expired")
+            assert lost["requeued"] is True
+        finally:
+            os.killpg(hung.pid, signal.SIGKILL)
+            req.close(linger=0)

@@ -197,3 +197,43 @@ class TestServed:
         )
         assert broker.wait(20) != 0
         assert "must be ipc://PATH" in broker.output()
+
+
+class TestReliable:
+    @pytest.mark.deadline(60)
+    def test_ppp_queue_and_worker_report_real_counters(
+        self,
+        service: Callable[..., ServiceProcess],
+        endpoint: Callable[[], str],
+        tmp_path: Path,
+    ) -> None:
+        """``greenzmq stats`` on the PPP queue and a worker: messages, workers, pending."""
+        from greenzmq.patterns.lazypirate import LazyPirate
+
+        fe, be = endpoint(), endpoint()
+        env = {STATS_ENV: f"ipc://{tmp_path}/{{service}}.ipc"}
+        queue = service("services.ppqueue:make(heartbeat=0.2)", "--endpoint", f"frontend={fe}",
+                        "--endpoint", f"backend={be}", env=env)  # fmt: skip
+        worker = service("services.ppworker:make(heartbeat=0.2)", "--endpoint", f"backend={be}",
+                         env=env)  # fmt: skip
+        wait_for(lambda: queue.events("ppqueue.worker_ready"), 15, "the worker ready")
+        with LazyPirate(fe, timeout=5, retries=1) as c:
+            for i in range(10):
+                assert c.request(str(i).encode()) == [str(i * i).encode()]
+
+        def snapshot(name: str) -> dict[str, Any]:
+            out = stats_cli(f"ipc://{tmp_path}/{name}.ipc", "--json")
+            assert out.returncode == 0, out.stderr
+            return dict(json.loads(out.stdout))
+
+        q = snapshot("ppqueue")
+        qfe, qbe = q["sockets"]["frontend"], q["sockets"]["backend"]
+        assert (qfe["msgs_in"], qfe["msgs_out"]) == (10, 10)
+        assert qbe["msgs_out"] >= 10 and qbe["msgs_in"] >= 11  # READY, replies, heartbeats
+        assert q["queues"]["workers:idle"] == 1 and q["queues"]["workers:busy"] == 0
+        assert q["queues"]["pending"] == 0 and q["queues"]["workers:expired"] == 0
+        w = snapshot("ppworker")["sockets"]["backend"]
+        assert w["msgs_in"] >= 10 and w["msgs_out"] >= 11  # requests (+heartbeats), replies + READY
+        text = stats_cli(f"ipc://{tmp_path}/ppqueue.ipc")
+        assert "workers:idle" in text.stdout, text.stdout
+        assert worker.proc.poll() is None

@@ -33,6 +33,9 @@ from zmq.backend import Socket as _CSocket
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Socket, SocketSpec, type_name
+from ._send import FULL as _FULL
+from ._send import GONE as _GONE
+from ._send import send as send_outcome
 
 __all__ = ["Broker", "envelope_problem"]
 
@@ -42,7 +45,6 @@ __all__ = ["Broker", "envelope_problem"]
 _recv, _send, _get = _CSocket.recv, _CSocket.send, _CSocket.get
 _NB, _NB_MORE, _EVENTS = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE), int(zmq.EVENTS)
 _POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
-_SENT, _FULL, _GONE = 0, 1, 2  # what a non-blocking send did
 # A client that does not read is retried on a timer, not on POLLOUT: a ROUTER
 # with ROUTER_MANDATORY reports POLLOUT when any peer can take a message, so
 # one stuck peer beside a live one would make the loop spin.
@@ -199,20 +201,7 @@ class Broker(Service):
 
         def send(dst: Socket, m: list[Any]) -> int:
             """Send raw: SENT, FULL (dst cannot take it now) or GONE (no such peer)."""
-            rdst = dst.raw
-            try:
-                # EAGAIN (HWM) and EHOSTUNREACH come on the first frame; once
-                # it is taken libzmq accepts the rest of the message.
-                for f in m[:-1]:
-                    _send(rdst, f, _NB_MORE, False)
-                _send(rdst, m[-1], _NB, False)
-            except again:
-                return _FULL
-            except zmq.ZMQError as e:
-                if e.errno != zmq.EHOSTUNREACH:
-                    raise
-                return _GONE
-            return _SENT
+            return send_outcome(dst.raw, m)
 
         def to_backend(m: list[Any]) -> None:
             forwarded["frontend->backend"] += 1

@@ -8,16 +8,23 @@ again until it has received. :class:`LazyPirate` waits for each reply with a
 last try it raises :class:`~greenzmq.errors.RequestTimeout` naming the
 endpoint, the number of tries and the timeout.
 
-Because it speaks plain REQ, it works against anything that answers REQ: the
-tutorial broker's ROUTER frontend, the Paranoid Pirate queue
-(:mod:`greenzmq.patterns.ppp`) and a plain REP server. A retried request may be
-answered twice by the server (at-least-once), so requests should be idempotent;
-the client only ever returns the reply from its current socket, so a late
-reply to an abandoned try is never mistaken for the answer to the next request.
+It speaks what REQ speaks with libzmq's ``ZMQ_REQ_CORRELATE`` on the wire: a
+DEALER sends ``[request id, "", body...]``, so a server sees one more
+envelope frame before the delimiter and sends it back untouched. It works
+against anything that answers REQ: the tutorial broker's ROUTER frontend,
+the Paranoid Pirate queue (:mod:`greenzmq.patterns.ppp`) and a plain REP
+server. A retried request may be answered twice by the server
+(at-least-once), so requests should be idempotent. A reply is returned only
+if it carries the current request's id: a stray, duplicate or forged reply
+is dropped with a logged reason (``lazypirate.stale_reply``), never taken as
+the answer to the next request (libzmq's own REQ_CORRELATE would drop it
+silently).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -129,13 +136,30 @@ class LazyPirate(RetryingClient):
         options: Mapping[int, Any] | None = None,
         name: str = "lazypirate",
     ) -> None:
-        spec = SocketSpec(name, "REQ", connect=(endpoint,), options=dict(options or {}))
+        spec = SocketSpec(name, "DEALER", connect=(endpoint,), options=dict(options or {}))
         super().__init__(endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client=name)
+        #: replies dropped because they did not answer the request in hand
+        self.stale = 0
+        # request ids: 4 bytes like REQ_CORRELATE's, from a random start (a
+        # restarted client does not reuse its predecessor's first ids)
+        self._ids = itertools.count(int.from_bytes(os.urandom(4), "big"))
+        self._rid = b""
 
     def _receive(self, sock: Socket) -> list[bytes]:
         with gevent.Timeout(self.timeout):
-            reply: list[bytes] = sock.recv_multipart()
-            return reply
+            while True:
+                reply: list[bytes] = sock.recv_multipart()
+                if len(reply) >= 2 and reply[0] == self._rid and reply[1] == b"":
+                    return reply[2:]
+                self.stale += 1
+                self.log.warning(
+                    "lazypirate.stale_reply",
+                    endpoint=self.endpoint,
+                    reason="no request id"
+                    if len(reply) < 2 or reply[1] != b""
+                    else "not the request in hand",
+                    frames=len(reply),
+                )
 
     def _timed_out(self, attempt: int) -> None:
         self.log.warning(
@@ -151,8 +175,9 @@ class LazyPirate(RetryingClient):
         msg = [frames] if isinstance(frames, bytes) else list(frames)
         if not msg:
             raise ValueError("a request needs at least one frame")
+        self._rid = (next(self._ids) & 0xFFFFFFFF).to_bytes(4, "big")
         return self._exchange(
-            msg,
+            [self._rid, b"", *msg],
             self._receive,
             f"no reply from {self.endpoint} after {self.retries} "
             f"tr{'y' if self.retries == 1 else 'ies'} of {self.timeout} s each",

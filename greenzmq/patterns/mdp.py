@@ -32,21 +32,25 @@ has no such thing) are held and sent with the FINAL as one reply.
 ``mmi.service`` (body: a service name) answers ``200`` if that service has
 workers, ``404`` if not; other ``mmi.*`` names answer ``501``.
 
-Like the PPP queue, the broker heartbeats every worker, drops a worker silent
-for ``liveness`` intervals (``busy_timeout`` while it holds a request, since
-zguide and majortomo workers do not heartbeat while working), drops a worker
-it cannot reach (EHOSTUNREACH) and gives the request to the next one, and
-acknowledges a worker's DISCONNECT with DISCONNECT. Every malformed message is
-logged as a drop with its reason. Stopping, it refuses new requests (a logged
-drop, "broker stopping") and forwards the replies of busy workers for up to
-``drain_timeout`` seconds.
+The broker is a codec over the engine the PPP queue uses too
+(:mod:`greenzmq.patterns._engine`). It heartbeats every worker, drops a
+worker silent for ``liveness`` intervals (``busy_timeout`` while it holds a
+request, since zguide and majortomo workers do not heartbeat while working,
+unless the worker has been heard heartbeating while busy, as greenzmq's
+workers do), drops a worker it cannot reach (EHOSTUNREACH), and acknowledges
+a worker's DISCONNECT with DISCONNECT. A request held by a worker that is
+dropped or leaves (even one handed over with its last reply, just before its
+DISCONNECT) goes back to the front of the queue for the next worker. An
+expired worker that speaks again is taken back. Requests are queued per
+client and served round-robin, so one flooding client cannot starve the
+others. Every malformed message is logged as a drop with its reason.
+Stopping, it refuses new requests (a logged drop, "broker stopping") and
+forwards the replies of busy workers for up to ``drain_timeout`` seconds.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,8 +61,10 @@ from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, with_maxmsgsize
 from ..core.tracing import SocketTracer
+from ._engine import Engine, Job, Worker
+from ._send import FULL, SENT, more_waiting, recv_bytes, send
+from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
 from .lazypirate import RetryingClient
-from .ppp import Handler, HeartbeatWorker, Parsed, PPPWorkerService
 
 __all__ = [
     "C_CLIENT01",
@@ -101,34 +107,17 @@ def _version(v: int | str) -> int:
     return n
 
 
-@dataclasses.dataclass
-class _Job:
-    client: bytes
-    version: int
-    service: bytes
-    body: list[bytes]
-
-
-@dataclasses.dataclass
-class _Worker:
-    id: bytes
-    service: bytes
-    version: int
-    expiry: float
-    job: _Job | None = None
-    partials: list[bytes] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class _Service:
-    name: bytes
-    requests: deque[_Job] = dataclasses.field(default_factory=deque)
-    idle: OrderedDict[bytes, None] = dataclasses.field(default_factory=OrderedDict)
-    workers: set[bytes] = dataclasses.field(default_factory=set)
-
-
 class MDPBroker(Service):
-    """The Majordomo broker (see the module docstring). Sockets: ``broker`` ROUTER, ``kill``."""
+    """The Majordomo broker (see the module docstring). Sockets: ``broker`` ROUTER, ``kill``.
+
+    A codec over :class:`~greenzmq.patterns._engine.Engine`. Requests are
+    queued per client and served round-robin between clients; a service
+    queue at ``max_queue`` makes room by dropping the newest request of the
+    client with the most queued (``client_queue`` caps one client; None: no
+    cap but ``max_queue``), so a flooding client cannot starve the others. A
+    request held by a worker that leaves, dies or hangs goes to the next
+    worker, and an expired worker that speaks again is taken back.
+    """
 
     name = "majordomo"
     batch = 256
@@ -141,6 +130,7 @@ class MDPBroker(Service):
         liveness: int = 3,
         busy_timeout: float = 900.0,
         max_queue: int = 10000,
+        client_queue: int | None = None,
         max_services: int = 10000,
         maxmsgsize: int = -1,
         drain_timeout: float = 5.0,
@@ -149,16 +139,17 @@ class MDPBroker(Service):
         specs = with_maxmsgsize(self.specs, maxmsgsize, lambda s: s.name == "broker")
         super().__init__(name=name, specs=specs)
         self.heartbeat, self.liveness, self.busy_timeout = heartbeat, liveness, busy_timeout
-        self.max_queue, self.max_services = max_queue, max_services
+        self.max_queue, self.client_queue = max_queue, client_queue
+        self.max_services = max_services
         #: seconds a stopping broker keeps forwarding replies from busy workers
         self.drain_timeout = min(drain_timeout, self.graceful_timeout)
         self._draining = False
-        self.services: dict[bytes, _Service] = {}
-        self.workers: dict[bytes, _Worker] = {}
         self.drops: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
+        self.engine: Engine | None = None
         self._poller: GreenPoller | None = None
-        self._sock: Socket | None = None
+        self._raw: Any = None
+        self._count = self.stats.socket("broker")
         self._tr: SocketTracer | None = None
 
     def on_stop(self) -> None:
@@ -167,121 +158,79 @@ class MDPBroker(Service):
             self._poller.wake()
 
     # -- sending ------------------------------------------------------------
-    def _send(self, msg: list[bytes]) -> bool:
-        """Send raw; False (and a logged drop) if the peer is gone or full."""
-        assert self._sock is not None and self._tr is not None
-        try:
-            self._sock.raw.send_multipart(msg, zmq.NOBLOCK)
-        except zmq.Again:
-            self._drop(msg, "peer full")
-            return False
-        except zmq.ZMQError as e:
-            if e.errno != zmq.EHOSTUNREACH:
-                raise
-            self._drop(msg, "unknown peer")
-            return False
-        if self._tr.on:
-            self._tr.hop("send", msg)
-        return True
+    def _send(self, msg: list[bytes], *, log_drop: bool = True) -> int:
+        """Send raw: SENT, FULL or GONE (a logged drop unless ``log_drop`` is False)."""
+        assert self._tr is not None
+        outcome = send(self._raw, msg)
+        if outcome == SENT:
+            self._count.add_out(1)
+            if self._tr.on:
+                self._tr.hop("send", msg)
+        elif log_drop:
+            self._drop(msg, "peer full" if outcome == FULL else "unknown peer")
+        return outcome
 
     def _drop(self, frames: list[bytes], reason: str) -> None:
         assert self._tr is not None
         self.drops[reason] += 1
+        self.stats.socket("broker").drop(reason)
         self._tr.drop(frames, reason)
 
-    def _to_client(self, job: _Job, body: list[bytes], partial: bool = False) -> None:
+    def _to_client(self, job: Job, body: list[bytes], partial: bool = False) -> None:
         if job.version == 1:
             msg = [job.client, b"", C_CLIENT01, job.service, *body]
         else:
             msg = [job.client, b"", C_CLIENT02, PARTIAL02 if partial else FINAL02, *body]
-        if self._send(msg) and not partial:
+        if self._send(msg) == SENT and not partial:
             self.counts["replies"] += 1
 
-    def _to_worker(self, w: _Worker, command: bytes, *frames: bytes) -> bool:
-        return self._send([w.id, b"", _WORKER_HEADER[w.version], command, *frames])
+    # -- the codec the engine sends through ----------------------------------
+    def send_request(self, w: Worker, job: Job) -> int:
+        """Hand ``job`` to worker ``w`` (a failure is not a drop: the engine requeues it)."""
+        msg = [w.id, b"", _WORKER_HEADER[w.version], REQUEST, job.client, b"", *job.body]
+        return self._send(msg, log_drop=False)
+
+    def send_heartbeat(self, w: Worker) -> int:
+        """Heartbeat worker ``w``."""
+        return self._send([w.id, b"", _WORKER_HEADER[w.version], _HEARTBEAT[w.version]])
+
+    def send_disconnect(self, w: Worker) -> None:
+        """Tell worker ``w`` it is forgotten (or acknowledge its leaving)."""
+        self._send([w.id, b"", _WORKER_HEADER[w.version], _DISCONNECT[w.version]])
+
+    def drop_job(self, job: Job, reason: str) -> None:
+        """Log a queued request the engine dropped."""
+        self._drop([job.client, b"", _CLIENT_HEADER[job.version], job.service, *job.body], reason)
 
     # -- workers ------------------------------------------------------------
-    def _service(self, name: bytes) -> _Service | None:
-        svc = self.services.get(name)
-        if svc is None:
-            if len(self.services) >= self.max_services:
-                return None
-            svc = self.services[name] = _Service(name)
-        return svc
-
-    def _forget(self, wid: bytes, why: str, *, tell: bool = False) -> None:
-        w = self.workers.pop(wid, None)
-        if w is None:
-            return
-        svc = self.services.get(w.service)
-        if svc is not None:
-            svc.idle.pop(wid, None)
-            svc.workers.discard(wid)
-            self._tidy(svc)
-        if tell:
-            self._to_worker(w, _DISCONNECT[w.version])
-        self.counts[f"workers {why}"] += 1
-        self.log.info(
-            "mdp.worker_lost" if why != "left" else "mdp.worker_left",
-            worker=wid.hex(),
-            mdp_service=w.service.decode(errors="replace"),
-            why=why,
-            lost_request=w.job is not None,
-        )
-
-    def _tidy(self, svc: _Service) -> None:
-        if not svc.workers and not svc.requests:
-            self.services.pop(svc.name, None)
-
-    def _idle(self, w: _Worker) -> None:
-        w.job = None
-        w.partials = []
-        w.expiry = time.monotonic() + self.heartbeat * self.liveness
-        svc = self.services.get(w.service)
-        if svc is not None:
-            svc.idle[w.id] = None
-            self._dispatch(svc)
-
-    def _dispatch(self, svc: _Service) -> None:
-        while svc.requests and svc.idle:
-            wid, _ = svc.idle.popitem(last=False)
-            w = self.workers[wid]
-            job = svc.requests.popleft()
-            if self._to_worker(w, REQUEST, job.client, b"", *job.body):
-                w.job = job
-                w.expiry = time.monotonic() + self.busy_timeout
-            else:
-                svc.requests.appendleft(job)  # to the next worker
-                self._forget(wid, "unreachable")
-        self._tidy(svc)
-
     def _from_worker(self, m: list[bytes], version: int) -> None:
+        eng = self.engine
+        assert eng is not None
         wid, cmd, rest = m[0], m[3], m[4:]
-        w = self.workers.get(wid)
         if cmd == READY:
-            if w is not None:
+            if wid in eng.workers:
                 self._drop(m, "READY from a registered worker")
-                self._forget(wid, "protocol error", tell=True)
+                eng.forget(wid, "protocol error", tell=True)
             elif len(rest) != 1 or not rest[0]:
                 self._drop(m, "READY without a service name")
             elif rest[0].startswith(b"mmi."):
                 self._drop(m, "READY for a reserved mmi. service")
                 self._send([wid, b"", _WORKER_HEADER[version], _DISCONNECT[version]])
             else:
-                svc = self._service(rest[0])
-                if svc is None:
+                pool = eng.pool(rest[0])
+                if pool is None:
                     self._drop(m, "too many services")
                     return
-                w = self.workers[wid] = _Worker(wid, rest[0], version, 0.0)
-                svc.workers.add(wid)
                 self.log.info(
                     "mdp.worker_ready",
                     worker=wid.hex(),
                     version=f"0.{version}",
                     mdp_service=rest[0].decode(errors="replace"),
                 )
-                self._idle(w)
+                eng.ready(wid, pool, version)
             return
+        beat = cmd == _HEARTBEAT[version]
+        w = eng.heard(wid, beat)
         if w is None:
             self._drop(m, "command from an unregistered worker")
             if cmd != _DISCONNECT[version]:
@@ -290,14 +239,11 @@ class MDPBroker(Service):
         if w.version != version:
             self._drop(m, "worker changed protocol version")
             return
-        if cmd == _HEARTBEAT[version]:
-            if w.job is None:
-                w.expiry = time.monotonic() + self.heartbeat * self.liveness
-            else:
-                w.expiry = time.monotonic() + max(self.busy_timeout, self.heartbeat * self.liveness)
+        if beat:
             return
         if cmd == _DISCONNECT[version]:
-            self._forget(wid, "left", tell=True)  # the DISCONNECT back says "nothing more"
+            # the DISCONNECT back says "nothing more"; a request it held goes on
+            eng.forget(wid, "left", tell=True)
             return
         is_reply = cmd == REPLY01 if version == 1 else cmd in (PARTIAL02, FINAL02)
         if not is_reply:
@@ -316,13 +262,14 @@ class MDPBroker(Service):
                 self._to_client(job, body, partial=True)
             else:
                 w.partials.extend(body)  # 0.1 clients get it all in one reply
-            w.expiry = time.monotonic() + self.busy_timeout
             return
         self._to_client(job, [*w.partials, *body])
-        self._idle(w)
+        eng.done(w)
 
     # -- clients ------------------------------------------------------------
     def _from_client(self, m: list[bytes], version: int) -> None:
+        eng = self.engine
+        assert eng is not None
         if self._draining:
             self._drop(m, "broker stopping")
             return
@@ -340,26 +287,24 @@ class MDPBroker(Service):
         if version == 2 and not body:
             self._drop(m, "request without a body")
             return
-        job = _Job(m[0], version, service, body)
+        job = Job(m[0], service, body, version)
         self.counts["requests"] += 1
         if service.startswith(b"mmi."):
             if service == b"mmi.service":
-                known = body and self.services.get(body[0])
+                known = body and eng.pools.get(body[0])
                 code = b"200" if known and known.workers else b"404"
             else:
                 code = b"501"
             self._to_client(job, [code])
             return
-        svc = self._service(service)
-        if svc is None:
+        pool = eng.pool(service)
+        if pool is None:
             self._drop(m, "too many services")
             return
-        if len(svc.requests) >= self.max_queue:
-            self._drop(m, "service queue full")
-            self._tidy(svc)
-            return
-        svc.requests.append(job)
-        self._dispatch(svc)
+        reason = eng.submit(pool, job)
+        if reason is not None:
+            self._drop(m, reason)
+            eng.tidy(pool)
 
     def _handle(self, m: list[bytes]) -> None:
         if len(m) < 4:
@@ -379,50 +324,61 @@ class MDPBroker(Service):
 
     def run(self) -> None:
         """Serve clients and workers until stopped."""
-        sock = self._sock = self.socks["broker"]
+        sock = self.socks["broker"]
         sock.claim()
         assert self.tracer is not None
         self._tr = tr = self.tracer.for_socket("broker", "ROUTER")
+        raw = self._raw = sock.raw
+        count = self.stats.socket("broker")
+        eng = self.engine = Engine(
+            self,
+            self.log,
+            "mdp",
+            heartbeat=self.heartbeat,
+            liveness=self.liveness,
+            busy_timeout=self.busy_timeout,
+            max_queue=self.max_queue,
+            client_queue=self.client_queue,
+            max_services=self.max_services,
+            tell_expired=True,
+            service_key="mdp_service",
+            counts=self.counts,
+            confirm=False,  # majortomo's and the zguide's workers heartbeat at their own pace
+        )
+        eng.watch(self.stats)
         poller = self._poller = GreenPoller()
         poller.register(sock, zmq.POLLIN)
-        raw, nb, again = sock.raw, zmq.NOBLOCK, zmq.Again
-        next_hb = time.monotonic() + self.heartbeat
-        drain_until: float | None = None
-        while True:
-            if self.stopping.is_set():
-                # graceful stop: refuse new requests, forward the replies of busy workers
-                busy = sum(w.job is not None for w in self.workers.values())
-                if drain_until is None:
-                    drain_until = time.monotonic() + self.drain_timeout
-                    self._draining = True
-                    self.log.info("mdp.draining", busy=busy)
-                if not busy or time.monotonic() >= drain_until:
+        again, batch = zmq.Again, self.batch
+
+        def read(_sock: Any) -> None:
+            n = 0
+            while n < batch:
+                if n == 1 and not more_waiting(raw):
+                    break  # the usual wake-up brings one message: no EAGAIN exception
+                try:
+                    m = recv_bytes(raw)
+                except again:
                     break
-            wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
-            if poller.poll(max(0, int((wake_at - time.monotonic()) * 1000))):
-                for _ in range(self.batch):
-                    try:
-                        m = raw.recv_multipart(nb)
-                    except again:
-                        break
-                    if tr.on:
-                        tr.hop("recv", m)
-                    self._handle(m)
-            now = time.monotonic()
-            if now >= next_hb:
-                next_hb = now + self.heartbeat
-                for w in list(self.workers.values()):
-                    if w.expiry < now:
-                        self._forget(w.id, "expired", tell=True)
-                    elif not self._to_worker(w, _HEARTBEAT[w.version]):
-                        self._forget(w.id, "unreachable")
+                n += 1
+                if tr.on:
+                    tr.hop("recv", m)
+                self._handle(m)
+            count.add_in(n)
+
+        def on_drain() -> None:
+            # graceful stop: refuse new requests, forward the replies of busy workers
+            self._draining = True
+            self.log.info("mdp.draining", busy=eng.busy())
+
+        eng.loop(poller, self.stopping, self.drain_timeout, read,
+                 in_flight=eng.busy, on_drain=on_drain)  # fmt: skip
         poller.close_watchers()
         self.log.info(
             "mdp.stats",
             counts=dict(self.counts),
             drops=dict(self.drops),
-            workers=len(self.workers),
-            queued=sum(len(s.requests) for s in self.services.values()),
+            workers=len(eng.workers),
+            queued=eng.queued(),
         )
 
 
@@ -491,7 +447,7 @@ class MDPClient(RetryingClient):
 
 
 class MDPWorker(HeartbeatWorker):
-    """A Majordomo worker (0.1 or 0.2) on the heartbeating loop of :mod:`greenzmq.patterns.ppp`."""
+    """A Majordomo worker (0.1 or 0.2) on the heartbeat loop of :mod:`greenzmq.patterns._worker`."""
 
     kind = "mdpworker"
 
@@ -531,7 +487,7 @@ class MDPWorker(HeartbeatWorker):
         return "unknown broker command"
 
 
-class MDPWorkerService(PPPWorkerService):
+class MDPWorkerService(HeartbeatWorkerService):
     """A service around one :class:`MDPWorker`: sockets ``broker`` (DEALER) and ``kill``.
 
     ``app = MDPWorkerService("echo", lambda body: body)`` is a complete worker.

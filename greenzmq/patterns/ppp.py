@@ -6,15 +6,23 @@ be busy or dead. Here workers announce themselves instead:
 * A worker's DEALER sends ``READY`` (``0x01``) once, then ``HEARTBEAT``
   (``0x02``) every ``heartbeat`` seconds, and replies as
   ``[client envelope..., b"", body...]``.
-* :class:`PPPQueue` (frontend ROUTER, backend ROUTER) gives each request to
-  the worker that has been idle longest (LRU), only to idle, live workers;
-  it heartbeats every worker; a worker silent for ``liveness`` intervals is
-  dropped. A send to a worker that has gone (EHOSTUNREACH, with
-  ROUTER_MANDATORY) drops that worker at once and the request goes to the
-  next one, so it is not lost. While no worker is idle the queue does not
-  read the frontend: requests wait in libzmq's queue (backpressure).
+* :class:`PPPQueue` (frontend ROUTER, backend ROUTER) is a codec over the
+  engine the Majordomo broker uses too (:mod:`greenzmq.patterns._engine`,
+  one anonymous service). It gives each request to the worker that has been
+  idle longest (LRU), only to idle, live workers; it heartbeats every
+  worker; a worker silent for ``liveness`` intervals, busy or not, is
+  dropped and the request it held goes to the next worker. A send to a
+  worker that has gone (EHOSTUNREACH, with ROUTER_MANDATORY) drops that
+  worker at once and the request goes to the next one, so it is not lost.
+  An expired worker that speaks again is taken back at once (with its
+  request, if nobody took it meanwhile); a reply is forwarded only from the
+  worker holding that client's request (a logged drop otherwise); a worker
+  heard only through a READY over one heartbeat old gets no request. While
+  no worker is idle the queue does not read the frontend: requests wait in
+  libzmq's queue (backpressure).
 * A worker that hears nothing for ``liveness`` intervals closes its socket
-  and reconnects on a fresh one after a backoff that doubles up to
+  at once (linger 0: nothing it queued reaches a restarted queue later) and
+  reconnects on a fresh one after a backoff that doubles up to
   ``reconnect_max`` (rule 9).
 * Stopping (SIGTERM, kill switch), the queue reads no new requests but
   still hands out the ones it holds and forwards replies, for up to
@@ -36,20 +44,18 @@ heartbeating, so a slow handler is not mistaken for a dead worker.
 
 from __future__ import annotations
 
-import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
 from typing import Any
 
-import gevent
-import gevent.event
-import gevent.pool
 import zmq
 
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
-from ..core.sockets import Context, Socket, SocketSpec, apply_endpoints, with_maxmsgsize
-from ..core.tracing import SocketTracer, Tracer, get_logger
+from ..core.sockets import SocketSpec, with_maxmsgsize
+from ..core.tracing import SocketTracer
+from ._engine import Engine, Job, Worker
+from ._send import FULL, SENT, more_waiting, recv_bytes, send
+from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
 from .broker import envelope_problem
 
 __all__ = [
@@ -69,236 +75,6 @@ DISCONNECT = b"\x03"  # greenzmq extension: "I am leaving" / "noted, nothing mor
 
 FRONTEND = "tcp://127.0.0.1:5555"
 BACKEND = "tcp://127.0.0.1:5556"
-
-Handler = Callable[[list[bytes]], Sequence[bytes]]
-"""A worker's job: request body frames in, reply body frames out."""
-
-# what a worker protocol's parse() returns: (kind, reply envelope, body) or a drop reason
-Parsed = tuple[str, list[bytes], list[bytes]]
-
-
-class HeartbeatWorker:
-    """The worker side of a heartbeated protocol (PPP here, MDP in :mod:`greenzmq.patterns.mdp`).
-
-    One greenlet (the one calling :meth:`run`) owns the DEALER socket and
-    waits on a :class:`~greenzmq.core.poller.GreenPoller`; the handler runs in a
-    second greenlet and hands its reply back through a deque plus
-    :meth:`GreenPoller.wake` (rule 1). Subclasses say what the frames are.
-    """
-
-    kind = "worker"
-    batch = 256  # messages read per wake-up at most, like the queues
-
-    def __init__(
-        self,
-        ctx: Context,
-        spec: SocketSpec,
-        handler: Handler,
-        *,
-        heartbeat: float = 1.0,
-        liveness: int = 3,
-        reconnect: float = 1.0,
-        reconnect_max: float = 32.0,
-        sock: Socket | None = None,
-        on_socket: Callable[[Socket], None] | None = None,
-        on_answer: Callable[[], Any] | None = None,
-        tracer: Tracer | None = None,
-    ) -> None:
-        if heartbeat <= 0 or liveness < 1:
-            raise ValueError("heartbeat must be positive and liveness at least 1")
-        self.ctx, self.spec, self.handler = ctx, spec, handler
-        self.heartbeat, self.liveness = heartbeat, liveness
-        self.reconnect, self.reconnect_max = reconnect, reconnect_max
-        self.sock = sock
-        self.on_socket = on_socket
-        self.on_answer = on_answer
-        self.tracer = tracer or Tracer()
-        self.trace: SocketTracer = self.tracer.for_socket(spec.name, "DEALER")
-        self.log = get_logger(socket=spec.name, role=self.kind)
-        self.poller = GreenPoller()
-        self.answered = 0
-        self.reconnects = 0
-        self._stopping = False
-        self._acked = False
-        self._wake = gevent.event.Event()
-        # (envelope, frames, the request's hop key: the reply's reply_to when traced)
-        self._done: deque[tuple[list[bytes], list[bytes], str | None]] = deque()
-        self._backlog: deque[tuple[list[bytes], list[bytes], str | None]] = deque()
-        self._busy: gevent.Greenlet[..., Any] | None = None
-        self._group = gevent.pool.Group()
-        self._heard = time.monotonic()
-        self._alive = False  # heard the peer since the last reconnect: backoff starts over
-
-    # -- protocol: subclasses define the frames ----------------------------
-    def ready_msg(self) -> list[bytes]:
-        """The first message on a fresh socket."""
-        raise NotImplementedError
-
-    def heartbeat_msg(self) -> list[bytes]:
-        """The heartbeat."""
-        raise NotImplementedError
-
-    def disconnect_msg(self) -> list[bytes] | None:
-        """What to send when leaving (None: nothing)."""
-        return None
-
-    def reply_msg(self, envelope: list[bytes], body: list[bytes]) -> list[bytes]:
-        """The reply to a request that came with ``envelope``."""
-        raise NotImplementedError
-
-    def parse(self, frames: list[bytes]) -> Parsed | str:
-        """``(kind, envelope, body)`` (request/heartbeat/disconnect/ack) or a drop reason."""
-        raise NotImplementedError
-
-    # -- control -----------------------------------------------------------
-    def stop(self) -> None:
-        """Finish the request in hand, say goodbye, return from run(). Any greenlet may call it."""
-        self._stopping = True
-        self._wake.set()
-        self.poller.wake()
-
-    @property
-    def busy(self) -> bool:
-        """True while a request is being handled."""
-        return self._busy is not None
-
-    def _send(self, msg: list[bytes]) -> bool:
-        assert self.sock is not None
-        try:
-            self.sock.raw.send_multipart(msg, zmq.NOBLOCK)
-        except zmq.Again:
-            return False  # no peer (queue gone, not yet reconnected)
-        return True
-
-    def _connect(self) -> None:
-        if self.sock is not None:
-            if self.sock in dict(self.poller.sockets):
-                self.poller.unregister(self.sock)
-            self.sock.close(linger=0)
-        self.sock = self.ctx.build(self.spec)
-        self._attach()
-
-    def _attach(self) -> None:
-        assert self.sock is not None
-        self.sock.claim()
-        self.poller.register(self.sock, zmq.POLLIN)
-        if self.on_socket is not None:
-            self.on_socket(self.sock)
-        self._heard = time.monotonic()
-        # a fresh DEALER queues the message until the TCP connection is up
-        self._send(self.ready_msg())
-
-    def _work(self, envelope: list[bytes], body: list[bytes], key: str | None) -> None:
-        try:
-            reply = [bytes(f) for f in self.handler(body)]
-        except Exception as e:
-            self.log.error("worker.handler_failed", error=repr(e))
-            reply = [b"error: " + type(e).__name__.encode()]
-        self._done.append((envelope, reply, key))
-        self.poller.wake()
-
-    def _start(self, envelope: list[bytes], body: list[bytes], key: str | None) -> None:
-        if self._busy is not None:
-            self._backlog.append((envelope, body, key))  # only after a queue restart
-            return
-        self._busy = self._group.spawn(self._work, envelope, body, key)
-
-    def _flush(self) -> None:
-        while self._done:
-            envelope, reply, key = self._done.popleft()
-            msg = self.reply_msg(envelope, reply)
-            if self._send(msg):
-                self.answered += 1
-                if self.on_answer is not None:
-                    self.on_answer()
-                if self.trace.on:
-                    self.trace.hop("send", msg, reply_to=key)
-            else:
-                self.trace.drop(msg, "queue not reachable")
-            self._busy = None
-            if self._backlog:
-                self._start(*self._backlog.popleft())
-
-    def _drain(self) -> None:
-        assert self.sock is not None
-        raw = self.sock.raw
-        for _ in range(self.batch):
-            try:
-                frames = raw.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._heard = time.monotonic()
-            self._alive = True
-            parsed = self.parse(frames)
-            if isinstance(parsed, str):
-                self.trace.drop(frames, parsed)
-                continue
-            kind, envelope, body = parsed
-            if kind == "request":
-                key = self.trace.hop("recv", frames) if self.trace.on else None
-                self._start(envelope, body, key)
-            elif kind == "ack":
-                self._acked = True
-            elif kind == "disconnect":
-                # the broker forgot us (MDP): start again on a fresh socket
-                self.log.info("worker.disconnected_by_peer")
-                self._heard = 0.0
-
-    def run(self) -> None:
-        """Serve until :meth:`stop`; in-flight work is answered before this returns."""
-        if self.sock is None:
-            self._connect()
-        else:
-            self._attach()
-        backoff = self.reconnect
-        hb, patience = self.heartbeat, self.heartbeat * self.liveness
-        next_hb = time.monotonic() + hb
-        leaving_since: float | None = None
-        try:
-            while True:
-                now = time.monotonic()
-                if self._stopping and self._busy is None and not self._done:
-                    if leaving_since is None:
-                        bye = self.disconnect_msg()
-                        if bye is None or not self._send(bye):
-                            break
-                        leaving_since = now
-                    elif self._acked or now - leaving_since >= patience:
-                        break
-                wait = next_hb - now
-                if leaving_since is not None:
-                    wait = min(wait, leaving_since + patience - now)
-                self.poller.poll(max(0, int(wait * 1000)))
-                self._flush()
-                self._drain()
-                self._flush()
-                now = time.monotonic()
-                if now >= next_hb:
-                    self._send(self.heartbeat_msg())
-                    next_hb = now + hb
-                if now - self._heard > patience and leaving_since is None:
-                    if self._stopping and self._busy is None:
-                        break
-                    self.log.warning(
-                        "worker.peer_lost",
-                        silent_for=round(now - self._heard, 3),
-                        reconnect_in=backoff,
-                    )
-                    self._wake.clear()
-                    if not self._stopping:
-                        self._wake.wait(backoff)
-                    backoff = min(backoff * 2, self.reconnect_max)
-                    self.reconnects += 1
-                    self._connect()
-                    next_hb = time.monotonic() + hb
-                elif self._alive:
-                    self._alive = False
-                    backoff = self.reconnect
-        finally:
-            self._group.kill(block=True)
-            if self.sock is not None:
-                self.poller.close_watchers()
-        self.log.info("worker.done", answered=self.answered, reconnects=self.reconnects)
 
 
 class PPPWorker(HeartbeatWorker):
@@ -335,82 +111,27 @@ class PPPWorker(HeartbeatWorker):
         return "no envelope delimiter"
 
 
-class PPPWorkerService(Service):
-    """A service around one :class:`PPPWorker`: sockets ``backend`` (DEALER) and ``kill``."""
+class PPPWorkerService(HeartbeatWorkerService):
+    """A service around one :class:`PPPWorker`: sockets ``backend`` (DEALER) and ``kill``.
+
+    ``PPPWorkerService(handler, endpoint=..., heartbeat=..., liveness=...,
+    reconnect=..., reconnect_max=..., options=..., name=..., socket=...)``.
+    """
 
     name = "ppworker"
-    worker_class: type[HeartbeatWorker] = PPPWorker
-
-    def __init__(
-        self,
-        handler: Handler,
-        *,
-        endpoint: str = BACKEND,
-        heartbeat: float = 1.0,
-        liveness: int = 3,
-        reconnect: float = 1.0,
-        reconnect_max: float = 32.0,
-        options: Mapping[int, Any] | None = None,
-        name: str | None = None,
-        socket: str = "backend",
-    ) -> None:
-        super().__init__(
-            name=name,
-            specs=(
-                SocketSpec(socket, "DEALER", connect=(endpoint,), options=dict(options or {})),
-                kill_spec(),
-            ),
-        )
-        self.socket_name = socket
-        self.handler = handler
-        self.worker_args: dict[str, Any] = {
-            "heartbeat": heartbeat,
-            "liveness": liveness,
-            "reconnect": reconnect,
-            "reconnect_max": reconnect_max,
-        }
-        self.worker: HeartbeatWorker | None = None
-        self._resolved: dict[str, SocketSpec] = {}
-
-    def open(self, endpoints: Mapping[str, str] | None = None) -> None:
-        """Keep the resolved specs: a reconnect builds a fresh socket from them."""
-        self._resolved = {s.name: s for s in apply_endpoints(self.specs, endpoints or {})}
-        super().open(endpoints)
-
-    def make_worker(self, **extra: Any) -> HeartbeatWorker:
-        """The worker object; ``extra`` goes to the worker class (MDP: service, version)."""
-        assert self.ctx is not None
-        name = self.socket_name
-        return self.worker_class(
-            self.ctx,
-            self._resolved[name],
-            self.handler,
-            sock=self.socks[name],
-            on_socket=self._on_socket,
-            on_answer=self.request_done,
-            tracer=self.tracer,
-            **self.worker_args,
-            **extra,
-        )
-
-    def _on_socket(self, sock: Socket) -> None:
-        self.socks[self.socket_name] = sock  # close() closes the current socket
-
-    def on_stop(self) -> None:
-        """Let the worker finish its request and leave."""
-        if self.worker is not None:
-            self.worker.stop()
-
-    def run(self) -> None:
-        """Serve until stopped."""
-        self.worker = self.make_worker()
-        if self.stopping.is_set():
-            self.worker.stop()
-        self.worker.run()
+    worker_class = PPPWorker
+    default_endpoint = BACKEND
+    default_socket = "backend"
 
 
 class PPPQueue(Service):
-    """The Paranoid Pirate queue; see the module docstring. Sockets: frontend, backend, kill."""
+    """The Paranoid Pirate queue; see the module docstring. Sockets: frontend, backend, kill.
+
+    A codec over :class:`~greenzmq.patterns._engine.Engine` with one anonymous
+    service: a reply is forwarded only from the worker holding that client's
+    request, a request held by a worker that leaves or dies goes to the next
+    one, and an expired worker that speaks again is taken back.
+    """
 
     name = "ppqueue"
     batch = 256
@@ -436,19 +157,44 @@ class PPPQueue(Service):
         self.drain_timeout = min(drain_timeout, self.graceful_timeout)
         self.drops: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
-        self.idle: OrderedDict[bytes, float] = OrderedDict()  # worker -> expiry, LRU first
-        self.busy: dict[bytes, float] = {}
-        self.pending: deque[list[bytes]] = deque()
+        self.engine: Engine | None = None
         self._poller: GreenPoller | None = None
+        self._be_raw: Any = None
+        self._be_tr: SocketTracer | None = None
+        self._trs: dict[str, SocketTracer] = {}
 
     def on_stop(self) -> None:
         """Wake the poll so the loop sees the stop."""
         if self._poller is not None:
             self._poller.wake()
 
-    def _drop(self, tr: SocketTracer, frames: list[bytes], reason: str) -> None:
+    def _drop(self, sock: str, frames: list[bytes], reason: str) -> None:
         self.drops[reason] += 1
-        tr.drop(frames, reason)
+        self.stats.socket(sock).drop(reason)
+        self._trs[sock].drop(frames, reason)
+
+    # -- the codec the engine sends through ----------------------------------
+    def send_request(self, w: Worker, job: Job) -> int:
+        """Hand ``job`` (the client's whole request) to worker ``w``."""
+        msg = [w.id, *job.body]
+        outcome = send(self._be_raw, msg)
+        if outcome == SENT:
+            self.stats.socket("backend").add_out(1)
+            if self._be_tr is not None and self._be_tr.on:
+                self._be_tr.hop("forward", job.body, dest=w.id.hex())
+        return outcome
+
+    def send_heartbeat(self, w: Worker) -> int:
+        """Heartbeat worker ``w``."""
+        return send(self._be_raw, [w.id, HEARTBEAT])
+
+    def send_disconnect(self, w: Worker) -> None:
+        """Acknowledge (or order) a worker's leaving."""
+        send(self._be_raw, [w.id, DISCONNECT])
+
+    def drop_job(self, job: Job, reason: str) -> None:
+        """Log a queued request the engine dropped."""
+        self._drop("frontend", job.body, reason)
 
     def run(self) -> None:
         """Route requests to idle live workers and replies back, until stopped."""
@@ -457,155 +203,120 @@ class PPPQueue(Service):
         be.claim()
         assert self.tracer is not None
         fe_tr = self.tracer.for_socket("frontend", "ROUTER")
-        be_tr = self.tracer.for_socket("backend", "ROUTER")
+        be_tr = self._be_tr = self.tracer.for_socket("backend", "ROUTER")
+        self._trs = {"frontend": fe_tr, "backend": be_tr}
+        fe_raw: Any = fe.raw
+        be_raw: Any = be.raw
+        self._be_raw = be_raw
+        fe_count, be_count = self.stats.socket("frontend"), self.stats.socket("backend")
+        eng = self.engine = Engine(
+            self, self.log, "ppqueue", heartbeat=self.heartbeat, liveness=self.liveness,
+            counts=self.counts,
+        )  # fmt: skip
+        eng.watch(self.stats)
+        pool = eng.pool(b"", pinned=True)
+        assert pool is not None
         poller = self._poller = GreenPoller()
         poller.register(be, zmq.POLLIN)
         fe_on = False
-        idle, busy, pending = self.idle, self.busy, self.pending
-        hb = self.heartbeat
-        patience = hb * self.liveness
-        nb, again = zmq.NOBLOCK, zmq.Again
+        again = zmq.Again
         log = self.log
-
-        def forget(wid: bytes, why: str) -> None:
-            idle.pop(wid, None)
-            busy.pop(wid, None)
-            self.counts[f"workers {why}"] += 1
-            log.warning("ppqueue.worker_lost", worker=wid.hex(), why=why)
-
-        def dispatch(m: list[bytes]) -> bool:
-            """Send a request to the LRU idle worker; False if none is left."""
-            while idle:
-                wid, _ = idle.popitem(last=False)
-                try:
-                    be.raw.send_multipart([wid, *m], nb)
-                except again:
-                    forget(wid, "full")  # an idle worker that cannot take one message
-                    continue
-                except zmq.ZMQError as e:
-                    if e.errno != zmq.EHOSTUNREACH:
-                        raise
-                    forget(wid, "unreachable")  # the request goes to the next worker
-                    continue
-                busy[wid] = time.monotonic() + patience
-                if be_tr.on:
-                    be_tr.hop("forward", m, dest=wid.hex())
-                return True
-            return False
 
         def from_backend(m: list[bytes]) -> None:
             if len(m) < 2:
-                self._drop(be_tr, m, "no worker frames")
+                self._drop("backend", m, "no worker frames")
                 return
-            wid, expiry = m[0], time.monotonic() + patience
+            wid = m[0]
             if len(m) == 2:
                 cmd = m[1]
                 if cmd == READY:
-                    if wid not in idle and wid not in busy:
+                    # a fresh start on the same socket: a request it held goes on
+                    if not eng.forget(wid, "ready again"):
                         log.info("ppqueue.worker_ready", worker=wid.hex())
-                    busy.pop(wid, None)
-                    idle.pop(wid, None)
-                    idle[wid] = expiry
+                    eng.ready(wid, pool)
                 elif cmd == HEARTBEAT:
-                    if wid in idle:
-                        idle[wid] = expiry  # keeps its LRU place
-                    elif wid in busy:
-                        busy[wid] = expiry
-                    else:
-                        self._drop(be_tr, m, "heartbeat from unknown worker")
+                    if eng.heard(wid, beat=True) is None:
+                        self._drop("backend", m, "heartbeat from unknown worker")
                 elif cmd == DISCONNECT:
-                    idle.pop(wid, None)
-                    busy.pop(wid, None)
-                    log.info("ppqueue.worker_left", worker=wid.hex())
-                    try:
-                        be.raw.send_multipart([wid, DISCONNECT], nb)
-                    except zmq.ZMQError:
-                        pass  # it left already: nothing to acknowledge
+                    eng.forget(wid, "left")
+                    send(be_raw, [wid, DISCONNECT])  # gone already: nothing to acknowledge
                 else:
-                    self._drop(be_tr, m, "unknown worker command")
+                    self._drop("backend", m, "unknown worker command")
                 return
             reply = m[1:]
             problem = envelope_problem(reply)
             if problem is not None:
-                self._drop(be_tr, m, f"reply: {problem}")
+                self._drop("backend", m, f"reply: {problem}")
                 return
-            try:
-                fe.raw.send_multipart(reply, nb)
+            w = eng.answer(wid, reply[0])
+            if isinstance(w, str):
+                self._drop("backend", m, w)  # forged, late or duplicate: never to the client
+                return
+            outcome = send(fe_raw, reply)
+            if outcome == SENT:
                 self.counts["replies"] += 1
+                fe_count.add_out(1)
                 if fe_tr.on:
                     fe_tr.hop("forward", reply, dest="frontend")
-            except again:
-                self._drop(fe_tr, reply, "client full")
-            except zmq.ZMQError as e:
-                if e.errno != zmq.EHOSTUNREACH:
-                    raise
-                self._drop(fe_tr, reply, "unknown peer")
-            if wid in busy:
-                del busy[wid]
-                idle[wid] = expiry
-            elif wid in idle:
-                idle[wid] = expiry
+            else:
+                self._drop("frontend", reply, "client full" if outcome == FULL else "unknown peer")
+            eng.done(w)
 
-        next_hb = time.monotonic() + hb
-        drain_until: float | None = None
-        while True:
-            if self.stopping.is_set():
-                # graceful stop: take no new requests, forward the replies still coming
-                if drain_until is None:
-                    drain_until = time.monotonic() + self.drain_timeout
-                    log.info("ppqueue.draining", busy=len(busy), unsent=len(pending))
-                if not (busy or pending) or time.monotonic() >= drain_until:
-                    break
-            while pending and idle:
-                dispatch(pending.popleft())
-            want_fe = bool(idle) and not pending and drain_until is None
+        def before_poll(draining: bool) -> None:
+            """Read the frontend only while a worker is idle and nothing waits (backpressure)."""
+            nonlocal fe_on
+            want_fe = bool(pool.idle) and not pool.queued and not draining
             if want_fe != fe_on:
                 if want_fe:
                     poller.register(fe, zmq.POLLIN)
                 else:
                     poller.unregister(fe)
                 fe_on = want_fe
-            wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
-            for sock, _ in poller.poll(max(0, int((wake_at - time.monotonic()) * 1000))):
-                raw, n = sock.raw, 0
-                while n < self.batch:
-                    if sock is fe and (not idle or pending):
-                        break
-                    try:
-                        m = raw.recv_multipart(nb)
-                    except again:
-                        break
-                    n += 1
-                    if sock is be:
-                        from_backend(m)
-                        continue
-                    problem = envelope_problem(m)
-                    if problem is not None:
-                        self._drop(fe_tr, m, problem)
-                        continue
-                    self.counts["requests"] += 1
-                    if not dispatch(m):
-                        pending.append(m)
-            now = time.monotonic()
-            if now >= next_hb:
-                next_hb = now + hb
-                for wid in [*idle, *busy]:
-                    try:
-                        be.raw.send_multipart([wid, HEARTBEAT], nb)
-                    except again:
-                        pass  # full: its next heartbeat will do
-                    except zmq.ZMQError as e:
-                        if e.errno != zmq.EHOSTUNREACH:
-                            raise
-                        forget(wid, "unreachable")
-                for table in (idle, busy):
-                    for wid in [w for w, exp in table.items() if exp < now]:
-                        forget(wid, "expired")
+
+        def read(sock: Any) -> None:
+            from_fe = sock is fe
+            raw, n = sock.raw, 0
+            while n < self.batch:
+                if from_fe and (not pool.idle or pool.queued):
+                    break  # backpressure: requests wait in libzmq until a worker is idle
+                if n == 1 and not more_waiting(raw):
+                    break  # the usual wake-up brings one message: no EAGAIN exception
+                try:
+                    m = recv_bytes(raw)
+                except again:
+                    break
+                n += 1
+                if not from_fe:
+                    from_backend(m)
+                    continue
+                problem = envelope_problem(m)
+                if problem is not None:
+                    self._drop("frontend", m, problem)
+                    continue
+                self.counts["requests"] += 1
+                reason = eng.submit(pool, Job(m[0], b"", m))
+                if reason is not None:
+                    self._drop("frontend", m, reason)
+            (fe_count if from_fe else be_count).add_in(n)
+
+        def on_drain() -> None:
+            # graceful stop: take no new requests, forward the replies still coming
+            log.info("ppqueue.draining", busy=eng.busy(), unsent=pool.queued)
+
+        eng.loop(
+            poller,
+            self.stopping,
+            self.drain_timeout,
+            read,
+            in_flight=lambda: pool.queued + eng.busy(),
+            on_drain=on_drain,
+            before_poll=before_poll,
+        )
         poller.close_watchers()
         log.info(
             "ppqueue.stats",
             counts=dict(self.counts),
             drops=dict(self.drops),
-            workers=len(idle) + len(busy),
-            pending=len(pending),
+            workers=len(eng.workers),
+            pending=pool.queued,
         )

@@ -1,0 +1,468 @@
+"""The reliable-broker engine under the Paranoid Pirate queue and the Majordomo broker.
+
+PPP is Majordomo with one anonymous service, so both are thin codecs (frames
+in, frames out) over this one copy of the mechanism:
+
+* a :class:`Pool` per service: its workers, the idle ones LRU first, and its
+  requests queued fairly per client (round-robin between clients, so one
+  flooding client cannot starve the others);
+* the worker registry: ready, heard, answered, left, lost; a request held by
+  a worker that leaves, is expired or cannot be reached goes back to the
+  front of its client's queue (nothing handed to a worker is lost);
+* dispatch to the longest-idle worker, skipping (and forgetting) a worker
+  that cannot be reached;
+* the heartbeat tick: heartbeat every worker, expire the silent ones. A busy
+  worker is given ``busy_timeout`` (zguide and majortomo workers do not
+  heartbeat while working) unless it has been seen to heartbeat while busy
+  (greenzmq's workers do): then ``liveness`` silent intervals expire it,
+  busy or not, so a hung (SIGSTOPped) worker's request moves on;
+* an expired worker that speaks again is taken back at once (as the zguide's
+  ppqueue does), with its request if nobody else has taken it meanwhile;
+* (PPP) a worker not heard from since its READY gets no request once that
+  READY is more than one heartbeat old (a ghost: a READY from an abandoned
+  socket);
+* a reply is accepted only from the worker that holds that client's request.
+
+The codec sends (through :func:`greenzmq.patterns._send.send`) and logs the
+drops of what it parses; the engine never touches a socket.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ._send import FULL, GONE, SENT
+
+__all__ = ["Codec", "Engine", "Job", "Pool", "Worker"]
+
+_GAUGED_SERVICES = 64  # services with their own pending gauge; the total counts them all
+
+
+class Job:
+    """One client request: who asked (``client``, its routing id), for what, in which version."""
+
+    __slots__ = ("body", "client", "service", "version")
+
+    def __init__(self, client: bytes, service: bytes, body: list[bytes], version: int = 0) -> None:
+        self.client = client
+        self.service = service
+        self.body = body  # the codec's: PPP keeps the whole request, MDP the body frames
+        self.version = version
+
+
+class Worker:
+    """One registered worker and the request it holds."""
+
+    __slots__ = (
+        "beats_busy",
+        "beats_job",
+        "confirmed",
+        "id",
+        "job",
+        "partials",
+        "seen",
+        "service",
+        "version",
+    )
+
+    def __init__(self, wid: bytes, service: bytes, version: int, now: float) -> None:
+        self.id = wid
+        self.service = service
+        self.version = version
+        self.seen = now  # last message from it, or the dispatch of its request
+        self.confirmed = False  # heard from since its READY
+        self.job: Job | None = None
+        self.partials: list[bytes] = []  # MDP/0.2 PARTIAL frames held for an MDP/0.1 client
+        self.beats_job = 0  # heartbeats heard while holding the current request
+        # Seen heartbeating while busy (two beats in one request: a single one
+        # may have been on its way when the request was sent).
+        self.beats_busy = False
+
+
+class Pool:
+    """One service: its workers, the idle ones LRU first, its requests fair-queued per client."""
+
+    __slots__ = ("idle", "name", "pinned", "queued", "queues", "turn", "workers")
+
+    def __init__(self, name: bytes, pinned: bool = False) -> None:
+        self.name = name
+        self.pinned = pinned  # kept when empty (PPP's one service)
+        self.idle: OrderedDict[bytes, None] = OrderedDict()
+        self.workers: set[bytes] = set()
+        self.queues: dict[bytes, deque[Job]] = {}
+        self.turn: deque[bytes] = deque()  # clients with requests queued, next first
+        self.queued = 0
+
+    def push(self, job: Job, front: bool = False) -> None:
+        """Queue ``job``; ``front``: it was handed out and comes back first."""
+        q = self.queues.get(job.client)
+        if q is None:
+            q = self.queues[job.client] = deque()
+            if front:
+                self.turn.appendleft(job.client)
+            else:
+                self.turn.append(job.client)
+        elif front:
+            self.turn.remove(job.client)
+            self.turn.appendleft(job.client)
+        if front:
+            q.appendleft(job)
+        else:
+            q.append(job)
+        self.queued += 1
+
+    def pop(self) -> Job:
+        """The next request, taking clients in turn."""
+        client = self.turn.popleft()
+        q = self.queues[client]
+        job = q.popleft()
+        self.queued -= 1
+        if q:
+            self.turn.append(client)
+        else:
+            del self.queues[client]
+        return job
+
+    def remove(self, job: Job) -> bool:
+        """Take ``job`` out of the queue; False if it is not queued (handed out again)."""
+        q = self.queues.get(job.client)
+        if q is None:
+            return False
+        try:
+            q.remove(job)  # Job has no __eq__: by identity
+        except ValueError:
+            return False
+        self.queued -= 1
+        if not q:
+            del self.queues[job.client]
+            self.turn.remove(job.client)
+        return True
+
+
+class Codec(Protocol):
+    """What the engine needs from a protocol: send a request, a heartbeat, a DISCONNECT."""
+
+    def send_request(self, w: Worker, job: Job) -> int:
+        """Send ``job`` to ``w``: SENT, FULL or GONE."""
+
+    def send_heartbeat(self, w: Worker) -> int:
+        """Send a heartbeat to ``w``: SENT, FULL or GONE."""
+
+    def send_disconnect(self, w: Worker) -> None:
+        """Tell ``w`` it is forgotten (best effort)."""
+
+    def drop_job(self, job: Job, reason: str) -> None:
+        """Log (and count) a queued request dropped for ``reason``."""
+
+
+class Engine:
+    """Workers, pools and the rules between them; see the module docstring.
+
+    ``busy_timeout`` None means ``heartbeat * liveness`` (every PPP worker
+    heartbeats while busy). ``max_queue`` caps the requests queued for one
+    service, ``client_queue`` those of one client in it. ``tell_expired``: send
+    DISCONNECT to an expired worker (MDP). ``service_key``: the log key naming a
+    worker's service (None: do not name it). ``confirm``: route nothing to a
+    worker heard only through a READY over one heartbeat old (PPP).
+    """
+
+    def __init__(
+        self,
+        codec: Codec,
+        log: Any,
+        prefix: str,
+        *,
+        heartbeat: float,
+        liveness: int,
+        busy_timeout: float | None = None,
+        max_queue: int = 10000,
+        client_queue: int | None = None,
+        max_services: int = 10000,
+        tell_expired: bool = False,
+        service_key: str | None = None,
+        counts: Counter[str] | None = None,
+        remember: int = 4096,
+        confirm: bool = True,
+    ) -> None:
+        self.codec, self.log, self.prefix = codec, log, prefix
+        self.heartbeat = heartbeat
+        self.patience = heartbeat * liveness
+        self.busy_timeout = self.patience if busy_timeout is None else busy_timeout
+        # A worker heard only through its READY gets no request once that is this
+        # old: a live one heartbeats within one interval (half more for the trip).
+        # A READY queued in an abandoned socket that reconnected to a restarted
+        # queue (a ghost) says nothing more. Off (inf) for protocols whose
+        # workers keep their own heartbeat pace (majortomo's first heartbeat
+        # after READY comes two of the broker's intervals later).
+        self.unconfirmed = heartbeat * 1.5 if confirm else float("inf")
+        self.max_queue = max_queue
+        self.client_queue = max_queue if client_queue is None else client_queue
+        self.max_services = max_services
+        self.tell_expired = tell_expired
+        self.service_key = service_key
+        self.counts: Counter[str] = Counter() if counts is None else counts
+        self.workers: dict[bytes, Worker] = {}
+        self.pools: dict[bytes, Pool] = {}
+        # expired workers, newest last: one that speaks again is taken back
+        self._expired: OrderedDict[bytes, Worker] = OrderedDict()
+        self._remember = remember
+        self._stats: Any = None
+        self._gauged: set[bytes] = set()
+
+    def _gauge_pending(self, name: bytes) -> None:
+        # bounded: clients choose service names, and a gauge is never removed
+        if name in self._gauged or len(self._gauged) >= _GAUGED_SERVICES:
+            return
+        self._gauged.add(name)
+
+        def pending() -> int:
+            p = self.pools.get(name)
+            return 0 if p is None else p.queued
+
+        self._stats.gauge(f"pending:{name.decode(errors='replace')}", pending)
+
+    # -- pools --------------------------------------------------------------
+    def pool(self, name: bytes, pinned: bool = False) -> Pool | None:
+        """The pool of service ``name``, made on first use; None past ``max_services``."""
+        p = self.pools.get(name)
+        if p is None:
+            if len(self.pools) >= self.max_services:
+                return None
+            p = self.pools[name] = Pool(name, pinned)
+            if self._stats is not None and name:
+                self._gauge_pending(name)
+        return p
+
+    def tidy(self, p: Pool) -> None:
+        """Forget a pool with no workers and no requests."""
+        if not p.workers and not p.queued and not p.pinned:
+            self.pools.pop(p.name, None)
+
+    def busy(self) -> int:
+        """Workers holding a request."""
+        return sum(w.job is not None for w in self.workers.values())
+
+    def idle(self) -> int:
+        """Workers waiting for a request."""
+        return sum(len(p.idle) for p in self.pools.values())
+
+    def queued(self) -> int:
+        """Requests waiting for a worker, all services."""
+        return sum(p.queued for p in self.pools.values())
+
+    def watch(self, stats: Any) -> None:
+        """Report idle and busy workers, queued requests (all, and per service) and expiries.
+
+        They are gauges of ``stats`` (read when a snapshot is taken: free otherwise).
+        """
+        self._stats = stats
+        stats.gauge("workers:idle", self.idle)
+        stats.gauge("workers:busy", self.busy)
+        stats.gauge("pending", self.queued)
+        stats.gauge("workers:expired", lambda: self.counts["workers expired"])
+        stats.gauge("requests:requeued", lambda: self.counts["requeued"])
+
+    # -- requests -----------------------------------------------------------
+    def submit(self, p: Pool, job: Job) -> str | None:
+        """Queue ``job`` in ``p`` and dispatch; a drop reason if there is no room.
+
+        A full queue makes room by dropping the newest request of the client
+        with the most queued, if that is not this one: a flooding client loses
+        its own requests, never the others'.
+        """
+        q = p.queues.get(job.client)
+        mine = 0 if q is None else len(q)
+        if mine >= self.client_queue:
+            return "client queue full"
+        if p.queued >= self.max_queue:
+            hog = max(p.queues.values(), key=len)
+            if len(hog) <= mine + 1:
+                return "service queue full"
+            victim = hog.pop()  # its newest (the queue keeps at least one: len > 1)
+            p.queued -= 1
+            self.codec.drop_job(victim, "service queue full: the longest client's newest")
+        p.push(job)
+        self.dispatch(p)
+        return None
+
+    def dispatch(self, p: Pool) -> None:
+        """Hand queued requests to idle workers, LRU first; skip and forget unreachable ones."""
+        now = time.monotonic()
+        unsure: list[bytes] = []
+        while p.queued and p.idle:
+            wid, _ = p.idle.popitem(last=False)
+            w = self.workers[wid]
+            if not w.confirmed and now - w.seen > self.unconfirmed:
+                unsure.append(wid)  # a READY and silence since: maybe a ghost
+                continue
+            job = p.pop()
+            outcome = self.codec.send_request(w, job)
+            if outcome == SENT:
+                w.job, w.seen, w.beats_job = job, now, 0
+                continue
+            p.push(job, front=True)  # to the next worker
+            self._lose(w, "full" if outcome == FULL else "unreachable")
+        for wid in reversed(unsure):  # back in their LRU places, first in line
+            p.idle[wid] = None
+            p.idle.move_to_end(wid, last=False)
+        self.tidy(p)
+
+    # -- workers ------------------------------------------------------------
+    def ready(self, wid: bytes, p: Pool, version: int = 0) -> Worker:
+        """Register a new worker of pool ``p`` and give it work."""
+        self._expired.pop(wid, None)
+        w = self.workers[wid] = Worker(wid, p.name, version, time.monotonic())
+        p.workers.add(wid)
+        p.idle[wid] = None
+        self.dispatch(p)
+        return w
+
+    def heard(self, wid: bytes, beat: bool = False) -> Worker | None:
+        """A message from ``wid`` (``beat``: a heartbeat); its worker, or None if unknown.
+
+        An expired worker is taken back here.
+        """
+        w = self.workers.get(wid)
+        if w is None:
+            w = self._revive(wid)
+            if w is None:
+                return None
+        w.seen = time.monotonic()
+        if not w.confirmed:
+            w.confirmed = True
+            p = self.pools.get(w.service)
+            if w.job is None and p is not None and p.queued:
+                self.dispatch(p)  # it may have been passed over as a ghost
+        if beat and w.job is not None:
+            w.beats_job += 1
+            if w.beats_job >= 2:
+                w.beats_busy = True
+        return w
+
+    def _revive(self, wid: bytes) -> Worker | None:
+        w = self._expired.pop(wid, None)
+        if w is None:
+            return None
+        p = self.pool(w.service)
+        if p is None:
+            return None
+        self.workers[wid] = w
+        p.workers.add(wid)
+        self.counts["workers back"] += 1
+        # it keeps its request if no other worker took it meanwhile
+        kept = w.job is not None and p.remove(w.job)
+        if not kept:
+            w.job, w.partials = None, []
+            p.idle[wid] = None
+        self.log.info(f"{self.prefix}.worker_back", worker=wid.hex(), kept_request=kept)
+        if not kept:
+            self.dispatch(p)
+        return w
+
+    def answer(self, wid: bytes, client: bytes) -> Worker | str:
+        """The worker answering ``client``'s request, or why the reply is refused."""
+        w = self.heard(wid)
+        if w is None:
+            return "reply from an unknown worker"
+        if w.job is None or w.job.client != client:
+            return "reply to no request of this worker"
+        return w
+
+    def done(self, w: Worker) -> None:
+        """``w`` answered its request: idle again, next request if any."""
+        w.job, w.partials = None, []
+        p = self.pools.get(w.service)
+        if p is not None:
+            p.idle[w.id] = None
+            self.dispatch(p)
+
+    def forget(self, wid: bytes, why: str, *, tell: bool = False) -> bool:
+        """Drop worker ``wid`` (its request goes back to the queue); False if unknown."""
+        w = self.workers.get(wid)
+        if w is None:
+            return False
+        p = self._lose(w, why, tell=tell)
+        if p is not None:
+            self.dispatch(p)
+        return True
+
+    def _lose(self, w: Worker, why: str, *, tell: bool = False) -> Pool | None:
+        del self.workers[w.id]
+        p = self.pools.get(w.service)
+        job = w.job
+        if p is not None:
+            p.idle.pop(w.id, None)
+            p.workers.discard(w.id)
+            if job is not None:
+                p.push(job, front=True)
+                self.counts["requeued"] += 1
+        if why == "expired":
+            self._expired[w.id] = w  # keeps its job: taken back if it answers first
+            while len(self._expired) > self._remember:
+                self._expired.popitem(last=False)
+        else:
+            w.job = None
+        if tell:
+            self.codec.send_disconnect(w)
+        self.counts[f"workers {why}"] += 1
+        fields: dict[str, Any] = {"worker": w.id.hex(), "why": why}
+        if self.service_key is not None:
+            fields[self.service_key] = w.service.decode(errors="replace")
+        left = why == "left"
+        log = self.log.info if left else self.log.warning
+        log(
+            f"{self.prefix}.worker_left" if left else f"{self.prefix}.worker_lost",
+            requeued=job is not None,
+            lost_request=job is not None and p is None,
+            **fields,
+        )
+        return p
+
+    def loop(
+        self,
+        poller: Any,
+        stopping: Any,
+        drain_timeout: float,
+        read: Callable[[Any], None],
+        *,
+        in_flight: Callable[[], int],
+        on_drain: Callable[[], None],
+        before_poll: Callable[[bool], None] | None = None,
+    ) -> None:
+        """The router's loop: poll, ``read`` each ready socket, tick every heartbeat.
+
+        Once ``stopping`` is set, ``on_drain()`` is called once, and the loop
+        goes on (the codec takes no new requests: ``before_poll(True)`` or its
+        own check) while ``in_flight()`` and for up to ``drain_timeout`` s.
+        """
+        hb = self.heartbeat
+        next_hb = time.monotonic() + hb
+        drain_until: float | None = None
+        while True:
+            if stopping.is_set():
+                if drain_until is None:
+                    drain_until = time.monotonic() + drain_timeout
+                    on_drain()
+                if not in_flight() or time.monotonic() >= drain_until:
+                    return
+            if before_poll is not None:
+                before_poll(drain_until is not None)
+            wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
+            for sock, _ in poller.poll(max(0, int((wake_at - time.monotonic()) * 1000))):
+                read(sock)
+            now = time.monotonic()
+            if now >= next_hb:
+                next_hb = now + hb
+                self.tick(now)
+
+    def tick(self, now: float) -> None:
+        """Expire silent workers, heartbeat the others (call every ``heartbeat`` seconds)."""
+        for w in list(self.workers.values()):
+            limit = self.patience if w.job is None or w.beats_busy else self.busy_timeout
+            if now - w.seen > limit:
+                self.forget(w.id, "expired", tell=self.tell_expired)
+            elif self.codec.send_heartbeat(w) == GONE:
+                self.forget(w.id, "unreachable")
