@@ -438,7 +438,7 @@ class TestHungWorker:
         """A worker SIGSTOPped while holding a request is expired; another answers the request."""
         fe, be = endpoint(), endpoint()
         q = start_queue(service, fe, be)
-        hung = service(f"services.ppworker:make(heartbeat={HB}, delay=30)",
+        hung = service(f"services.ppworker:app(heartbeat={HB}, delay=30)",
                        "--endpoint", f"backend={be}")  # fmt: skip
         ready_workers(q, 1)
         req = ctx.socket(zmq.REQ)  # no retry: the queue itself must not lose the request

@@ -214,7 +214,7 @@ class TestReliable:
         env = {STATS_ENV: f"ipc://{tmp_path}/{{service}}.ipc"}
         queue = service("services.ppqueue:make(heartbeat=0.2)", "--endpoint", f"frontend={fe}",
                         "--endpoint", f"backend={be}", env=env)  # fmt: skip
-        worker = service("services.ppworker:make(heartbeat=0.2)", "--endpoint", f"backend={be}",
+        worker = service("services.ppworker:app(heartbeat=0.2)", "--endpoint", f"backend={be}",
                          env=env)  # fmt: skip
         wait_for(lambda: queue.events("ppqueue.worker_ready"), 15, "the worker ready")
         with LazyPirate(fe, timeout=5, retries=1) as c:

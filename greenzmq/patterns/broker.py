@@ -41,9 +41,10 @@ __all__ = ["Broker", "envelope_problem"]
 
 # The hot path calls the compiled socket methods with plain int flags: pyzmq's
 # Python-level send/recv_multipart (type checks, IntFlag arithmetic, RCVMORE via
-# the sugar layer) cost about 2x the libzmq calls themselves (benchmarks/).
-_recv, _send, _get = _CSocket.recv, _CSocket.send, _CSocket.get
-_NB, _NB_MORE, _EVENTS = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE), int(zmq.EVENTS)
+# the sugar layer) cost about 2x the libzmq calls themselves (greenzmq bench).
+# Sends go through _send.send, the one send-outcome helper of every router.
+_recv, _get = _CSocket.recv, _CSocket.get
+_NB, _EVENTS = int(zmq.NOBLOCK), int(zmq.EVENTS)
 _POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 # A client that does not read is retried on a timer, not on POLLOUT: a ROUTER
 # with ROUTER_MANDATORY reports POLLOUT when any peer can take a message, so
