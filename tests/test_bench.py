@@ -283,3 +283,20 @@ class TestPieces:
         assert err.startswith("greenzmq bench: error: the MDP/0.2 runs need majortomo")
         assert main(["--only", "mdp", "--mdp-kinds", "greenzmq,mdbroker", "--calls", "0"]) == 2
         assert capsys.readouterr().err == "greenzmq bench: error: --calls must be at least 1\n"
+
+    def test_a_round_fails_unless_every_request_is_answered(self) -> None:
+        """reliable.py fails the run (SystemExit, exit 1) on one unanswered request."""
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(
+            "reliable_under_test", find_bench_dir(None) / "reliable.py"
+        )
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        ok = [{"answered": 3, "sent": 3, "seconds": 0.1}] * 2
+        assert mod.check_answered("ppp/ppqueue", ok, 6) == 6
+        with pytest.raises(SystemExit, match=r"^ppp/greenzmq: 5 of 6 requests answered$"):
+            mod.check_answered("ppp/greenzmq", [ok[0], {"answered": 2, "sent": 3}], 6)
+        with pytest.raises(SystemExit, match=r"3 of 6 requests answered \(no warm-up reply"):
+            mod.check_answered("mdp01/mdbroker", [ok[0], {"error": "no warm-up reply"}], 6)

@@ -154,11 +154,23 @@ def run_once(run: str, n: int, port: int) -> dict[str, Any]:
         cpu = tree_cpu(broker.pid) - cpu0
     finally:
         _kill(procs)
-    answered = sum(a.get("answered", 0) for a in answers)
     sent = CLIENTS * n
-    if answered != sent:
-        raise SystemExit(f"{run}: {answered} of {sent} requests answered")
+    answered = check_answered(run, answers, sent)
     return {"rps": sent / dt, "cpu_us": cpu * 1e6 / sent, "answered": answered, "sent": sent}
+
+
+def check_answered(run: str, answers: list[dict[str, Any]], sent: int) -> int:
+    """The clients' answered requests; SystemExit (the run fails) unless all ``sent`` were.
+
+    A client that died or timed out on its warm-up reports nothing (``{}``) or
+    an ``error``: it answered none.
+    """
+    answered = sum(int(a.get("answered", 0)) for a in answers)
+    if answered != sent:
+        errors = sorted({str(a["error"]) for a in answers if "error" in a})
+        why = f" ({'; '.join(errors)})" if errors else ""
+        raise SystemExit(f"{run}: {answered} of {sent} requests answered{why}")
+    return answered
 
 
 def main() -> None:
