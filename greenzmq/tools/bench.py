@@ -644,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 reliable += rows
                 print(
                     f"## {title} (4 synchronous clients x {ns.calls} requests, 2 echo workers; "
-                    f"{ns.rounds} rounds, best of each)\n"
+                    f"{ns.rounds} round{'s' if ns.rounds > 1 else ''}, best of each)\n"
                 )
                 print("\n".join(reliable_table(rows)) + "\n", flush=True)
     except RuntimeError as e:

@@ -44,6 +44,7 @@ import json
 import sys
 import threading
 import time
+from binascii import hexlify
 from collections import OrderedDict
 
 import zmq
@@ -79,7 +80,8 @@ class _Service:
 
 
 class _Worker:
-    def __init__(self, address, expiry):
+    def __init__(self, identity, address, expiry):
+        self.identity = identity
         self.address = address
         self.service = None
         self.expiry = time.time() + expiry
@@ -129,7 +131,8 @@ class MDBroker:
 
     def process_worker(self, sender, msg):
         command = msg.pop(0)
-        known = sender in self.workers
+        # keyed by the hex of the routing id, as the zguide's broker does
+        known = hexlify(sender) in self.workers
         worker = self.require_worker(sender)
         if command == W_READY:
             service = msg.pop(0)
@@ -161,12 +164,13 @@ class MDBroker:
             worker.service.waiting.remove(worker)
         if worker in self.waiting:
             self.waiting.remove(worker)
-        self.workers.pop(worker.address, None)
+        self.workers.pop(worker.identity, None)
 
     def require_worker(self, address):
-        worker = self.workers.get(address)
+        identity = hexlify(address)
+        worker = self.workers.get(identity)
         if worker is None:
-            worker = self.workers[address] = _Worker(address, self.EXPIRY)
+            worker = self.workers[identity] = _Worker(identity, address, self.EXPIRY)
         return worker
 
     def require_service(self, name):
