@@ -162,12 +162,16 @@ class TestPieces:
         assert "kill=tcp://127.0.0.1:5999" in cmd and "/tmp/logs/broker-1.log" in cmd
         assert broker_command("proxy", 1, "/x") == "proxy"
 
-    def test_scripts_ship_in_the_package(self) -> None:
+    def test_scripts_ship_in_the_package(self, tmp_path: Path) -> None:
         """By default the scripts come from greenzmq/tools/benchmarks/, not a checkout's folder."""
         import greenzmq.tools
 
         packaged = Path(greenzmq.tools.__file__).resolve().parent / "benchmarks"
         assert find_bench_dir(None) == packaged
+        (tmp_path / "broker_anchors.py").write_text("")
+        assert find_bench_dir(str(tmp_path), ["broker"]) == tmp_path  # an older copy
+        with pytest.raises(FileNotFoundError, match=r"\(reliable\.py, reliable_anchors\.py;"):
+            find_bench_dir(str(tmp_path), ["broker", "ppp"])
         for name in (
             "broker_anchors.py",
             "mux.py",

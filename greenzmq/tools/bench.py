@@ -130,14 +130,26 @@ PACKAGED = Path(__file__).resolve().parent / "benchmarks"
 _IMPORT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def find_bench_dir(given: str | None) -> Path:
-    """The benchmark scripts' directory: ``given`` (``--dir``) or the packaged one."""
+SCRIPTS = {
+    "broker": ("broker_anchors.py",),
+    "mux": ("mux.py", "mux_anchors.py"),
+    "mdp": ("reliable.py", "reliable_anchors.py"),
+    "ppp": ("reliable.py", "reliable_anchors.py"),
+}
+
+
+def find_bench_dir(given: str | None, suites: Sequence[str] = SUITES) -> Path:
+    """The benchmark scripts' directory: ``given`` (``--dir``) or the packaged one.
+
+    It must hold the scripts of ``suites`` (an older copy may lack the newer suites').
+    """
     c = Path(given) if given else PACKAGED
-    scripts = ("broker_anchors.py", "mux.py", "reliable.py", "reliable_anchors.py")
-    if all((c / name).is_file() for name in scripts):
+    scripts = dict.fromkeys(name for s in suites for name in SCRIPTS[s])
+    missing = [name for name in scripts if not (c / name).is_file()]
+    if not missing:
         return c
     raise FileNotFoundError(
-        f"benchmark scripts not found in {c} ({', '.join(scripts)}; "
+        f"benchmark scripts not found in {c} ({', '.join(missing)}; "
         f"the packaged ones are in {PACKAGED})"
     )
 
@@ -617,7 +629,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"greenzmq bench: error: --{opt} must be at least 1", file=sys.stderr)
             return 2
     try:
-        bench = find_bench_dir(ns.dir)
+        bench = find_bench_dir(ns.dir, suites)
     except FileNotFoundError as e:
         print(f"greenzmq bench: error: {e}", file=sys.stderr)
         return 2

@@ -36,7 +36,8 @@ Clients (synchronous: one request in flight):
 A client connects, answers one warm-up request, prints ``ready``, waits for a
 line on stdin, then sends N requests (100 bytes: an 8-digit counter, then
 padding) one at a time, stops at the first one not answered within TIMEOUT
-seconds, and prints one JSON line: answered, sent, seconds. Every broker and
+seconds (or after 10 minutes), and prints one JSON line: answered, sent,
+seconds. Every broker and
 worker exits by itself after ``LIFETIME`` seconds, should its parent die.
 """
 
@@ -411,7 +412,7 @@ def client(proto, endpoint, n, timeout):
     sys.stdin.readline()
     answered = 0
     t0 = time.perf_counter()
-    deadline = time.monotonic() + max(60.0, n * timeout)
+    deadline = time.monotonic() + 600.0  # a round slower than 10 minutes fails
     for i in range(n):
         if time.monotonic() > deadline:
             break
