@@ -240,6 +240,11 @@ class TestPieces:
             ReliableRow("mdp", "mdp01", "mdbroker", 3000.0, 80.0, 4000, 4000),
             ReliableRow("ppp", "ppp", "greenzmq", 3000.0, 50.0, 4000, 4000),
         ]
+        # greenzmq at 0 ticks (a tiny run) is not judged
+        zero = [ReliableRow("ppp", "ppp", "greenzmq", 1.0, 0.0, 8, 8)]
+        assert (
+            check_targets([], [], [*zero, ReliableRow("ppp", "ppp", "ppqueue", 1, 9, 8, 8)]) == []
+        )
         res = check_targets([], [], rows)
         assert [m for _, m in res] == [True, False]  # 0.50x met, 0.62x missed; no ppqueue row
         assert res[0][0].startswith(

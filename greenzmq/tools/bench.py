@@ -410,7 +410,8 @@ def check_targets(
             res.append((f"mux {kind} untraced <= 0.6 us CPU/msg: {cpu:.2f} us{rel}", cpu <= 0.6))
     for r in reliable:
         a = _anchor_of(reliable, r)
-        if r.kind != "greenzmq" or a is None or not a.cpu_us:
+        # 0 is below the clock tick (a tiny run): not a measurement to judge
+        if r.kind != "greenzmq" or a is None or not a.cpu_us or not r.cpu_us:
             continue
         v = r.cpu_us / a.cpu_us
         text = (
