@@ -38,6 +38,8 @@ setup(
         "title": ["setproctitle>=1.3"],
         # greenzmq bench --plot PNG
         "plot": ["matplotlib>=3.5"],
+        # greenzmq bench --only mdp: majortomo's broker, Client and Worker (MDP/0.2)
+        "bench": ["majortomo>=0.2", "six"],
     },
     entry_points={"console_scripts": ["greenzmq = greenzmq.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Typing :: Typed"],

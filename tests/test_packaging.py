@@ -63,7 +63,8 @@ class TestWheel:
         names = set(_names(wheel))
         for p in sorted((ROOT / "services").glob("*.py")):
             assert f"greenzmq/services/{p.name}" in names
-        for name in ("broker_anchors.py", "mux.py", "mux_anchors.py"):  # greenzmq bench's
+        bench = ("broker_anchors.py", "mux.py", "mux_anchors.py", "reliable.py")
+        for name in (*bench, "reliable_anchors.py"):  # greenzmq bench's
             assert f"greenzmq/tools/benchmarks/{name}" in names
         with zipfile.ZipFile(wheel) as z:
             init = z.read("greenzmq/services/__init__.py")

@@ -5,7 +5,11 @@ Runs ``broker_anchors.py`` (greenzmq's broker beside libzmq's
 ``zmq.asyncio`` broker) for each load scenario, and ``mux.py``
 (Readers and PollerListener beside plain pyzmq, threads + queue.Queue,
 asyncio and the naive green consumers), then prints one table per suite with
-ratios to the anchors and checks the targets of issue 5. Absolute numbers
+ratios to the anchors and checks the targets of issue 5. ``reliable.py``
+runs the Majordomo suite (greenzmq's broker beside majortomo's with MDP/0.2
+peers, and beside an anchor after the zguide's mdbroker with MDP/0.1 peers)
+and the Paranoid Pirate suite (greenzmq's queue beside an anchor after the
+zguide's ppqueue), and checks the targets of issue 9. Absolute numbers
 depend on the machine and its load; compare only within one run.
 
 The benchmark scripts ship inside the package (``greenzmq/tools/benchmarks/``),
@@ -33,7 +37,7 @@ from typing import Any
 
 from ..cli import plain
 
-__all__ = ["BrokerRow", "MuxRow", "main"]
+__all__ = ["BrokerRow", "MuxRow", "ReliableRow", "main"]
 
 # (label, window, body size, requests per round as a share of --requests)
 SCENARIOS = {
@@ -63,6 +67,18 @@ MUX_KINDS = (
     "readers@0.01",
     "readers@1",
 )
+
+SUITES = ("broker", "mux", "mdp", "ppp")
+MDP_KINDS = ("greenzmq", "majortomo", "mdbroker")
+PPP_KINDS = ("greenzmq", "ppqueue")
+# each anchor of the reliable suites, with the peers every broker of its run uses
+ANCHOR_PEERS = {"majortomo": "mdp02", "mdbroker": "mdp01", "ppqueue": "ppp"}
+PEERS_LABEL = {
+    "mdp02": "MDP/0.2 (majortomo peers)",
+    "mdp01": "MDP/0.1 (zguide peers)",
+    "ppp": "PPP (zguide peers)",
+}
+CPU_TARGET = 0.6  # issue 9: greenzmq's broker CPU per request <= 0.6x each anchor's
 
 
 def kind_label(kind: str) -> str:
@@ -95,19 +111,45 @@ class MuxRow:
     cpu_us: float
 
 
+@dataclasses.dataclass(frozen=True)
+class ReliableRow:
+    """One broker under one set of peers (Majordomo or PPP suite): best of the rounds."""
+
+    suite: str
+    peers: str
+    kind: str
+    rps: float
+    cpu_us: float
+    answered: int
+    sent: int
+
+
 # the scripts, shipped in the package; and the folder holding the greenzmq
 # package, put on the children's path so they import this very greenzmq
 PACKAGED = Path(__file__).resolve().parent / "benchmarks"
 _IMPORT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def find_bench_dir(given: str | None) -> Path:
-    """The benchmark scripts' directory: ``given`` (``--dir``) or the packaged one."""
+SCRIPTS = {
+    "broker": ("broker_anchors.py",),
+    "mux": ("mux.py", "mux_anchors.py"),
+    "mdp": ("reliable.py", "reliable_anchors.py"),
+    "ppp": ("reliable.py", "reliable_anchors.py"),
+}
+
+
+def find_bench_dir(given: str | None, suites: Sequence[str] = SUITES) -> Path:
+    """The benchmark scripts' directory: ``given`` (``--dir``) or the packaged one.
+
+    It must hold the scripts of ``suites`` (an older copy may lack the newer suites').
+    """
     c = Path(given) if given else PACKAGED
-    if (c / "broker_anchors.py").is_file() and (c / "mux.py").is_file():
+    scripts = dict.fromkeys(name for s in suites for name in SCRIPTS[s])
+    missing = [name for name in scripts if not (c / name).is_file()]
+    if not missing:
         return c
     raise FileNotFoundError(
-        f"benchmark scripts not found in {c} (broker_anchors.py and mux.py; "
+        f"benchmark scripts not found in {c} ({', '.join(missing)}; "
         f"the packaged ones are in {PACKAGED})"
     )
 
@@ -223,6 +265,60 @@ def run_mux(bench: Path, kinds: Sequence[str], messages: int, rounds: int) -> li
     ]
 
 
+def reliable_runs(suite: str, kinds: Sequence[str]) -> list[str]:
+    """``reliable.py``'s runs for a suite's kinds: greenzmq beside each anchor, same peers.
+
+    Majordomo: greenzmq runs once with majortomo's peers (MDP/0.2) and once
+    with the zguide's (MDP/0.1), each beside the anchor of that version; with
+    no anchor chosen, greenzmq runs with both.
+    """
+    anchors = [k for k in kinds if k != "greenzmq"]
+    peers = [ANCHOR_PEERS[a] for a in anchors] or ["mdp02", "mdp01"]
+    if suite == "ppp":
+        peers = ["ppp"]
+    runs = []
+    for p in peers:
+        if "greenzmq" in kinds:
+            runs.append(f"{p}/greenzmq")
+        runs += [f"{p}/{a}" for a in anchors if ANCHOR_PEERS[a] == p]
+    return runs
+
+
+def run_reliable(
+    bench: Path, suite: str, kinds: Sequence[str], calls: int, rounds: int
+) -> list[ReliableRow]:
+    """The Majordomo or PPP suite: every run in every round (runs interleaved)."""
+    runs = reliable_runs(suite, kinds)
+    out = _run_json(
+        [
+            sys.executable,
+            str(bench / "reliable.py"),
+            "--json",
+            "-n",
+            f"{calls}",
+            "-r",
+            f"{rounds}",
+            *runs,
+        ]
+    )
+    rows = []
+    for rec in out:
+        peers, kind = rec["run"].split("/")
+        rs = rec["rounds"]
+        rows.append(
+            ReliableRow(
+                suite=suite,
+                peers=peers,
+                kind=kind,
+                rps=max(r["rps"] for r in rs),
+                cpu_us=min(r["cpu_us"] for r in rs),
+                answered=min(r["answered"] for r in rs),
+                sent=rs[0]["sent"],
+            )
+        )
+    return rows
+
+
 def _ratio(a: float, b: float | None) -> str:
     return f"{a / b:.2f}" if b else "-"
 
@@ -260,8 +356,33 @@ def mux_table(rows: Sequence[MuxRow]) -> list[str]:
     return out
 
 
-def check_targets(broker: Sequence[BrokerRow], mux: Sequence[MuxRow]) -> list[tuple[str, bool]]:
-    """The targets of issue 5 section 2 that this run can judge: (description, met)."""
+def _anchor_of(rows: Sequence[ReliableRow], r: ReliableRow) -> ReliableRow | None:
+    """The anchor that ran with the same peers as ``r`` (None if it did not run)."""
+    return next((x for x in rows if x.peers == r.peers and x.kind != "greenzmq"), None)
+
+
+def reliable_table(rows: Sequence[ReliableRow]) -> list[str]:
+    """Markdown table: throughput and broker CPU per request vs the anchor with the same peers."""
+    out = [
+        "| peers | broker | req/s | x anchor | CPU us/req | x anchor | answered |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        a = _anchor_of(rows, r)
+        out.append(
+            f"| {PEERS_LABEL[r.peers]} | {r.kind} | {r.rps:.0f} "
+            f"| {_ratio(r.rps, a.rps if a else None)} | {r.cpu_us:.1f} "
+            f"| {_ratio(r.cpu_us, a.cpu_us if a else None)} | {r.answered}/{r.sent} |"
+        )
+    return out
+
+
+def check_targets(
+    broker: Sequence[BrokerRow],
+    mux: Sequence[MuxRow],
+    reliable: Sequence[ReliableRow] = (),
+) -> list[tuple[str, bool]]:
+    """The targets of issues 5 (section 2) and 9 that this run can judge: (description, met)."""
     res: list[tuple[str, bool]] = []
     b = {(r.scenario, r.kind): r for r in broker}
     load, lat = "64x100B", "1x100B"  # the throughput scenario, the latency one
@@ -287,10 +408,26 @@ def check_targets(broker: Sequence[BrokerRow], mux: Sequence[MuxRow]) -> list[tu
             base = m.get("plain_poll")
             rel = f", {cpu / base.cpu_us:.2f}x plain_poll" if base and base.cpu_us else ""
             res.append((f"mux {kind} untraced <= 0.6 us CPU/msg: {cpu:.2f} us{rel}", cpu <= 0.6))
+    for r in reliable:
+        a = _anchor_of(reliable, r)
+        # 0 is below the clock tick (a tiny run): not a measurement to judge
+        if r.kind != "greenzmq" or a is None or not a.cpu_us or not r.cpu_us:
+            continue
+        v = r.cpu_us / a.cpu_us
+        text = (
+            f"{PEERS_LABEL[r.peers]}: greenzmq CPU/request <= {CPU_TARGET}x {a.kind}'s: "
+            f"{v:.2f}x ({r.cpu_us:.1f} against {a.cpu_us:.1f} us; req/s {r.rps / a.rps:.2f}x)"
+        )
+        res.append((text, v <= CPU_TARGET))
     return res
 
 
-def plot(broker: Sequence[BrokerRow], mux: Sequence[MuxRow], path: str) -> bool:
+def plot(
+    broker: Sequence[BrokerRow],
+    mux: Sequence[MuxRow],
+    path: str,
+    reliable: Sequence[ReliableRow] = (),
+) -> bool:
     """Bar charts of the ratios to ``path`` (PNG); False if matplotlib is missing."""
     try:
         import matplotlib
@@ -300,8 +437,37 @@ def plot(broker: Sequence[BrokerRow], mux: Sequence[MuxRow], path: str) -> bool:
     except ImportError:
         return False
     scen = [s for s in SCENARIOS if any(r.scenario == s for r in broker)]
-    panels = 2 + (1 if mux else 0)
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2))
+    panels = (2 if broker else 0) + (1 if mux else 0) + (1 if reliable else 0)
+    if not panels:
+        return True
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2), squeeze=False)
+    axes = list(axes[0])
+    if reliable:
+        ax = axes.pop()
+        labels: list[str] = []
+        cpu_r: list[float] = []
+        thr_r: list[float] = []
+        for g in reliable:
+            anchor = _anchor_of(reliable, g)
+            if g.kind == "greenzmq" and anchor and anchor.cpu_us and anchor.rps:
+                labels.append(f"{g.peers}\nx {anchor.kind}")
+                cpu_r.append(g.cpu_us / anchor.cpu_us)
+                thr_r.append(g.rps / anchor.rps)
+        ticks = list(range(len(labels)))
+        ax.bar([t - 0.2 for t in ticks], cpu_r, 0.4, label="broker CPU/req")
+        ax.bar([t + 0.2 for t in ticks], thr_r, 0.4, label="req/s")
+        ax.set_xticks(ticks, labels, fontsize=8)
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.axhline(CPU_TARGET, color="red", linewidth=0.8)
+        ax.set_title("greenzmq MDP/PPP, x anchor")
+        ax.legend(fontsize=7)
+    if not broker:
+        if mux:
+            _mux_panel(axes[0], mux)
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        return True
     kinds = list(dict.fromkeys(r.kind for r in broker))
     width = 0.8 / max(1, len(kinds))
     b = {(r.scenario, r.kind): r for r in broker}
@@ -321,15 +487,18 @@ def plot(broker: Sequence[BrokerRow], mux: Sequence[MuxRow], path: str) -> bool:
         ax.axhline(1.0, color="grey", linewidth=0.8)
     axes[0].legend(fontsize=7)
     if mux:
-        ax = axes[2]
-        ax.barh([kind_label(r.kind) for r in mux], [r.cpu_us for r in mux])
-        ax.axvline(0.6, color="red", linewidth=0.8)
-        ax.set_title("mux consumer CPU us/msg")
-        ax.invert_yaxis()
+        _mux_panel(axes[2], mux)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return True
+
+
+def _mux_panel(ax: Any, mux: Sequence[MuxRow]) -> None:
+    ax.barh([kind_label(r.kind) for r in mux], [r.cpu_us for r in mux])
+    ax.axvline(0.6, color="red", linewidth=0.8)
+    ax.set_title("mux consumer CPU us/msg")
+    ax.invert_yaxis()
 
 
 def machine() -> str:
@@ -374,8 +543,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="mux messages per producer, 3 producers (default 100000)",
     )
+    p.add_argument(
+        "--calls",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="Majordomo and PPP suites: requests per client, 4 clients (default 1000)",
+    )
     p.add_argument("--rounds", type=int, default=2, help="rounds, kinds interleaved (default 2)")
-    p.add_argument("--only", choices=("broker", "mux"), help="run one suite")
+    p.add_argument(
+        "--only",
+        type=_csv,
+        metavar="SUITES",
+        help=f"run these suites, comma-separated ({', '.join(SUITES)}; default all)",
+    )
     p.add_argument(
         "--scenarios",
         type=_csv,
@@ -389,6 +570,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="broker kinds; greenzmq@RATE traces a share of the hops",
     )
     p.add_argument("--mux-kinds", type=_csv, default=list(MUX_KINDS), help="consumer kinds")
+    p.add_argument(
+        "--mdp-kinds",
+        type=_csv,
+        default=list(MDP_KINDS),
+        help=f"Majordomo brokers (default {','.join(MDP_KINDS)})",
+    )
+    p.add_argument(
+        "--ppp-kinds",
+        type=_csv,
+        default=list(PPP_KINDS),
+        help=f"Paranoid Pirate queues (default {','.join(PPP_KINDS)})",
+    )
     p.add_argument("--plot", metavar="PNG", help="also draw the ratios (needs greenzmq[plot])")
     p.add_argument("--json", metavar="PATH", help="also write every number as JSON")
     p.add_argument(
@@ -407,12 +600,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    for opt in ("requests", "messages", "rounds"):
+    suites = list(SUITES) if ns.only is None else ns.only
+    for what, given, known in (
+        ("suite", suites, SUITES),
+        ("Majordomo kind", ns.mdp_kinds, MDP_KINDS),
+        ("PPP kind", ns.ppp_kinds, PPP_KINDS),
+    ):
+        bad = [k for k in given if k not in known]
+        if bad or not given:
+            name = repr(bad[0]) if bad else "(none)"
+            print(
+                f"greenzmq bench: error: unknown {what} {name} (one of {', '.join(known)})",
+                file=sys.stderr,
+            )
+            return 2
+    if "mdp" in suites and any(r.startswith("mdp02/") for r in reliable_runs("mdp", ns.mdp_kinds)):
+        import importlib.util
+
+        # MDP/0.2's anchor and peers are majortomo's: say so now, not after the other suites
+        if importlib.util.find_spec("majortomo") is None:
+            print(
+                "greenzmq bench: error: the MDP/0.2 runs need majortomo (pip install "
+                "'greenzmq[bench]'), or leave them out: --mdp-kinds greenzmq,mdbroker",
+                file=sys.stderr,
+            )
+            return 2
+    for opt in ("requests", "messages", "calls", "rounds"):
         if getattr(ns, opt) < 1:  # no rounds: no "best of" to report
             print(f"greenzmq bench: error: --{opt} must be at least 1", file=sys.stderr)
             return 2
     try:
-        bench = find_bench_dir(ns.dir)
+        bench = find_bench_dir(ns.dir, suites)
     except FileNotFoundError as e:
         print(f"greenzmq bench: error: {e}", file=sys.stderr)
         return 2
@@ -420,19 +638,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"# greenzmq bench, {stamp}\n{machine()}\n", flush=True)
     broker: list[BrokerRow] = []
     mux: list[MuxRow] = []
+    reliable: list[ReliableRow] = []
     try:
-        if ns.only in (None, "broker"):
+        if "broker" in suites:
             broker = run_broker(bench, ns.scenarios, ns.broker_kinds, ns.requests, ns.rounds)
             print(f"## Broker ({ns.rounds} rounds, best of each)\n")
             print("\n".join(broker_table(broker)) + "\n", flush=True)
-        if ns.only in (None, "mux"):
+        if "mux" in suites:
             mux = run_mux(bench, ns.mux_kinds, ns.messages, ns.rounds)
             print(f"## Many sockets into one consumer ({3 * ns.messages} messages)\n")
             print("\n".join(mux_table(mux)) + "\n", flush=True)
+        for suite, kinds, title in (
+            ("mdp", ns.mdp_kinds, "Majordomo"),
+            ("ppp", ns.ppp_kinds, "Paranoid Pirate"),
+        ):
+            if suite in suites:
+                rows = run_reliable(bench, suite, kinds, ns.calls, ns.rounds)
+                reliable += rows
+                print(
+                    f"## {title} (4 synchronous clients x {ns.calls} requests, 2 echo workers; "
+                    f"{ns.rounds} round{'s' if ns.rounds > 1 else ''}, best of each)\n"
+                )
+                print("\n".join(reliable_table(rows)) + "\n", flush=True)
     except RuntimeError as e:
         print(f"greenzmq bench: error: {e}", file=sys.stderr)
         return 1
-    targets = check_targets(broker, mux)
+    targets = check_targets(broker, mux, reliable)
     if targets:
         print("## Targets\n")
         for text, met in targets:
@@ -446,13 +677,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "machine": machine(),
                     "broker": [dataclasses.asdict(r) for r in broker],
                     "mux": [dataclasses.asdict(r) for r in mux],
+                    "reliable": [dataclasses.asdict(r) for r in reliable],
                     "targets": [{"target": t, "met": m} for t, m in targets],
                 },
                 indent=1,
             )
         )
     if ns.plot:
-        if plot(broker, mux, ns.plot):
+        if plot(broker, mux, ns.plot, reliable):
             print(f"plot: {ns.plot}")
         else:
             print("plot: skipped (matplotlib is not installed: pip install 'greenzmq[plot]')")
