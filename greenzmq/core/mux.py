@@ -130,6 +130,19 @@ class _Outgoing:
         gevent.sleep(min(0.0005 * (1 << min(self.spins, 7)), 0.05))
 
 
+def _sendable(outs: dict[str, _Outgoing], name: str, stopped: str | None) -> _Outgoing:
+    """``name``'s outgoing queue, or KeyError (not sendable) / ClosedError (``stopped``)."""
+    out = outs.get(name)
+    if out is None:
+        raise KeyError(
+            f"{name!r}: not a socket this mux reads and may send on "
+            f"({', '.join(sorted(outs)) or 'none'})"
+        )
+    if stopped is not None:
+        raise ClosedError(f"{stopped} is stopped: cannot send on {name!r}")
+    return out
+
+
 def _more_waiting(raw: zmq.Socket[bytes]) -> bool:
     """Whether another message is ready on ``raw``.
 
@@ -321,14 +334,7 @@ class Readers:
         self._pollers[name].wake()
 
     def _outgoing(self, name: str) -> _Outgoing:
-        out = self._out.get(name)
-        if out is None:
-            raise KeyError(
-                f"{name!r}: not a socket this mux reads and may send on "
-                f"({', '.join(sorted(self._out)) or 'none'})"
-            )
-        if self._stopped:
-            raise ClosedError(f"mux is stopped: cannot send on {name!r}")
+        out = _sendable(self._out, name, "mux" if self._stopped else None)
         if not self._started:
             self.start()
         failed = self._group_failed(name)
@@ -646,15 +652,7 @@ class PollerListener:
         self._poller.wake()
 
     def _outgoing(self, name: str) -> _Outgoing:
-        out = self._out.get(name)
-        if out is None:
-            raise KeyError(
-                f"{name!r}: not a socket this mux reads and may send on "
-                f"({', '.join(sorted(self._out)) or 'none'})"
-            )
-        if self._stopped:
-            raise ClosedError(f"listener is stopped: cannot send on {name!r}")
-        return out
+        return _sendable(self._out, name, "listener" if self._stopped else None)
 
     def _wait_room(self, sock: Socket, out: _Outgoing, timeout: float | None) -> None:
         """The consumer's own send found the queue full: wait for POLLOUT and flush."""
