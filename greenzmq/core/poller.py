@@ -56,6 +56,7 @@ class GreenPoller(gzmq.Poller):
         self._woken = False
         self._timed_out = False
         self._spurious = 0  # io wake-ups in a row that found no event
+        self._armed_io = False  # wait(): the last return was an io wake-up
 
     def _fds(self) -> list[tuple[int, int]]:
         out = []
@@ -150,6 +151,54 @@ class GreenPoller(gzmq.Poller):
             self._armed = False
             for w in self._watchers.values():
                 w.stop()
+
+    def wait(self, timeout: float, *, found: bool = True) -> None:
+        """Park until a registered FD signals, ``timeout`` s pass, or :meth:`wake`.
+
+        The wait without :meth:`poll`'s two ``zmq_poll`` calls, for a loop that
+        owns its sockets and reads each one's EVENTS after its last operation
+        on it before it parks (rule 3): libzmq's FD then signals only on new
+        activity. It says nothing about what is ready: the caller reads EVENTS.
+        ``found``: whether the caller's pass since the last wait found work; io
+        wake-ups in a row that found none mean an FD stuck readable, waited
+        out on a short timer as in :meth:`poll`. Needs ``persistent=True``.
+        """
+        if self._woken:
+            self._woken = False
+            return
+        if found:
+            self._spurious = 0
+        elif self._armed_io:
+            self._spurious += 1
+        self._armed_io = False
+        loop = get_hub().loop
+        stuck = self._spurious >= self._spurious_limit
+        if stuck and not self._still_readable():
+            self._spurious, stuck = 0, False
+        if stuck:
+            self._stop_persistent()
+            n = self._spurious - self._spurious_limit
+            timeout = min(timeout, self._stuck_max, 0.001 * (1 << min(n, 16)))
+            self._spurious += 1
+        elif not self._armed:
+            for w in self._watchers.values():
+                w.start(self._on_ready)
+            self._armed = True
+        timer = loop.timer(max(timeout, 0.0))
+        waiter: Waiter[Any] = Waiter()
+        self._waiter = waiter
+        self._timed_out = False
+        timer.start(self._on_timer)
+        try:
+            waiter.get()
+        finally:
+            self._waiter = None
+            timer.stop()
+            timer.close()
+        if self._woken:
+            self._woken = False
+        elif not self._timed_out:
+            self._armed_io = True
 
     def poll(self, timeout: float | None = -1) -> list[tuple[Any, int]]:
         """Like ``zmq.Poller.poll``: milliseconds, ``None``/negative waits forever."""

@@ -16,7 +16,8 @@ data raw).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
@@ -267,6 +268,37 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
         if self._raw is None:
             self._raw = zmq.Socket.shadow(self.underlying)
         return self._raw
+
+    @contextmanager
+    def green_watcher_paused(self) -> Iterator[None]:
+        """Pause pyzmq's own io watcher on this socket for the ``with`` block.
+
+        For a loop that owns the socket, waits on its FD some other way (a
+        :class:`~greenzmq.core.poller.GreenPoller`) and moves data raw: nobody
+        waits green on the socket meanwhile, and the watcher would read EVENTS
+        on every edge for nothing (a few us per wake-up). The watcher and the
+        callback that restarts it are pyzmq's private names (zmq/green/core.py):
+        both are looked up before anything is paused, so a pyzmq release that
+        renames them only loses this saving (the watcher keeps running), never
+        the clean stop.
+        """
+        watcher: Any = getattr(self, "_state_event", None)
+        resume: Any = getattr(self, "_Socket__state_changed", None)
+        if not (
+            callable(resume)
+            and callable(getattr(watcher, "stop", None))
+            and callable(getattr(watcher, "start", None))
+        ):
+            yield
+            return
+        watcher.stop()
+        try:
+            yield
+        finally:
+            # a closed socket's watcher is gone (pyzmq drops it on close)
+            current: Any = getattr(self, "_state_event", None)
+            if not self.closed and current is watcher:
+                watcher.start(resume)
 
     def send(  # type: ignore[override]  # one signature for pyzmq's overloads
         self, data: Any, flags: int = 0, copy: bool = True, track: bool = False, **kw: Any

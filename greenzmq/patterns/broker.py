@@ -394,43 +394,22 @@ class Broker(Service):
                     next_sweep = now + min(self.request_ttl, _SWEEP)
 
         stopping = self.stopping
-        # Nobody waits green on these sockets while the loop owns them: pause
-        # pyzmq's own per-socket watcher, which would read EVENTS on every
-        # edge for nothing (a few us per wake-up). The watcher and the
-        # callback that restarts it are pyzmq's private names
-        # (zmq/green/core.py): both are looked up before anything is paused,
-        # so a pyzmq release that renames them only loses this saving (the
-        # watcher keeps running), never the clean stop.
-        paused: list[tuple[Socket, Any, Any]] = []
-        for s in (fe, be):
-            watcher: Any = getattr(s, "_state_event", None)
-            resume = getattr(s, "_Socket__state_changed", None)
-            if (
-                callable(resume)
-                and callable(getattr(watcher, "stop", None))
-                and callable(getattr(watcher, "start", None))
-            ):
-                watcher.stop()
-                paused.append((s, watcher, resume))
-        try:
-            while not stopping.is_set():
-                serve()
-            # Stopped: take no new requests, but forward the replies to requests
-            # already accepted (held ones too), for most of the graceful timeout.
-            if in_flight() > 0 or held() or slow:
-                draining = True
-                set_flags()
-                self.log.info("broker.draining", in_flight=in_flight(), held=held())
-                deadline = time.monotonic() + self.graceful_timeout * 0.8
-                while (in_flight() > 0 or slow) and time.monotonic() < deadline:
-                    serve(deadline)
-        finally:
-            poller.close_watchers()
-            for s, watcher, resume in paused:
-                # a closed socket's watcher is gone (pyzmq drops it on close)
-                current: Any = getattr(s, "_state_event", None)
-                if not s.closed and current is watcher:
-                    watcher.start(resume)
+        # nobody waits green on these sockets while this loop owns them
+        with fe.green_watcher_paused(), be.green_watcher_paused():
+            try:
+                while not stopping.is_set():
+                    serve()
+                # Stopped: take no new requests, but forward the replies to requests
+                # already accepted (held ones too), for most of the graceful timeout.
+                if in_flight() > 0 or held() or slow:
+                    draining = True
+                    set_flags()
+                    self.log.info("broker.draining", in_flight=in_flight(), held=held())
+                    deadline = time.monotonic() + self.graceful_timeout * 0.8
+                    while (in_flight() > 0 or slow) and time.monotonic() < deadline:
+                        serve(deadline)
+            finally:
+                poller.close_watchers()
         for cid in slow:  # a client that never read: its replies die with the broker
             for r in clients[cid].replies:
                 drop(fe, r, "slow peer")

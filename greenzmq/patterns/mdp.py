@@ -328,7 +328,7 @@ class MDPBroker(Service):
         sock.claim()
         assert self.tracer is not None
         self._tr = tr = self.tracer.for_socket("broker", "ROUTER")
-        raw = self._raw = sock.raw
+        self._raw = sock.raw
         count = self.stats.socket("broker")
         eng = self.engine = Engine(
             self,
@@ -346,11 +346,10 @@ class MDPBroker(Service):
             confirm=False,  # majortomo's and the zguide's workers heartbeat at their own pace
         )
         eng.watch(self.stats)
-        poller = self._poller = GreenPoller()
-        poller.register(sock, zmq.POLLIN)
+        poller = self._poller = GreenPoller(persistent=True)
         again, batch = zmq.Again, self.batch
 
-        def read(_sock: Any) -> None:
+        def read(raw: Any) -> None:
             n = 0
             while n < batch:
                 if n == 1 and not more_waiting(raw):
@@ -370,9 +369,8 @@ class MDPBroker(Service):
             self._draining = True
             self.log.info("mdp.draining", busy=eng.busy())
 
-        eng.loop(poller, self.stopping, self.drain_timeout, read,
+        eng.loop(poller, [(sock, read, None)], self.stopping, self.drain_timeout,
                  in_flight=eng.busy, on_drain=on_drain)  # fmt: skip
-        poller.close_watchers()
         self.log.info(
             "mdp.stats",
             counts=dict(self.counts),

@@ -216,9 +216,7 @@ class PPPQueue(Service):
         eng.watch(self.stats)
         pool = eng.pool(b"", pinned=True)
         assert pool is not None
-        poller = self._poller = GreenPoller()
-        poller.register(be, zmq.POLLIN)
-        fe_on = False
+        poller = self._poller = GreenPoller(persistent=True)
         again = zmq.Again
         log = self.log
 
@@ -262,22 +260,14 @@ class PPPQueue(Service):
                 self._drop("frontend", reply, "client full" if outcome == FULL else "unknown peer")
             eng.done(w)
 
-        def before_poll(draining: bool) -> None:
+        def want_frontend(draining: bool) -> bool:
             """Read the frontend only while a worker is idle and nothing waits (backpressure)."""
-            nonlocal fe_on
-            want_fe = bool(pool.idle) and not pool.queued and not draining
-            if want_fe != fe_on:
-                if want_fe:
-                    poller.register(fe, zmq.POLLIN)
-                else:
-                    poller.unregister(fe)
-                fe_on = want_fe
+            return bool(pool.idle) and not pool.queued and not draining
 
-        def read(sock: Any) -> None:
-            from_fe = sock is fe
-            raw, n = sock.raw, 0
+        def read_frontend(raw: Any) -> None:
+            n = 0
             while n < self.batch:
-                if from_fe and (not pool.idle or pool.queued):
+                if not pool.idle or pool.queued:
                     break  # backpressure: requests wait in libzmq until a worker is idle
                 if n == 1 and not more_waiting(raw):
                     break  # the usual wake-up brings one message: no EAGAIN exception
@@ -286,9 +276,6 @@ class PPPQueue(Service):
                 except again:
                     break
                 n += 1
-                if not from_fe:
-                    from_backend(m)
-                    continue
                 problem = envelope_problem(m)
                 if problem is not None:
                     self._drop("frontend", m, problem)
@@ -297,7 +284,20 @@ class PPPQueue(Service):
                 reason = eng.submit(pool, Job(m[0], b"", m))
                 if reason is not None:
                     self._drop("frontend", m, reason)
-            (fe_count if from_fe else be_count).add_in(n)
+            fe_count.add_in(n)
+
+        def read_backend(raw: Any) -> None:
+            n = 0
+            while n < self.batch:
+                if n == 1 and not more_waiting(raw):
+                    break
+                try:
+                    m = recv_bytes(raw)
+                except again:
+                    break
+                n += 1
+                from_backend(m)
+            be_count.add_in(n)
 
         def on_drain() -> None:
             # graceful stop: take no new requests, forward the replies still coming
@@ -305,14 +305,12 @@ class PPPQueue(Service):
 
         eng.loop(
             poller,
+            [(be, read_backend, None), (fe, read_frontend, want_frontend)],
             self.stopping,
             self.drain_timeout,
-            read,
             in_flight=lambda: pool.queued + eng.busy(),
             on_drain=on_drain,
-            before_poll=before_poll,
         )
-        poller.close_watchers()
         log.info(
             "ppqueue.stats",
             counts=dict(self.counts),
