@@ -55,14 +55,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import gevent
-import zmq
 
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, with_maxmsgsize
 from ..core.tracing import SocketTracer
 from ._engine import Engine, Job, Worker
-from ._send import FULL, SENT, more_waiting, recv_bytes, send
+from ._send import FULL, SENT, send
 from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
 from .lazypirate import RetryingClient
 
@@ -347,30 +346,19 @@ class MDPBroker(Service):
         )
         eng.watch(self.stats)
         poller = self._poller = GreenPoller(persistent=True)
-        again, batch = zmq.Again, self.batch
 
-        def read(raw: Any) -> None:
-            n = 0
-            while n < batch:
-                if n == 1 and not more_waiting(raw):
-                    break  # the usual wake-up brings one message: no EAGAIN exception
-                try:
-                    m = recv_bytes(raw)
-                except again:
-                    break
-                n += 1
-                if tr.on:
-                    tr.hop("recv", m)
-                self._handle(m)
-            count.add_in(n)
+        def handle(m: list[bytes]) -> None:
+            if tr.on:
+                tr.hop("recv", m)
+            self._handle(m)
 
         def on_drain() -> None:
             # graceful stop: refuse new requests, forward the replies of busy workers
             self._draining = True
             self.log.info("mdp.draining", busy=eng.busy())
 
-        eng.loop(poller, [(sock, read, None)], self.stopping, self.drain_timeout,
-                 in_flight=eng.busy, on_drain=on_drain)  # fmt: skip
+        eng.loop(poller, [(sock, handle, None, count)], self.stopping, self.drain_timeout,
+                 batch=self.batch, in_flight=eng.busy, on_drain=on_drain)  # fmt: skip
         self.log.info(
             "mdp.stats",
             counts=dict(self.counts),

@@ -47,14 +47,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import zmq
-
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import SocketSpec, with_maxmsgsize
 from ..core.tracing import SocketTracer
 from ._engine import Engine, Job, Worker
-from ._send import FULL, SENT, more_waiting, recv_bytes, send
+from ._send import FULL, SENT, send
 from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
 from .broker import envelope_problem
 
@@ -217,7 +215,6 @@ class PPPQueue(Service):
         pool = eng.pool(b"", pinned=True)
         assert pool is not None
         poller = self._poller = GreenPoller(persistent=True)
-        again = zmq.Again
         log = self.log
 
         def from_backend(m: list[bytes]) -> None:
@@ -264,40 +261,15 @@ class PPPQueue(Service):
             """Read the frontend only while a worker is idle and nothing waits (backpressure)."""
             return bool(pool.idle) and not pool.queued and not draining
 
-        def read_frontend(raw: Any) -> None:
-            n = 0
-            while n < self.batch:
-                if not pool.idle or pool.queued:
-                    break  # backpressure: requests wait in libzmq until a worker is idle
-                if n == 1 and not more_waiting(raw):
-                    break  # the usual wake-up brings one message: no EAGAIN exception
-                try:
-                    m = recv_bytes(raw)
-                except again:
-                    break
-                n += 1
-                problem = envelope_problem(m)
-                if problem is not None:
-                    self._drop("frontend", m, problem)
-                    continue
-                self.counts["requests"] += 1
-                reason = eng.submit(pool, Job(m[0], b"", m))
-                if reason is not None:
-                    self._drop("frontend", m, reason)
-            fe_count.add_in(n)
-
-        def read_backend(raw: Any) -> None:
-            n = 0
-            while n < self.batch:
-                if n == 1 and not more_waiting(raw):
-                    break
-                try:
-                    m = recv_bytes(raw)
-                except again:
-                    break
-                n += 1
-                from_backend(m)
-            be_count.add_in(n)
+        def from_frontend(m: list[bytes]) -> None:
+            problem = envelope_problem(m)
+            if problem is not None:
+                self._drop("frontend", m, problem)
+                return
+            self.counts["requests"] += 1
+            reason = eng.submit(pool, Job(m[0], b"", m))
+            if reason is not None:
+                self._drop("frontend", m, reason)
 
         def on_drain() -> None:
             # graceful stop: take no new requests, forward the replies still coming
@@ -305,9 +277,10 @@ class PPPQueue(Service):
 
         eng.loop(
             poller,
-            [(be, read_backend, None), (fe, read_frontend, want_frontend)],
+            [(be, from_backend, None, be_count), (fe, from_frontend, want_frontend, fe_count)],
             self.stopping,
             self.drain_timeout,
+            batch=self.batch,
             in_flight=lambda: pool.queued + eng.busy(),
             on_drain=on_drain,
         )
