@@ -339,6 +339,47 @@ class TestNothingLost:
             for s in socks:
                 s.close(linger=0)
 
+    def test_partials_are_not_repeated_when_another_worker_takes_over(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """MDP/0.2: a worker leaves mid-stream; its successor's replay of the partials the
+        client already has is not forwarded again: each partial once, in order, then FINAL."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        socks = [ctx.socket(zmq.DEALER) for _ in range(3)]
+        first, second, client = socks
+        for s in socks:
+            s.connect(ep)
+
+        def request(w: Any) -> list[bytes]:
+            while (m := w.recv_multipart())[2] != b"\x02":
+                pass  # heartbeats
+            return m
+
+        try:
+            first.send_multipart([b"", W_WORKER02, b"\x01", b"svc"])
+            ready(b, 1)
+            with gevent.Timeout(5):
+                client.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"count"])
+                m = request(first)
+                first.send_multipart([b"", W_WORKER02, b"\x03", m[3], b"", b"one"])
+                assert client.recv_multipart() == [b"", C_CLIENT02, b"\x03", b"one"]
+                first.send_multipart([b"", W_WORKER02, b"\x06"])  # gone mid-stream
+            b.wait_event("mdp.worker_left")
+            second.send_multipart([b"", W_WORKER02, b"\x01", b"svc"])
+            with gevent.Timeout(5):
+                m = request(second)
+                assert m[-1] == b"count"
+                for part in (b"one", b"two"):  # the handler runs again from the start
+                    second.send_multipart([b"", W_WORKER02, b"\x03", m[3], b"", part])
+                second.send_multipart([b"", W_WORKER02, b"\x04", m[3], b"", b"done"])
+                assert client.recv_multipart() == [b"", C_CLIENT02, b"\x03", b"two"]
+                assert client.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"done"]
+            assert client.poll(200) == 0
+        finally:
+            for s in socks:
+                s.close(linger=0)
+
     @pytest.mark.deadline(60)
     def test_hung_busy_worker_is_expired_and_its_request_answered(
         self, service: Any, endpoint: Any, ctx: Any

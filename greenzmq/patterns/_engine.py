@@ -57,13 +57,16 @@ _GAUGED_SERVICES = 64  # services with their own pending gauge; the total counts
 class Job:
     """One client request: who asked (``client``, its routing id), for what, in which version."""
 
-    __slots__ = ("body", "client", "service", "version")
+    __slots__ = ("body", "client", "service", "streamed", "version")
 
     def __init__(self, client: bytes, service: bytes, body: list[bytes], version: int = 0) -> None:
         self.client = client
         self.service = service
         self.body = body  # the codec's: PPP keeps the whole request, MDP the body frames
         self.version = version
+        # partial replies already forwarded to the client (MDP/0.2): a worker
+        # that takes the request over after another one's death replays them
+        self.streamed = 0
 
 
 class Worker:
@@ -76,6 +79,7 @@ class Worker:
         "id",
         "job",
         "partials",
+        "replayed",
         "seen",
         "service",
         "version",
@@ -89,6 +93,7 @@ class Worker:
         self.confirmed = False  # heard from since its READY
         self.job: Job | None = None
         self.partials: list[bytes] = []  # MDP/0.2 PARTIAL frames held for an MDP/0.1 client
+        self.replayed = 0  # PARTIAL replies it sent for its current request
         self.beats_job = 0  # heartbeats heard while holding the current request
         # Seen heartbeating while busy (two beats in one request: a single one
         # may have been on its way when the request was sent).
@@ -303,22 +308,27 @@ class Engine:
 
     def dispatch(self, p: Pool) -> None:
         """Hand queued requests to idle workers, LRU first; skip and forget unreachable ones."""
+        if not (p.queued and p.idle):
+            self.tidy(p)
+            return
         now = time.monotonic()
-        unsure: list[bytes] = []
+        unsure: list[bytes] | None = None
         while p.queued and p.idle:
             wid, _ = p.idle.popitem(last=False)
             w = self.workers[wid]
             if not w.confirmed and now - w.seen > self.unconfirmed:
+                if unsure is None:
+                    unsure = []
                 unsure.append(wid)  # a READY and silence since: maybe a ghost
                 continue
             job = p.pop()
             outcome = self.codec.send_request(w, job)
             if outcome == SENT:
-                w.job, w.seen, w.beats_job = job, now, 0
+                w.job, w.seen, w.beats_job, w.replayed, w.partials = job, now, 0, 0, []
                 continue
             p.push(job, front=True)  # to the next worker
             self._lose(w, "full" if outcome == FULL else "unreachable")
-        for wid in reversed(unsure):  # back in their LRU places, first in line
+        for wid in reversed(unsure or ()):  # back in their LRU places, first in line
             p.idle[wid] = None
             p.idle.move_to_end(wid, last=False)
         self.tidy(p)

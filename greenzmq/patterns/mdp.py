@@ -258,6 +258,13 @@ class MDPBroker(Service):
         body = rest[2:]
         if version == 2 and cmd == PARTIAL02:
             if job.version == 2:
+                # a request taken over from a worker that died mid-stream: its
+                # first partials are the ones the client has (a replay), not news
+                w.replayed += 1
+                if w.replayed <= job.streamed:
+                    self.counts["partials replayed"] += 1
+                    return
+                job.streamed += 1
                 self._to_client(job, body, partial=True)
             else:
                 w.partials.extend(body)  # 0.1 clients get it all in one reply
