@@ -380,6 +380,33 @@ class TestNothingLost:
             for s in socks:
                 s.close(linger=0)
 
+    def test_stale_request_is_not_run(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """``request_timeout``: a request that waited too long for a worker is dropped with its
+        reason, never handed to the worker that turns up later; a fresh one is served."""
+        ep = endpoint()
+        b: ServiceProcess = service(
+            f"services.majordomo:make(heartbeat={HB}, request_timeout=0.5)",
+            "--endpoint",
+            f"broker={ep}",
+        )
+        b.wait_started()
+        worker, client = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        for s in (worker, client):
+            s.connect(ep)
+        try:
+            client.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"stale"])
+            b.wait_event("hop", op="drop", reason="request timed out waiting for a worker")
+            worker.send_multipart([b"", W_WORKER02, b"\x01", b"svc"])
+            ready(b, 1)
+            client.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"fresh"])
+            with gevent.Timeout(5):
+                while (m := worker.recv_multipart())[2] != b"\x02":
+                    pass  # heartbeats
+            assert m[-1] == b"fresh"
+        finally:
+            for s in (worker, client):
+                s.close(linger=0)
+
     @pytest.mark.deadline(60)
     def test_hung_busy_worker_is_expired_and_its_request_answered(
         self, service: Any, endpoint: Any, ctx: Any

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any, Protocol
 
@@ -57,9 +57,10 @@ _GAUGED_SERVICES = 64  # services with their own pending gauge; the total counts
 class Job:
     """One client request: who asked (``client``, its routing id), for what, in which version."""
 
-    __slots__ = ("body", "client", "service", "streamed", "version")
+    __slots__ = ("at", "body", "client", "service", "streamed", "version")
 
     def __init__(self, client: bytes, service: bytes, body: list[bytes], version: int = 0) -> None:
+        self.at = time.monotonic()  # accepted: its age decides whether it is still worth running
         self.client = client
         self.service = service
         self.body = body  # the codec's: PPP keeps the whole request, MDP the body frames
@@ -103,11 +104,12 @@ class Worker:
 class Pool:
     """One service: its workers, the idle ones LRU first, its requests fair-queued per client."""
 
-    __slots__ = ("idle", "name", "pinned", "queued", "queues", "turn", "workers")
+    __slots__ = ("idle", "name", "pinned", "queued", "queues", "timeout", "turn", "workers")
 
-    def __init__(self, name: bytes, pinned: bool = False) -> None:
+    def __init__(self, name: bytes, pinned: bool = False, timeout: float | None = None) -> None:
         self.name = name
         self.pinned = pinned  # kept when empty (PPP's one service)
+        self.timeout = timeout  # seconds a request may wait for a worker (None: no limit)
         self.idle: OrderedDict[bytes, None] = OrderedDict()
         self.workers: set[bytes] = set()
         self.queues: dict[bytes, deque[Job]] = {}
@@ -143,6 +145,21 @@ class Pool:
         else:
             del self.queues[client]
         return job
+
+    def stale(self, now: float) -> list[Job]:
+        """Take out the requests that waited longer than ``timeout``, each client's oldest first."""
+        if self.timeout is None or not self.queued:
+            return []
+        limit = now - self.timeout
+        out: list[Job] = []
+        for client, q in list(self.queues.items()):
+            while q and q[0].at < limit:
+                out.append(q.popleft())
+            if not q:
+                del self.queues[client]
+                self.turn.remove(client)
+        self.queued -= len(out)
+        return out
 
     def remove(self, job: Job) -> bool:
         """Take ``job`` out of the queue; False if it is not queued (handed out again)."""
@@ -185,6 +202,10 @@ class Engine:
     DISCONNECT to an expired worker (MDP). ``service_key``: the log key naming a
     worker's service (None: do not name it). ``confirm``: route nothing to a
     worker heard only through a READY over one heartbeat old (PPP).
+    ``request_timeout``: seconds a request may wait for a worker before it is
+    dropped (logged, counted: its client has given up or retried by then, and
+    a restarted service should not work through stale requests); None: no
+    limit. ``service_timeouts`` overrides it per service.
     """
 
     def __init__(
@@ -204,6 +225,8 @@ class Engine:
         counts: Counter[str] | None = None,
         remember: int = 4096,
         confirm: bool = True,
+        request_timeout: float | None = None,
+        service_timeouts: Mapping[bytes, float | None] | None = None,
     ) -> None:
         self.codec, self.log, self.prefix = codec, log, prefix
         self.heartbeat = heartbeat
@@ -219,6 +242,8 @@ class Engine:
         self.max_queue = max_queue
         self.client_queue = max_queue if client_queue is None else client_queue
         self.max_services = max_services
+        self.request_timeout = request_timeout
+        self.service_timeouts = dict(service_timeouts or {})
         self.tell_expired = tell_expired
         self.service_key = service_key
         self.counts: Counter[str] = Counter() if counts is None else counts
@@ -249,7 +274,8 @@ class Engine:
         if p is None:
             if len(self.pools) >= self.max_services:
                 return None
-            p = self.pools[name] = Pool(name, pinned)
+            timeout = self.service_timeouts.get(name, self.request_timeout)
+            p = self.pools[name] = Pool(name, pinned, timeout)
             if self._stats is not None and name:
                 self._gauge_pending(name)
         return p
@@ -282,6 +308,7 @@ class Engine:
         stats.gauge("pending", self.queued)
         stats.gauge("workers:expired", lambda: self.counts["workers expired"])
         stats.gauge("requests:requeued", lambda: self.counts["requeued"])
+        stats.gauge("requests:timed_out", lambda: self.counts["requests timed out"])
 
     # -- requests -----------------------------------------------------------
     def submit(self, p: Pool, job: Job) -> str | None:
@@ -322,6 +349,11 @@ class Engine:
                 unsure.append(wid)  # a READY and silence since: maybe a ghost
                 continue
             job = p.pop()
+            if p.timeout is not None and now - job.at > p.timeout:
+                self._stale(job)
+                p.idle[wid] = None  # the worker stays first in line
+                p.idle.move_to_end(wid, last=False)
+                continue
             outcome = self.codec.send_request(w, job)
             if outcome == SENT:
                 w.job, w.seen, w.beats_job, w.replayed, w.partials = job, now, 0, 0, []
@@ -332,6 +364,10 @@ class Engine:
             p.idle[wid] = None
             p.idle.move_to_end(wid, last=False)
         self.tidy(p)
+
+    def _stale(self, job: Job) -> None:
+        self.counts["requests timed out"] += 1
+        self.codec.drop_job(job, "request timed out waiting for a worker")
 
     # -- workers ------------------------------------------------------------
     def ready(self, wid: bytes, p: Pool, version: int = 0) -> Worker:
@@ -537,7 +573,13 @@ class Engine:
                 poller.close_watchers()
 
     def tick(self, now: float) -> None:
-        """Expire silent workers, heartbeat the others (call every ``heartbeat`` seconds)."""
+        """Expire silent workers, heartbeat the others, drop stale requests (every heartbeat)."""
+        for p in list(self.pools.values()):
+            stale = p.stale(now)
+            for job in stale:
+                self._stale(job)
+            if stale:
+                self.tidy(p)
         for w in list(self.workers.values()):
             limit = self.patience if w.job is None or w.beats_busy else self.busy_timeout
             if now - w.seen > limit:

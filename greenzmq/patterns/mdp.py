@@ -114,6 +114,9 @@ class MDPBroker(Service):
     queue at ``max_queue`` makes room by dropping the newest request of the
     client with the most queued (``client_queue`` caps one client; None: no
     cap but ``max_queue``), so a flooding client cannot starve the others. A
+    request that waited ``request_timeout`` seconds for a worker (or its
+    service's entry in ``service_timeouts``, by name) is dropped, logged and
+    counted, not run: its client has given up or retried by then. A
     request held by a worker that leaves, dies or hangs goes to the next
     worker, and an expired worker that speaks again is taken back.
     """
@@ -133,6 +136,8 @@ class MDPBroker(Service):
         max_services: int = 10000,
         maxmsgsize: int = -1,
         drain_timeout: float = 5.0,
+        request_timeout: float | None = None,
+        service_timeouts: Mapping[str, float | None] | None = None,
         name: str | None = None,
     ) -> None:
         specs = with_maxmsgsize(self.specs, maxmsgsize, lambda s: s.name == "broker")
@@ -140,6 +145,9 @@ class MDPBroker(Service):
         self.heartbeat, self.liveness, self.busy_timeout = heartbeat, liveness, busy_timeout
         self.max_queue, self.client_queue = max_queue, client_queue
         self.max_services = max_services
+        #: seconds a request may wait for a worker (None: no limit); per service names too
+        self.request_timeout = request_timeout
+        self.service_timeouts = {k.encode(): v for k, v in (service_timeouts or {}).items()}
         #: seconds a stopping broker keeps forwarding replies from busy workers
         self.drain_timeout = min(drain_timeout, self.graceful_timeout)
         self._draining = False
@@ -350,6 +358,8 @@ class MDPBroker(Service):
             service_key="mdp_service",
             counts=self.counts,
             confirm=False,  # majortomo's and the zguide's workers heartbeat at their own pace
+            request_timeout=self.request_timeout,
+            service_timeouts=self.service_timeouts,
         )
         eng.watch(self.stats)
         poller = self._poller = GreenPoller(persistent=True)

@@ -128,7 +128,9 @@ class PPPQueue(Service):
     A codec over :class:`~greenzmq.patterns._engine.Engine` with one anonymous
     service: a reply is forwarded only from the worker holding that client's
     request, a request held by a worker that leaves or dies goes to the next
-    one, and an expired worker that speaks again is taken back.
+    one, and an expired worker that speaks again is taken back. A request that
+    waited ``request_timeout`` seconds for a worker is dropped (logged,
+    counted), not run: its client has given up or retried by then.
     """
 
     name = "ppqueue"
@@ -146,11 +148,14 @@ class PPPQueue(Service):
         liveness: int = 3,
         maxmsgsize: int = -1,
         drain_timeout: float = 5.0,
+        request_timeout: float | None = None,
         name: str | None = None,
     ) -> None:
         specs = with_maxmsgsize(self.specs, maxmsgsize, lambda s: s.type == "ROUTER")
         super().__init__(name=name, specs=specs)
         self.heartbeat, self.liveness = heartbeat, liveness
+        #: seconds a request may wait for a worker before it is dropped (None: no limit)
+        self.request_timeout = request_timeout
         #: seconds a stopping queue keeps forwarding replies from busy workers
         self.drain_timeout = min(drain_timeout, self.graceful_timeout)
         self.drops: Counter[str] = Counter()
@@ -209,7 +214,7 @@ class PPPQueue(Service):
         fe_count, be_count = self.stats.socket("frontend"), self.stats.socket("backend")
         eng = self.engine = Engine(
             self, self.log, "ppqueue", heartbeat=self.heartbeat, liveness=self.liveness,
-            counts=self.counts,
+            counts=self.counts, request_timeout=self.request_timeout,
         )  # fmt: skip
         eng.watch(self.stats)
         pool = eng.pool(b"", pinned=True)
