@@ -452,8 +452,8 @@ def plot(
     panels = (2 if broker else 0) + (1 if mux else 0) + (1 if reliable else 0)
     if not panels:
         return True
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2), squeeze=False)
-    axes = list(axes[0])
+    fig, grid = plt.subplots(1, panels, figsize=(5 * panels, 4.2), squeeze=False)
+    axes: list[Any] = list(grid[0])
     if reliable:
         ax = axes.pop()
         labels: list[str] = []
