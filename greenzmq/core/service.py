@@ -176,7 +176,7 @@ class Service:
     def open(self, endpoints: Mapping[str, str] | None = None) -> None:
         """Make the context, run the before-bind callbacks, make the sockets (endpoints applied)."""
         specs = apply_endpoints(self.specs, endpoints or {})
-        self.log = get_logger()
+        self.log = get_logger(service=self.name)
         self.tracer = Tracer(self.name)
         self.ctx = Context()
         self.socks = {}
