@@ -14,6 +14,7 @@ keeps 2,000). Heartbeats are 0.5 s with liveness 3 in every scenario.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from typing import Any
 import pytest
 
 from greenzmq.tools.cluster import CLIENT_TIMEOUT, Fleet, Net, kill_scenario, unavailable
+
+from .helpers import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +170,20 @@ def test_lossy_link(net: Net, tmp_path: Path) -> None:
     assert not lost, f"false worker expiry under 5% loss: {lost}"
     assert r["wrong"] == 0 and r["lost"] == 0 and r["failed"] == 0, r
     assert len(during) >= 500, "the load ran through the lossy window"
+
+
+@pytest.mark.deadline(60)
+def test_demo_cluster(net: Net) -> None:
+    """``greenzmq demo --cluster`` runs the kill scenario on hosts of its own and says OK."""
+    r = subprocess.run(
+        [sys.executable, "-m", "greenzmq", "demo", "--cluster", "--requests", "400"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    print(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "answered 400 of 400, wrong 0, failed 0" in r.stdout
+    assert r.stdout.splitlines()[-1].startswith("demo --cluster: OK in ")
