@@ -57,12 +57,19 @@ def answer_forever(sock: Any, prefix: bytes) -> None:
 
 class TestClientFailover:
     def test_lazypirate_moves_on_and_remembers(self, ctx: Any, endpoint: Any) -> None:
-        """A dead first broker: the next try goes to the second, which is kept afterwards."""
-        dead, live = endpoint(), endpoint()
+        """A silent first broker: the next try goes to the second, which is kept afterwards."""
+        silent_ep, live = endpoint(), endpoint()
+        silent = ctx.build(SocketSpec("silent", "ROUTER", bind=(silent_ep,)))
         server = ctx.build(SocketSpec("srv", "ROUTER", bind=(live,)))
-        g = gevent.spawn(answer_forever, server, b"live:")
+        heard: list[list[bytes]] = []
+
+        def swallow() -> None:
+            while True:
+                heard.append(silent.recv_multipart())
+
+        gs = [gevent.spawn(answer_forever, server, b"live:"), gevent.spawn(swallow)]
         try:
-            with LazyPirate([dead, live], timeout=0.3, retries=2, ctx=ctx) as c:
+            with LazyPirate([silent_ep, live], timeout=0.3, retries=2, ctx=ctx) as c:
                 assert c.request(b"1") == [b"live:1"]
                 assert (c.endpoint, c.failovers, c.resent) == (live, 1, 1)
                 t0 = time.monotonic()
@@ -70,8 +77,12 @@ class TestClientFailover:
                     assert c.request(str(i).encode()) == [b"live:" + str(i).encode()]
                 assert time.monotonic() - t0 < 0.3, "remembered broker: no timeout paid again"
                 assert c.failovers == 1
+            # one broker at a time: the silent one saw the first try only
+            assert [m[-1] for m in heard] == [b"1"]
         finally:
-            g.kill()
+            for g in gs:
+                g.kill()
+            silent.close(linger=0)
             server.close(linger=0)
 
     def test_lazypirate_every_broker_silent(self, ctx: Any, endpoint: Any) -> None:

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gevent
-import gevent.event
 import gevent.pool
 import zmq
 
@@ -121,7 +120,6 @@ class HeartbeatWorker:
         self.answered = 0
         self.reconnects = 0
         self._stopping = False
-        self._wake = gevent.event.Event()
         # (envelope, frames, the request's hop key: the reply's reply_to when traced)
         self._done: deque[tuple[list[bytes], list[bytes], str | None]] = deque()
         self._backlog: deque[tuple[list[bytes], list[bytes], str | None]] = deque()
@@ -153,7 +151,6 @@ class HeartbeatWorker:
     def stop(self) -> None:
         """Finish the request in hand, say goodbye, return from run(). Any greenlet may call it."""
         self._stopping = True
-        self._wake.set()
         self.poller.wake()
 
     @property
@@ -293,8 +290,6 @@ class HeartbeatWorker:
                 now = time.monotonic()
                 for link in self.links:
                     self._tend(link, now, leaving_since is not None)
-                if self._stopping and all(k.sock is None for k in self.links):
-                    break  # no broker left to answer or to say goodbye to
         finally:
             self._group.kill(block=True)
             self.poller.close_watchers()
