@@ -9,7 +9,10 @@ A RUN is ``PEERS/BROKER``:
 * ``mdp01/greenzmq``, ``mdp01/mdbroker``: MDP/0.1, peers after the zguide's
   mdcliapi/mdwrkapi, greenzmq's broker or the anchor after the zguide's mdbroker;
 * ``ppp/greenzmq``, ``ppp/ppqueue``: Paranoid Pirate workers (RFC 6) and REQ
-  clients, greenzmq's PPP queue or the anchor after the zguide's ppqueue.
+  clients, greenzmq's PPP queue or the anchor after the zguide's ppqueue;
+  ``ppp/minimal``: the same peers and a floor, not an anchor (the least a
+  Python PPP queue woken once per message can do: LRU and heartbeats, nothing
+  else).
 
 The anchors and peers are in ``reliable_anchors.py`` beside this file.
 greenzmq's brokers are the real commands (``greenzmq
@@ -49,6 +52,7 @@ RUNS = (
     "mdp01/mdbroker",
     "ppp/greenzmq",
     "ppp/ppqueue",
+    "ppp/minimal",
 )
 
 
@@ -91,7 +95,7 @@ def broker_argv(run: str, fe: str, be: str, kill: str) -> list[str]:
         return [sys.executable, "-m", "majortomo.broker", "-b", fe]
     if broker == "mdbroker":
         return [sys.executable, ANCHORS, "broker", "mdbroker", fe]
-    return [sys.executable, ANCHORS, "broker", "ppqueue", fe, be]
+    return [sys.executable, ANCHORS, "broker", broker, fe, be]
 
 
 def _kill(procs: list[subprocess.Popen[Any]]) -> None:
