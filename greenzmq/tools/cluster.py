@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -166,6 +167,7 @@ class Proc:
         self.label = label
         self.log = logdir / f"{label}.log"
         self.out_path = logdir / f"{label}.out"
+        self.killed = False  # on purpose: not a failure to report
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
             net.command(host, argv),
@@ -198,6 +200,7 @@ class Proc:
     def kill(self, sig: int = signal.SIGKILL) -> float:
         """Send ``sig`` to its whole process group; the wall time it was sent."""
         t = time.time()
+        self.killed = True
         try:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
@@ -302,7 +305,7 @@ class Fleet:
             v = cond()
             if v:
                 return v
-            dead = [p for p in self.procs if p.proc.poll() is not None and p.label != "load"]
+            dead = [p for p in self.procs if p.proc.poll() is not None and not p.killed]
             if time.monotonic() > deadline or (dead and not cond()):
                 detail = "\n".join(f"{p.label}: {p.output()[-2000:]}" for p in dead)
                 raise RuntimeError(f"timed out waiting for {what}\n{detail}".strip())
@@ -317,9 +320,10 @@ class Fleet:
                 "--rate", str(rate), "--timeout", str(timeout), "--retries", str(retries),
                 "--progress", str(progress), *(["--latencies"] if latencies else []),
                 *(a for h in ("a1", "a2") for a in ("--endpoint", self.frontend(h)))]  # fmt: skip
+        # unbuffered: a line read is a line the select() in Load.until saw arrive
         return Load(subprocess.Popen(self.net.command("c", argv), stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True,
-                                     env=child_env()))  # fmt: skip
+                                     env=child_env(), bufsize=0))  # fmt: skip
 
     def executions(self, timeout: float = 20.0) -> int:
         """Stop the workers (SIGTERM) and add up the requests they say they answered."""
@@ -345,11 +349,14 @@ class Load:
     def until(self, answered: int, timeout: float) -> None:
         """Read progress until ``answered`` requests are done."""
         deadline = time.monotonic() + timeout
-        assert self.proc.stdout is not None
+        out = self.proc.stdout
+        assert out is not None
         while self.done < answered:
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            # a silent, hung load must not hang the reader: wait for a line with a deadline
+            if left <= 0 or not select.select([out], [], [], left)[0]:
                 raise RuntimeError(f"load: {self.done} answered after {timeout} s")
-            line = self.proc.stdout.readline()
+            line = out.readline()
             if not line:
                 raise RuntimeError(f"load ended early: {self._err()}")
             self.done = int(json.loads(line).get("done", self.done))
