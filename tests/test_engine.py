@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from greenzmq.patterns._engine import Engine, Job, Pool, Worker
 from greenzmq.patterns._send import GONE, SENT
 
@@ -175,3 +177,17 @@ class TestRequestTimeout:
         j.at -= 60.0
         eng.tick(time.monotonic())
         assert codec.dropped == [] and batch.queued == 1
+
+
+class TestExpiryTime:
+    def test_expiry_at_its_time_not_the_next_tick(self) -> None:
+        """``expire`` says when the next silent worker is due, and forgets it right after."""
+        eng, _, pool = engine()  # heartbeat 0.1, liveness 3: 0.3 s of silence
+        eng.ready(b"a", pool)
+        eng.ready(b"b", pool)
+        seen_a = eng.workers[b"a"].seen
+        eng.workers[b"b"].seen = seen_a + 0.05  # heard later
+        assert eng.expire(seen_a + 0.1) == pytest.approx(seen_a + 0.3)
+        assert set(eng.workers) == {b"a", b"b"}
+        assert eng.expire(seen_a + 0.31) == pytest.approx(seen_a + 0.35)  # a gone, b next
+        assert set(eng.workers) == {b"b"} and eng.counts["workers expired"] == 1

@@ -46,7 +46,7 @@ class TestReadme:
 
     @pytest.mark.deadline(120)
     def test_testing_example(self, tmp_path: Path) -> None:
-        """"Testing your services": the example tests pass with the installed plugin alone."""
+        """ "Testing your services": the example tests pass with the installed plugin alone."""
         (tmp_path / "echoapp.py").write_text(MODULES["echoapp"])
         (tmp_path / "test_echoapp.py").write_text(MODULES["test_echoapp"])
         r = subprocess.run(

@@ -514,6 +514,7 @@ class Engine:
         """
         hb = self.heartbeat
         next_hb = time.monotonic() + hb
+        next_expiry = float("inf")  # no worker yet; the tick says when
         drain_until: float | None = None
         srcs = [(s.raw, handle, wanted, counters) for s, handle, wanted, counters in sources]
         n_src = len(srcs)
@@ -559,10 +560,17 @@ class Engine:
                     now = time.monotonic()
                     if now >= next_hb:
                         next_hb = now + hb
-                        self.tick(now)
+                        next_expiry = self.tick(now)
                         dirty = [True] * n_src  # it sent: read EVENTS again before parking
                         continue
-                    wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
+                    if now > next_expiry:
+                        next_expiry = self.expire(now)
+                        dirty = [True] * n_src  # a DISCONNECT may have gone out
+                        continue
+                    # a worker registered since the tick is due no sooner than a tick away
+                    wake_at = min(next_hb, next_expiry)
+                    if drain_until is not None:
+                        wake_at = min(wake_at, drain_until)
                     fired = poller.wait(wake_at - now, found=found)
                     found = False
                     if not fired:
@@ -572,17 +580,36 @@ class Engine:
             finally:
                 poller.close_watchers()
 
-    def tick(self, now: float) -> None:
-        """Expire silent workers, heartbeat the others, drop stale requests (every heartbeat)."""
+    def tick(self, now: float) -> float:
+        """Expire silent workers, heartbeat the others, drop stale requests (every heartbeat).
+
+        Returns when the next worker would expire if it stays silent (see :meth:`expire`).
+        """
         for p in list(self.pools.values()):
             stale = p.stale(now)
             for job in stale:
                 self._stale(job)
             if stale:
                 self.tidy(p)
+        next_expiry = self.expire(now)
+        for w in list(self.workers.values()):
+            if self.codec.send_heartbeat(w) == GONE:
+                self.forget(w.id, "unreachable")
+        return next_expiry
+
+    def expire(self, now: float) -> float:
+        """Forget the workers silent past their limit; when the next one would be.
+
+        The loop calls it at that time too, not only on the heartbeat tick: a
+        dead worker is noticed ``liveness`` intervals after its last message,
+        not up to one interval later.
+        """
+        soonest = float("inf")
         for w in list(self.workers.values()):
             limit = self.patience if w.job is None or w.beats_busy else self.busy_timeout
-            if now - w.seen > limit:
+            due = w.seen + limit
+            if now > due:
                 self.forget(w.id, "expired", tell=self.tell_expired)
-            elif self.codec.send_heartbeat(w) == GONE:
-                self.forget(w.id, "unreachable")
+            elif due < soonest:
+                soonest = due
+        return soonest
