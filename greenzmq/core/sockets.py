@@ -334,6 +334,8 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
     """
 
     _socket_class = Socket
+    #: monitor the connections of connecting sockets (``greenzmq health`` reads them)
+    monitor_peers = False
 
     def build(self, spec: SocketSpec) -> Socket:
         """Create, configure, bind and connect the socket ``spec`` describes.
@@ -366,6 +368,11 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
             if kind == zmq.SUB:
                 for topic in spec.subscribe:
                     sock.setsockopt(zmq.SUBSCRIBE, topic)
+            if self.monitor_peers and spec.connect:
+                from .stats import watch_peers
+
+                # before connecting: an event before the monitor is read is lost
+                watch_peers(self, sock, tuple(spec.connect))
             attach_endpoints(sock, spec)
         except BaseException:
             sock.close(0)

@@ -56,13 +56,14 @@ _GAUGED_SERVICES = 64  # services with their own pending gauge; the total counts
 class Job:
     """One client request: who asked (``client``, its routing id), for what, in which version."""
 
-    __slots__ = ("body", "client", "service", "version")
+    __slots__ = ("body", "client", "service", "t0", "version")
 
     def __init__(self, client: bytes, service: bytes, body: list[bytes], version: int = 0) -> None:
         self.client = client
         self.service = service
         self.body = body  # the codec's: PPP keeps the whole request, MDP the body frames
         self.version = version
+        self.t0 = time.monotonic()  # accepted: the latency histogram measures to the reply
 
 
 class Worker:
@@ -223,6 +224,7 @@ class Engine:
         self._remember = remember
         self._stats: Any = None
         self._gauged: set[bytes] = set()
+        self.latency: Any = None  # a core.stats.Histogram once watched
 
     def _gauge_pending(self, name: bytes) -> None:
         # bounded: clients choose service names, and a gauge is never removed
@@ -276,6 +278,18 @@ class Engine:
         stats.gauge("pending", self.queued)
         stats.gauge("workers:expired", lambda: self.counts["workers expired"])
         stats.gauge("requests:requeued", lambda: self.counts["requeued"])
+        self.latency = stats.histogram("request_latency")
+        stats.table("services", self.by_service)
+
+    def by_service(self) -> dict[str, dict[str, int]]:
+        """Idle and busy workers and pending requests per service (the first 64 services)."""
+        out: dict[str, dict[str, int]] = {}
+        # services with workers first: client-chosen names of empty pools come last
+        for p in sorted(self.pools.values(), key=lambda p: not p.workers)[:_GAUGED_SERVICES]:
+            busy = sum(self.workers[w].job is not None for w in p.workers if w in self.workers)
+            name = p.name.decode(errors="replace") or "default"
+            out[name] = {"idle": len(p.idle), "busy": busy, "pending": p.queued}
+        return out
 
     # -- requests -----------------------------------------------------------
     def submit(self, p: Pool, job: Job) -> str | None:
@@ -385,6 +399,8 @@ class Engine:
 
     def done(self, w: Worker) -> None:
         """``w`` answered its request: idle again, next request if any."""
+        if self.latency is not None and w.job is not None:
+            self.latency.observe(time.monotonic() - w.job.t0)
         w.job, w.partials = None, []
         p = self.pools.get(w.service)
         if p is not None:

@@ -1,0 +1,312 @@
+"""Operations: `--metrics` scraped over HTTP, sd_notify, `greenzmq health` and `mmi`.
+
+Real launcher processes, real brokers and workers on free tcp ports, a real
+HTTP scrape (``urllib``), a real unix datagram socket standing in for systemd.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from greenzmq.launcher.metrics import Metrics, counters_of
+
+from .helpers import ROOT, ServiceProcess, free_port, wait_for
+
+Start = Callable[..., ServiceProcess]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    """``GET /metrics``, parsed by prometheus_client's own parser: {(name, labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    """One sample's value, None if absent."""
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def scrape_until(
+    port: int, cond: Callable[[Samples], bool], what: str, timeout: float = 10
+) -> Samples:
+    """Scrape until ``cond(samples)`` holds (the workers report every 0.5 s)."""
+    last: list[Samples] = [{}]
+
+    def ok() -> bool:
+        try:
+            last[0] = scrape(port)
+        except (urllib.error.URLError, ConnectionError):
+            return False
+        return cond(last[0])
+
+    try:
+        wait_for(ok, timeout, what)
+    except AssertionError as e:
+        shown = {k: v for k, v in last[0].items() if not k[0].endswith("_bucket")}
+        raise AssertionError(f"{e}; last scrape: {shown}") from None
+    return last[0]
+
+
+def pipelined(endpoint: str, bodies: list[bytes], identity: bytes, window: int = 100) -> None:
+    """Send every body through a DEALER (``window`` in flight); wait for every reply."""
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.IDENTITY, identity)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    try:
+        sent = got = 0
+        deadline = time.monotonic() + 30
+        while got < len(bodies):
+            while sent < len(bodies) and sent - got < window:
+                s.send_multipart([b"", bodies[sent]])
+                sent += 1
+            assert s.poll(int(max(0.0, deadline - time.monotonic()) * 1000)), f"{got} replies"
+            s.recv_multipart()
+            got += 1
+    finally:
+        s.close(0)
+        ctx.term()
+
+
+def endpoints(*pairs: tuple[str, str]) -> list[str]:
+    """``--endpoint NAME=ADDR`` arguments."""
+    return [a for name, addr in pairs for a in ("--endpoint", f"{name}={addr}")]
+
+
+class TestMetrics:
+    @pytest.mark.deadline(90)
+    def test_broker_and_workers_scraped_under_load_and_a_killed_worker(
+        self, service: Start, endpoint: Callable[[], str]
+    ) -> None:
+        """The scrape's counts are what was sent; a SIGKILLed worker is neither lost nor doubled.
+
+        The tutorial broker (``-w 1``) and ``services.worker`` (``-w 2``), each
+        under its own master with ``--metrics``; 1000 requests pipelined from
+        a DEALER with a known identity, so the bytes are known exactly.
+        """
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+        bport, wport = free_port(), free_port()
+        service("services.broker:app", "--metrics", f"127.0.0.1:{bport}",
+                *endpoints(("frontend", fe), ("backend", be), ("kill", kill)))  # fmt: skip
+        workers = service("services.worker:app", "-w", "2", "--metrics", f"127.0.0.1:{wport}",
+                          *endpoints(("backend", be), ("kill", kill)))  # fmt: skip
+        wait_for(lambda: len(workers.events("service.start")) >= 2, 20, "two workers")
+        n, ident = 1000, b"client-1"
+        bodies = [b"%06d" % i for i in range(n)]
+        pipelined(fe, bodies, ident)
+        frame_bytes = n * (len(ident) + 0 + 6)  # the ROUTER's id frame, the delimiter, the body
+
+        def broker_counted(s: Samples) -> bool:
+            return (
+                value(s, "greenzmq_socket_sent_messages_total", socket="frontend", type="ROUTER")
+                == n
+            )
+
+        b = scrape_until(bport, broker_counted, "the broker's counts")
+        fe_l, be_l = (
+            {"socket": "frontend", "type": "ROUTER"},
+            {"socket": "backend", "type": "DEALER"},
+        )
+        assert value(b, "greenzmq_socket_received_messages_total", **fe_l) == n
+        assert value(b, "greenzmq_socket_received_bytes_total", **fe_l) == frame_bytes
+        assert value(b, "greenzmq_socket_sent_messages_total", **be_l) == n
+        assert value(b, "greenzmq_socket_received_messages_total", **be_l) == n
+        assert value(b, "greenzmq_workers_alive") == 1
+        assert value(b, "greenzmq_queue_depth", queue="pending:backend") == 0
+
+        wl = {"socket": "backend", "type": "REP"}
+
+        def workers_counted(want: int) -> Callable[[Samples], bool]:
+            return lambda s: (
+                value(s, "greenzmq_socket_received_messages_total", **wl) == want
+                and value(s, "greenzmq_workers_reporting") == 2
+            )
+
+        w = scrape_until(wport, workers_counted(n), f"{n} requests counted by the workers")
+        assert value(w, "greenzmq_workers_alive") == 2
+        assert value(w, "greenzmq_requests_total") == n
+        assert value(w, "greenzmq_worker_restarts_total", cause="crash") == 0
+
+        victim = workers.events("service.start")[-1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced(s: Samples) -> bool:
+            return (
+                value(s, "greenzmq_worker_restarts_total", cause="crash") == 1
+                and value(s, "greenzmq_workers_reporting") == 2
+            )
+
+        w = scrape_until(wport, replaced, "the killed worker replaced and reporting", 20)
+        # the dead worker's counts stay in the total once: not lost, not doubled
+        assert value(w, "greenzmq_socket_received_messages_total", **wl) == n
+        assert value(w, "greenzmq_requests_total") == n
+        pipelined(fe, bodies[:200], ident)
+        scrape_until(wport, workers_counted(n + 200), "200 more, on the new fleet")
+
+    @pytest.mark.deadline(60)
+    def test_ppp_queue_latency_workers_pending_and_drops(
+        self, service: Start, endpoint: Callable[[], str]
+    ) -> None:
+        """PPP: one latency observation per reply, idle workers per service, drops by reason."""
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+        qport = free_port()
+        queue = service("services.ppqueue:make(heartbeat=0.2)", "--metrics", f"127.0.0.1:{qport}",
+                        *endpoints(("frontend", fe), ("backend", be), ("kill", kill)))  # fmt: skip
+        service("services.ppworker:app(heartbeat=0.2)", "-w", "2",
+                *endpoints(("backend", be), ("kill", kill)))  # fmt: skip
+        wait_for(lambda: len(queue.events("ppqueue.worker_ready")) >= 2, 20, "two workers ready")
+        n = 300
+        pipelined(fe, [b"%d" % i for i in range(n)], b"ppp-client")
+        ctx = zmq.Context()
+        bad = ctx.socket(zmq.DEALER)
+        bad.setsockopt(zmq.LINGER, 0)
+        bad.connect(fe)
+        bad.send_multipart([b"no-delimiter"])  # a request without its empty frame
+
+        def counted(s: Samples) -> bool:
+            return (
+                value(s, "greenzmq_broker_request_duration_seconds_count") == n
+                and value(s, "greenzmq_broker_workers", service="default", state="idle") == 2
+                and any(k[0] == "greenzmq_socket_dropped_messages_total" for k in s)
+            )
+
+        try:
+            s = scrape_until(qport, counted, f"{n} latencies, 2 idle workers, 1 drop")
+        finally:
+            bad.close(0)  # open until then: linger 0 would discard the unsent message
+            ctx.term()
+        assert value(s, "greenzmq_broker_request_duration_seconds_bucket", le="+Inf") == n
+        assert value(s, "greenzmq_broker_request_duration_seconds_sum") > 0
+        assert value(s, "greenzmq_broker_workers", service="default", state="busy") == 0
+        assert value(s, "greenzmq_broker_pending_requests", service="default") == 0
+        assert value(s, "greenzmq_broker_worker_expiries_total") == 0
+        drops = {k: v for k, v in s.items() if k[0] == "greenzmq_socket_dropped_messages_total"}
+        assert list(drops.values()) == [1], drops
+        (((_, labels),),) = [tuple(drops)]
+        assert dict(labels)["socket"] == "frontend"
+        fe_l = {"socket": "frontend", "type": "ROUTER"}
+        assert value(s, "greenzmq_socket_received_messages_total", **fe_l) == n + 1
+        assert value(s, "greenzmq_socket_sent_messages_total", **fe_l) == n
+        # PPP counts no bytes yet: no series rather than a false 0
+        assert value(s, "greenzmq_socket_received_bytes_total", **fe_l) is None
+        assert value(s, "greenzmq_hub_blocked_total") == 0
+
+    def test_http_answers_only_metrics(self) -> None:
+        """404 elsewhere, 405 for POST, and a silent client does not hold the server."""
+        import selectors
+
+        from greenzmq.launcher.metrics import MetricsServer
+
+        port = free_port()
+        srv = MetricsServer(f"127.0.0.1:{port}", Metrics())
+        sel = selectors.DefaultSelector()
+        srv.attach(sel)
+
+        def ask(raw: bytes) -> bytes:
+            c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            c.sendall(raw)
+            buf = b""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                for key, _ in sel.select(0.05):
+                    key.data.on_ready(key.fileobj)
+                c.setblocking(False)
+                try:
+                    chunk = c.recv(65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                buf += chunk
+            c.close()
+            return buf
+
+        try:
+            assert ask(b"GET /nope HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 404")
+            assert ask(b"POST /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405")
+            ok = ask(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert ok.startswith(b"HTTP/1.1 200") and b"greenzmq_workers_alive 0.0" in ok
+        finally:
+            srv.close()
+            sel.close()
+
+    def test_dead_worker_totals_folded_once(self) -> None:
+        """Unit check of the bookkeeping: gauges leave with the worker, counts stay once."""
+        m = Metrics()
+        snap = {
+            "sockets": {
+                "frontend": {"type": "ROUTER", "msgs_in": 5, "msgs_out": 4, "drops": {"x": 1}}
+            },
+            "queues": {"mux": 7, "workers:expired": 2},
+            "histograms": {"request_latency": {"bounds": [0.1], "counts": [3, 1], "sum": 0.5}},
+        }
+        m.update(1, snap)
+        m.update(2, snap)
+        counters, gauges, hists = m.totals()
+        key = ("greenzmq_socket_received_messages", (("socket", "frontend"), ("type", "ROUTER")))
+        assert counters[key] == 10 and gauges[("greenzmq_queue_depth", (("queue", "mux"),))] == 14
+        m.worker_gone(1)
+        m.worker_gone(1)  # reaped twice (or an unknown pid): no second fold
+        counters, gauges, hists = m.totals()
+        assert counters[key] == 10 and counters[("greenzmq_broker_worker_expiries", ())] == 4
+        assert gauges[("greenzmq_queue_depth", (("queue", "mux"),))] == 7
+        assert hists["request_latency"].counts == [6, 2]
+        assert counters_of({"sockets": {}}) == {}
+
+    def test_metrics_setting_everywhere(self, tmp_path: Path) -> None:
+        """--metrics is a setting (CLI, file, env var); a malformed one: one line, exit 2."""
+        from greenzmq.errors import ConfigError
+        from greenzmq.launcher.config import load_config
+
+        conf = tmp_path / "c.py"
+        conf.write_text("metrics = '0.0.0.0:9100'\n")
+        assert load_config(["-c", str(conf), "m:app"]).metrics == "0.0.0.0:9100"
+        env = {"GREENZMQ_CMD_ARGS": "--metrics [::1]:9101"}
+        assert load_config(["m:app"], env).metrics == "[::1]:9101"
+        assert (
+            load_config(["--metrics", "127.0.0.1:9102", "m:app"], env).metrics == "127.0.0.1:9102"
+        )
+        with pytest.raises(ConfigError, match="is not HOST:PORT"):
+            load_config(["--metrics", "9100", "m:app"])
+        out = subprocess.run(
+            [sys.executable, "-m", "greenzmq", "--metrics", "localhost", "services.broker:app"],
+            cwd=ROOT, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert out.returncode == 2
+        assert out.stderr.strip() == (
+            "greenzmq: error: --metrics: 'localhost' is not HOST:PORT (e.g. 127.0.0.1:9100)"
+        )
+
+    @pytest.mark.deadline(30)
+    def test_port_in_use_halts_with_one_line(self, service: Start) -> None:
+        """A --metrics address that cannot be bound: exit 2 before any worker, one line."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            p = service("services.broker:app", "--metrics", f"127.0.0.1:{port}")
+            assert p.wait(20) == 2
+        assert f"--metrics 127.0.0.1:{port}: cannot listen: Address already in use" in p.output()
+        assert not p.events("service.start")
