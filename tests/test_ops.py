@@ -310,3 +310,104 @@ class TestMetrics:
             assert p.wait(20) == 2
         assert f"--metrics 127.0.0.1:{port}: cannot listen: Address already in use" in p.output()
         assert not p.events("service.start")
+
+
+class NotifyListener:
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        # a short path: sun_path holds 108 bytes, pytest's tmp_path can be longer
+        self.dir = tempfile.mkdtemp(prefix="gzn")
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.got: list[tuple[float, dict[str, str]]] = []
+
+    def pump(self, timeout: float) -> None:
+        """Receive what arrives within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines())
+            self.got.append((time.monotonic(), fields))
+
+    def wait(self, key: str, after: float = 0.0, timeout: float = 15) -> dict[str, str]:
+        """The first datagram with ``key`` received after ``after`` (monotonic)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for t, f in self.got:
+                if t >= after and key in f:
+                    return f
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {key} after {after}; got {self.got[-10:]}")
+            self.pump(0.05)
+
+    def close(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)
+        os.rmdir(self.dir)
+
+
+class TestSystemd:
+    @pytest.mark.deadline(60)
+    def test_ready_reload_watchdog_stopping(
+        self, service: Start, endpoint: Callable[[], str]
+    ) -> None:
+        """READY with STATUS; RELOADING+MONOTONIC_USEC then READY on HUP; a stuck
+        worker stops the watchdog, a live one feeds it; STOPPING on TERM."""
+        n = NotifyListener()
+        try:
+            eps = endpoints(("frontend", endpoint()), ("backend", endpoint()), ("kill", endpoint()))
+            env = {"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "200000"}
+            p = service("services.broker:app", "-t", "2", *eps, env=env)
+            ready = n.wait("READY")
+            assert ready["STATUS"] == "1 of 1 workers serving"
+            t0 = time.monotonic()
+            n.pump(1.0)
+            feeds = [t for t, f in n.got if t >= t0 and f.get("WATCHDOG") == "1"]
+            assert len(feeds) >= 5, n.got  # every 0.1 s (half of 0.2 s), while the worker beats
+
+            hup = time.monotonic()
+            p.signal(signal.SIGHUP)
+            reloading = n.wait("RELOADING", after=hup)
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            assert 0 <= usec - int(reloading["MONOTONIC_USEC"]) < 5_000_000
+            again = n.wait("READY", after=hup)
+            assert again["STATUS"] == "1 of 1 workers serving"
+
+            worker = wait_for(lambda: p.events("service.start")[1:], 15, "the new worker")[-1]
+            stop = time.monotonic()
+            os.kill(worker["pid"], signal.SIGSTOP)  # stuck: no more heartbeats
+            try:
+                # the master (timeout 2 s) kills it at ~3 s; the watchdog stops after ~1 s
+                n.pump(2.0)
+                late = [t for t, f in n.got if t >= stop + 1.5 and f.get("WATCHDOG") == "1"]
+                assert not late, "the watchdog was fed while the only worker was stuck"
+            finally:
+                os.kill(worker["pid"], signal.SIGCONT)
+            n.wait("WATCHDOG", after=time.monotonic())  # a live worker again: fed again
+
+            term = time.monotonic()
+            p.signal(signal.SIGTERM)
+            assert n.wait("STOPPING", after=term)["STOPPING"] == "1"
+            assert p.wait(15) == 0
+        finally:
+            n.close()
+
+    def test_notifier_from_env(self) -> None:
+        """The variables leave the environment; WATCHDOG_PID of another process disables it."""
+        from greenzmq.launcher.sdnotify import Notifier
+
+        env = {"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1", "A": "b"}
+        no = Notifier.from_env(env)
+        assert env == {"A": "b"} and no.enabled and no.watchdog_interval == 0
+        mine = Notifier.from_env({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": str(os.getpid())})
+        assert not mine.enabled and mine.watchdog_interval == 1.5
+        assert not mine.send("READY=1")  # no socket: nothing, no error
+        no.close()
