@@ -411,3 +411,75 @@ class TestSystemd:
         assert not mine.enabled and mine.watchdog_interval == 1.5
         assert not mine.send("READY=1")  # no socket: nothing, no error
         no.close()
+
+
+def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """``python -m greenzmq ARGS``: exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "greenzmq", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+class TestProbes:
+    @pytest.mark.deadline(60)
+    def test_health_follows_the_loop_and_the_peer(
+        self, service: Start, endpoint: Callable[[], str], tmp_path: Path
+    ) -> None:
+        """Healthy with its broker up; unhealthy (one line, exit 1) with the broker gone,
+        with the worker's hub stopped, and with nobody there; exit 2 for a bad endpoint."""
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+        stats = f"ipc://{tmp_path}/w.ipc"
+        broker = service(
+            "services.broker:app", *endpoints(("frontend", fe), ("backend", be), ("kill", kill))
+        )
+        worker = service("services.worker:app", *endpoints(("backend", be), ("kill", kill)),
+                         env={"GREENZMQ_STATS": stats})  # fmt: skip
+        worker.wait_started()
+        ok = wait_for(lambda: (r := cli("health", stats)).returncode == 0 and r, 15, "healthy")
+        assert (
+            ok.stdout.startswith("healthy: worker pid ") and "backend: 1 live peer(s)" in ok.stdout
+        )
+
+        broker.signal(signal.SIGTERM)
+        assert broker.wait(15) == 0
+        bad = wait_for(lambda: (r := cli("health", stats)).returncode == 1 and r, 15, "unhealthy")
+        assert bad.stdout.count("\n") == 1
+        assert f"socket 'backend' has no live peer (connects to {be})" in bad.stdout
+
+        pid = worker.events("service.start")[0]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stuck = cli("health", stats, "--timeout", "0.5")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert stuck.returncode == 1
+        assert stuck.stdout == f"unhealthy: the service at {stats} did not answer within 0.5 s\n"
+
+        gone = cli("health", f"ipc://{tmp_path}/nobody.ipc")
+        assert gone.returncode == 1 and "nobody.ipc does not exist" in gone.stdout
+        usage = cli("health", "tcp://127.0.0.1:5999")
+        assert usage.returncode == 2 and "must be ipc://PATH" in usage.stderr
+
+    @pytest.mark.deadline(60)
+    def test_mmi_service_from_the_command_line(
+        self, service: Start, endpoint: Callable[[], str]
+    ) -> None:
+        """200 and exit 0 for a service with workers, 404 and exit 1 for one without."""
+        ep, kill = endpoint(), endpoint()
+        broker = service(
+            "services.majordomo:make(heartbeat=0.2)", *endpoints(("broker", ep), ("kill", kill))
+        )
+        broker.wait_started()
+        assert cli("mmi", ep, "square").stdout == "square: 404 no workers\n"
+        service(
+            "services.majordomo:worker(service='square')",
+            *endpoints(("broker", ep), ("kill", kill)),
+        )
+        got = wait_for(lambda: (r := cli("mmi", ep, "square")).returncode == 0 and r, 15, "200")
+        assert got.stdout == "square: 200 has workers\n"
+        missing = cli("mmi", ep, "nobody")
+        assert (missing.returncode, missing.stdout) == (1, "nobody: 404 no workers\n")
+        assert cli("mmi", "tcp://*:1", "x").returncode == 2
+        silent = cli("mmi", endpoint(), "x", "--timeout", "0.3")
+        assert silent.returncode == 1 and "no answer from" in silent.stdout

@@ -209,6 +209,8 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
     _raw: zmq.Socket[bytes] | None = None
     # what SocketBusyError tells an intruder to use instead (set by a mux or outbox)
     busy_hint: str | None = None
+    # a core.stats.PeerWatch when the context monitors connections (greenzmq health)
+    peer_watch: Any = None
 
     def claim(self, owner: Any = None) -> None:
         """Make ``owner`` (default: the current greenlet) the only user of this socket.
@@ -375,6 +377,8 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
                 watch_peers(self, sock, tuple(spec.connect))
             attach_endpoints(sock, spec)
         except BaseException:
+            if sock.peer_watch is not None:
+                sock.peer_watch.monitor.close(0)
             sock.close(0)
             raise
         return sock

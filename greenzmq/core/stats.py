@@ -269,8 +269,12 @@ def watch_peers(ctx: Any, sock: Any, endpoints: tuple[str, ...]) -> None:
     addr = f"inproc://greenzmq-peers-{id(sock):x}"
     sock.monitor(addr, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
     mon = ctx.socket(zmq.PAIR)
-    mon.setsockopt(zmq.LINGER, 0)
-    mon.connect(addr)
+    try:
+        mon.setsockopt(zmq.LINGER, 0)
+        mon.connect(addr)
+    except BaseException:
+        mon.close(0)
+        raise
     sock.peer_watch = PeerWatch(mon, tuple(endpoints))
 
 
