@@ -9,7 +9,10 @@ A RUN is ``PEERS/BROKER``:
 * ``mdp01/greenzmq``, ``mdp01/mdbroker``: MDP/0.1, peers after the zguide's
   mdcliapi/mdwrkapi, greenzmq's broker or the anchor after the zguide's mdbroker;
 * ``ppp/greenzmq``, ``ppp/ppqueue``: Paranoid Pirate workers (RFC 6) and REQ
-  clients, greenzmq's PPP queue or the anchor after the zguide's ppqueue.
+  clients, greenzmq's PPP queue or the anchor after the zguide's ppqueue;
+* ``ppp/greenzmq+metrics``, ``mdp02/greenzmq+metrics``: greenzmq's broker
+  with ``--metrics`` and a scrape of ``/metrics`` every second during the
+  round (what the metrics cost per request, beside the run without).
 
 The anchors and peers are in ``reliable_anchors.py`` beside this file.
 greenzmq's brokers are the real commands (``greenzmq
@@ -49,7 +52,10 @@ RUNS = (
     "mdp01/mdbroker",
     "ppp/greenzmq",
     "ppp/ppqueue",
+    "ppp/greenzmq+metrics",
+    "mdp02/greenzmq+metrics",
 )
+METRICS = "+metrics"
 
 
 def tree_cpu(root: int) -> float:
@@ -78,6 +84,10 @@ def tree_cpu(root: int) -> float:
 def broker_argv(run: str, fe: str, be: str, kill: str) -> list[str]:
     """The broker's command line; ``fe`` is the clients' endpoint, ``be`` the workers'."""
     peers, broker = run.split("/")
+    extra: list[str] = []
+    if broker.endswith(METRICS):
+        broker = broker.removesuffix(METRICS)
+        extra = ["--metrics", metrics_address(kill)]
     if broker == "greenzmq":
         if peers == "ppp":
             app, eps = "ppqueue", [f"frontend={fe}", f"backend={be}"]
@@ -86,12 +96,33 @@ def broker_argv(run: str, fe: str, be: str, kill: str) -> list[str]:
         argv = [sys.executable, "-m", "greenzmq", f"greenzmq.services.{app}:app"]
         for ep in [*eps, f"kill={kill}"]:
             argv += ["--endpoint", ep]
-        return [*argv, "--trace-sample", "0", "--log-format", "json", "--log-file", os.devnull]
+        argv += ["--trace-sample", "0", "--log-format", "json", "--log-file", os.devnull]
+        return [*argv, *extra]
     if broker == "majortomo":
         return [sys.executable, "-m", "majortomo.broker", "-b", fe]
     if broker == "mdbroker":
         return [sys.executable, ANCHORS, "broker", "mdbroker", fe]
     return [sys.executable, ANCHORS, "broker", "ppqueue", fe, be]
+
+
+def metrics_address(kill: str) -> str:
+    """``--metrics``'s address: the port after the kill switch's (each round has 4)."""
+    port = int(kill.rsplit(":", 1)[1]) + 1
+    return f"127.0.0.1:{port}"
+
+
+def scrape_every(address: str, interval: float, stop: Any) -> list[int]:
+    """GET /metrics every ``interval`` s until ``stop`` (a threading.Event) is set; sizes."""
+    import urllib.request
+
+    sizes: list[int] = []
+    while not stop.wait(interval):
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=2) as r:
+                sizes.append(len(r.read()))
+        except OSError:
+            sizes.append(-1)
+    return sizes
 
 
 def _kill(procs: list[subprocess.Popen[Any]]) -> None:
@@ -140,8 +171,19 @@ def run_once(run: str, n: int, port: int) -> dict[str, Any]:
             line = c.stdout.readline().strip()
             if line != "ready":
                 raise SystemExit(f"{run}: a client did not start: {line or 'no output'}")
+        scraper = None
+        if run.endswith(METRICS):
+            import threading
+
+            stop = threading.Event()
+            th = threading.Thread(
+                target=scrape_every, args=(metrics_address(kill), 1.0, stop), daemon=True
+            )
+            scraper = (stop, th)
         cpu0 = tree_cpu(broker.pid)
         t0 = time.perf_counter()
+        if scraper is not None:
+            scraper[1].start()
         for c in clients:
             assert c.stdin is not None
             c.stdin.write("go\n")
@@ -152,6 +194,9 @@ def run_once(run: str, n: int, port: int) -> dict[str, Any]:
             answers.append(json.loads(c.stdout.readline() or "{}"))
         dt = time.perf_counter() - t0
         cpu = tree_cpu(broker.pid) - cpu0
+        if scraper is not None:
+            scraper[0].set()
+            scraper[1].join()
     finally:
         _kill(procs)
     sent = CLIENTS * n
@@ -191,7 +236,7 @@ def main() -> None:
     res: dict[str, list[dict[str, Any]]] = {}
     for _ in range(a.r):
         for run in a.runs:
-            port += 3
+            port += 4  # frontend, backend, kill, metrics
             res.setdefault(run, []).append(run_once(run, a.n, port))
     for run in a.runs:
         v = res[run]
