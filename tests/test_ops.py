@@ -6,7 +6,11 @@ HTTP scrape (``urllib``), a real unix datagram socket standing in for systemd.
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +30,16 @@ from greenzmq.launcher.metrics import Metrics, counters_of
 from .helpers import ROOT, ServiceProcess, free_port, wait_for
 
 Start = Callable[..., ServiceProcess]
+README = (ROOT / "README.md").read_text()
+
+
+def readme_block(name: str) -> str:
+    """The code block after ``<!-- ops-test: NAME -->`` in the README."""
+    m = re.search(rf"<!-- ops-test: {name} -->\n```\w+\n(.*?)```", README, re.S)
+    assert m, f"no ops-test: {name} block in the README"
+    return m.group(1)
+
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -421,22 +435,66 @@ def cli(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+class TestUnitFile:
+    def test_readme_unit(self, tmp_path: Path) -> None:
+        """The README's unit: Type=notify, a watchdog, a HUP reload, a command line that
+        loads; ``systemd-analyze verify`` finds nothing to say where it is installed."""
+        from greenzmq.launcher.config import load_config
+
+        unit = readme_block("unit")
+        fields: dict[str, str] = {}
+        for line in unit.splitlines():
+            if line and not line.startswith(("#", "[")):
+                key, _, val = line.partition("=")
+                fields[key] = val
+        assert fields["Type"] == "notify" and float(fields["WatchdogSec"]) > 0
+        assert fields["ExecReload"] == "/bin/kill -HUP $MAINPID"
+        argv = shlex.split(fields["ExecStart"])
+        assert argv[0].endswith("/greenzmq")
+        cfg = load_config(argv[1:], {})
+        # the master gets to replace a stuck worker before systemd restarts everything
+        assert float(fields["WatchdogSec"]) > cfg.timeout
+        assert float(fields["TimeoutStopSec"]) > cfg.graceful_timeout
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            pytest.skip("systemd-analyze is not installed: the fields were checked")
+        exe = shutil.which("greenzmq")
+        assert exe is not None
+        path = tmp_path / "greenzmq-broker.service"
+        path.write_text(unit.replace(argv[0], exe))  # verify wants an executable that exists
+        r = subprocess.run(
+            [analyze, "verify", str(path)], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert (r.returncode, r.stderr) == (0, ""), r.stderr
+
+
 class TestProbes:
     @pytest.mark.deadline(60)
     def test_health_follows_the_loop_and_the_peer(
         self, service: Start, endpoint: Callable[[], str], tmp_path: Path
     ) -> None:
-        """Healthy with its broker up; unhealthy (one line, exit 1) with the broker gone,
-        with the worker's hub stopped, and with nobody there; exit 2 for a bad endpoint."""
+        """The README's container example: its CMD under its ENV, its HEALTHCHECK command.
+
+        Healthy with the broker up; unhealthy (one line, exit 1) with the broker
+        gone, with the worker's hub stopped, and with nobody there; exit 2 for a
+        bad endpoint.
+        """
         fe, be, kill = endpoint(), endpoint(), endpoint()
-        stats = f"ipc://{tmp_path}/w.ipc"
         broker = service(
             "services.broker:app", *endpoints(("frontend", fe), ("backend", be), ("kill", kill))
         )
-        worker = service("services.worker:app", *endpoints(("backend", be), ("kill", kill)),
-                         env={"GREENZMQ_STATS": stats})  # fmt: skip
+        lines = readme_block("container").replace("/tmp/", f"{tmp_path}/").splitlines()
+        env_line = next(x for x in lines if x.startswith("ENV ")).split()[1]
+        env_name, _, env_value = env_line.partition("=")
+        cmd = json.loads(next(x for x in lines if x.startswith("CMD "))[4:])
+        check = next(x for x in lines if x.startswith("HEALTHCHECK "))
+        probe = shlex.split(check.split(" CMD ", 1)[1])
+        assert cmd[0] == probe[0] == "greenzmq" and probe[1] == "health"
+        stats = probe[2]
+        args = [a.replace("tcp://broker:5561", be) for a in cmd[1:]]
+        worker = service(*args, *endpoints(("kill", kill)), env={env_name: env_value})
         worker.wait_started()
-        ok = wait_for(lambda: (r := cli("health", stats)).returncode == 0 and r, 15, "healthy")
+        ok = wait_for(lambda: (r := cli(*probe[1:])).returncode == 0 and r, 15, "healthy")
         assert (
             ok.stdout.startswith("healthy: worker pid ") and "backend: 1 live peer(s)" in ok.stdout
         )

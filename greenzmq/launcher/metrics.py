@@ -117,7 +117,8 @@ def counters_of(snap: Mapping[str, Any]) -> dict[Key, float]:
     for q, n in snap.get("queues", {}).items():
         if q in _ENGINE_COUNTERS:
             _add(out, (_ENGINE_COUNTERS[q], ()), n)
-    _add(out, ("greenzmq_requests", ()), snap.get("requests"))
+    if snap.get("requests"):  # a service that never calls request_done() shows no series
+        _add(out, ("greenzmq_requests", ()), snap["requests"])
     for event, n in snap.get("events", {}).items():
         if event == "hub_blocked":
             _add(out, ("greenzmq_hub_blocked", ()), n)
