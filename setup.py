@@ -44,9 +44,11 @@ setup(
             "six",
             "setproctitle>=1.3",
             "wheel",
+            # greenzmq trace --plot and bench --plot are tested, not skipped
+            "matplotlib>=3.5",
         ],
         "title": ["setproctitle>=1.3"],
-        # greenzmq bench --plot PNG
+        # greenzmq bench --plot PNG, greenzmq trace --plot PNG
         "plot": ["matplotlib>=3.5"],
         # greenzmq bench --only mdp: majortomo's broker, Client and Worker (MDP/0.2)
         "bench": ["majortomo>=0.2", "six"],

@@ -3,7 +3,7 @@
 Plus the kill switch.
 
 ``services.majordomo:make(heartbeat=0.2)`` sets the heartbeat interval
-(seconds); ``liveness``, ``busy_timeout``, ``maxmsgsize`` and CURVE
+(seconds); ``liveness``, ``busy_timeout``, ``maxmsgsize``, ``request_timeout`` and CURVE
 (``secret_key``/``allowed_keys``, see :func:`greenzmq.core.auth.secure`) likewise.
 
 ``services.majordomo:worker(service="square", version="0.1")`` is a worker
@@ -24,10 +24,15 @@ def make(
     maxmsgsize: int = -1,
     secret_key: str | None = None,
     allowed_keys: str | None = None,
+    request_timeout: float | None = None,
 ) -> MDPBroker:
     """Factory: ``services.majordomo:make(heartbeat=0.2)``."""
     broker = MDPBroker(
-        heartbeat=heartbeat, liveness=liveness, busy_timeout=busy_timeout, maxmsgsize=maxmsgsize
+        heartbeat=heartbeat,
+        liveness=liveness,
+        busy_timeout=busy_timeout,
+        maxmsgsize=maxmsgsize,
+        request_timeout=request_timeout,
     )
     if secret_key is not None:
         from greenzmq.core.auth import secure

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,16 @@ class ServiceProcess:
             return None
 
         return wait_for(found, timeout, f"{event!r} from {self.args}")
+
+    def drop_counts(self) -> Counter[str]:
+        """Drops by reason: the ones logged, plus the ones the rate limit counted instead.
+
+        Held-back counts are logged when their window ends or the service closes.
+        """
+        counts = Counter(str(d.get("reason")) for d in self.events("hop", op="drop"))
+        for e in self.events("drops_suppressed"):
+            counts[str(e["reason"])] += int(e["count"])
+        return counts
 
     def wait_started(self, timeout: float = 15.0) -> None:
         """Wait until the service logged ``service.start`` (its sockets exist)."""

@@ -82,6 +82,7 @@ class TestReliableSmokeRun:
             ("MDP/0.1 (zguide peers)", "mdbroker"),
             ("PPP (zguide peers)", "greenzmq"),
             ("PPP (zguide peers)", "ppqueue"),
+            ("PPP (zguide peers)", "minimal (floor)"),
         ]
         for c in rows:
             cells = [x.strip() for x in c]
@@ -99,7 +100,7 @@ class TestReliableSmokeRun:
         data = json.loads((d / "bench.json").read_text())
         assert data["broker"] == [] and data["mux"] == []
         rel = data["reliable"]
-        assert len(rel) == 6
+        assert len(rel) == 7  # the PPP floor too
         assert all(r["rps"] > 0 and r["answered"] == r["sent"] == 80 for r in rel)
         targets = [ln for ln in proc.stdout.splitlines() if ln.startswith(("- met:", "- MISSED:"))]
         assert len(targets) == len(data["targets"]) <= 3  # an anchor at 0 ticks: not judged
@@ -230,6 +231,11 @@ class TestPieces:
         assert reliable_runs("mdp", ["greenzmq"]) == ["mdp02/greenzmq", "mdp01/greenzmq"]
         assert reliable_runs("ppp", ["greenzmq", "ppqueue"]) == ["ppp/greenzmq", "ppp/ppqueue"]
         assert reliable_runs("ppp", ["ppqueue"]) == ["ppp/ppqueue"]
+        assert reliable_runs("ppp", ["minimal", "greenzmq", "ppqueue"]) == [
+            "ppp/greenzmq",
+            "ppp/ppqueue",
+            "ppp/minimal",
+        ]
 
     def test_reliable_targets_and_table(self) -> None:
         """CPU per request against each anchor of the same peers: met and missed both reported."""
@@ -257,13 +263,32 @@ class TestPieces:
         )
         assert table[6] == "| PPP (zguide peers) | greenzmq | 3000 | - | 50.0 | - | 4000/4000 |"
 
+    def test_floor_is_no_anchor(self) -> None:
+        """The minimal queue is a floor: reported beside the target, never taken as the anchor."""
+        rows = [
+            ReliableRow("ppp", "ppp", "greenzmq", 3000.0, 90.0, 4000, 4000),
+            ReliableRow("ppp", "ppp", "minimal", 3500.0, 75.0, 4000, 4000),
+            ReliableRow("ppp", "ppp", "ppqueue", 3000.0, 100.0, 4000, 4000),
+        ]
+        ((text, met),) = check_targets([], [], rows)
+        assert not met
+        assert "0.90x (90.0 against 100.0 us" in text
+        assert text.endswith("the minimal Python floor is 0.75x ppqueue's")
+        table = reliable_table(rows)
+        assert table[3] == (
+            "| PPP (zguide peers) | minimal (floor) | 3500 | 1.17 | 75.0 | 0.75 | 4000/4000 |"
+        )
+
     @pytest.mark.parametrize(
         ("argv", "error"),
         [
             (["--only", "mdp,zmq"], "unknown suite 'zmq' (one of broker, mux, mdp, ppp)"),
             (["--only", ","], "unknown suite (none) (one of broker, mux, mdp, ppp)"),
             (["--mdp-kinds", "greenzmq,zbroker"], "unknown Majordomo kind 'zbroker' (one of"),
-            (["--ppp-kinds", "lpqueue"], "unknown PPP kind 'lpqueue' (one of greenzmq, ppqueue)"),
+            (
+                ["--ppp-kinds", "lpqueue"],
+                "unknown PPP kind 'lpqueue' (one of greenzmq, ppqueue, minimal)",
+            ),
             (["--calls", "0"], "--calls must be at least 1"),
         ],
     )

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import signal
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -430,8 +429,9 @@ class TestSlowClient:
         # only the slow client's traffic was dropped, each drop logged with its reason
         assert set(drops) <= {"slow peer", "client over its limit", "unknown peer"}, drops
         assert sum(drops.values()) > 0, drops
-        logged = Counter(d["reason"] for d in broker.events("hop", op="drop"))
-        assert logged == drops
+        # each drop logged with its reason, or counted into a drops_suppressed line
+        assert broker.drop_counts() == drops
+        assert len(broker.events("hop", op="drop")) < sum(drops.values())  # the flood was held
         print(f"sent {sent}, good 30/30 on time, rss {baseline:.0f} -> {peak:.0f} MiB, {drops}")
 
 

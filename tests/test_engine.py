@@ -137,3 +137,41 @@ class TestEngine:
         assert isinstance(w, Worker)
         eng.done(w)
         assert [c for _, c in codec.requests] == [b"flood", b"good"]
+
+
+class TestRequestTimeout:
+    def test_stale_requests_are_dropped_on_the_tick(self) -> None:
+        """Past ``request_timeout``: dropped on the tick and counted; the fresh one is kept."""
+        eng, codec, pool = engine(request_timeout=1.0)
+        old, new = job(b"c1"), job(b"c1")
+        for j in (old, new):
+            assert eng.submit(pool, j) is None  # no worker yet: both wait
+        old.at -= 2.0
+        eng.tick(time.monotonic())
+        assert codec.dropped == [(b"c1", "request timed out waiting for a worker")]
+        assert pool.queued == 1 and eng.counts["requests timed out"] == 1
+        eng.ready(b"a", pool)
+        assert codec.requests == [(b"a", b"c1")] and eng.workers[b"a"].job is new
+
+    def test_stale_request_is_not_run_and_the_worker_stays_first(self) -> None:
+        """Found stale at dispatch: dropped, and the worker it would have gone to takes the next."""
+        eng, codec, pool = engine(request_timeout=1.0)
+        stale, fresh = job(b"c1"), job(b"c2")
+        eng.submit(pool, stale)
+        stale.at -= 2.0
+        eng.ready(b"a", pool)
+        assert codec.requests == [] and list(pool.idle) == [b"a"]
+        eng.ready(b"b", pool)
+        eng.submit(pool, fresh)
+        assert codec.requests == [(b"a", b"c2")]  # a still the longest idle
+
+    def test_per_service_timeout(self) -> None:
+        """``service_timeouts`` overrides the default per service, None meaning no limit."""
+        eng, codec, _ = engine(request_timeout=1.0, service_timeouts={b"batch": None})
+        batch = eng.pool(b"batch")
+        assert batch is not None and batch.timeout is None
+        j = Job(b"c1", b"batch", [b"x"])
+        eng.submit(batch, j)
+        j.at -= 60.0
+        eng.tick(time.monotonic())
+        assert codec.dropped == [] and batch.queued == 1

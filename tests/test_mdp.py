@@ -339,6 +339,74 @@ class TestNothingLost:
             for s in socks:
                 s.close(linger=0)
 
+    def test_partials_are_not_repeated_when_another_worker_takes_over(
+        self, service: Any, endpoint: Any, ctx: Any
+    ) -> None:
+        """MDP/0.2: a worker leaves mid-stream; its successor's replay of the partials the
+        client already has is not forwarded again: each partial once, in order, then FINAL."""
+        ep = endpoint()
+        b = start_broker(service, ep)
+        socks = [ctx.socket(zmq.DEALER) for _ in range(3)]
+        first, second, client = socks
+        for s in socks:
+            s.connect(ep)
+
+        def request(w: Any) -> list[bytes]:
+            while (m := w.recv_multipart())[2] != b"\x02":
+                pass  # heartbeats
+            return m
+
+        try:
+            first.send_multipart([b"", W_WORKER02, b"\x01", b"svc"])
+            ready(b, 1)
+            with gevent.Timeout(5):
+                client.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"count"])
+                m = request(first)
+                first.send_multipart([b"", W_WORKER02, b"\x03", m[3], b"", b"one"])
+                assert client.recv_multipart() == [b"", C_CLIENT02, b"\x03", b"one"]
+                first.send_multipart([b"", W_WORKER02, b"\x06"])  # gone mid-stream
+            b.wait_event("mdp.worker_left")
+            second.send_multipart([b"", W_WORKER02, b"\x01", b"svc"])
+            with gevent.Timeout(5):
+                m = request(second)
+                assert m[-1] == b"count"
+                for part in (b"one", b"two"):  # the handler runs again from the start
+                    second.send_multipart([b"", W_WORKER02, b"\x03", m[3], b"", part])
+                second.send_multipart([b"", W_WORKER02, b"\x04", m[3], b"", b"done"])
+                assert client.recv_multipart() == [b"", C_CLIENT02, b"\x03", b"two"]
+                assert client.recv_multipart() == [b"", C_CLIENT02, b"\x04", b"done"]
+            assert client.poll(200) == 0
+        finally:
+            for s in socks:
+                s.close(linger=0)
+
+    def test_stale_request_is_not_run(self, service: Any, endpoint: Any, ctx: Any) -> None:
+        """``request_timeout``: a request that waited too long for a worker is dropped with its
+        reason, never handed to the worker that turns up later; a fresh one is served."""
+        ep = endpoint()
+        b: ServiceProcess = service(
+            f"services.majordomo:make(heartbeat={HB}, request_timeout=0.5)",
+            "--endpoint",
+            f"broker={ep}",
+        )
+        b.wait_started()
+        worker, client = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        for s in (worker, client):
+            s.connect(ep)
+        try:
+            client.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"stale"])
+            b.wait_event("hop", op="drop", reason="request timed out waiting for a worker")
+            worker.send_multipart([b"", W_WORKER02, b"\x01", b"svc"])
+            ready(b, 1)
+            client.send_multipart([b"", C_CLIENT02, b"\x02", b"svc", b"fresh"])
+            with gevent.Timeout(5):
+                while (m := worker.recv_multipart())[2] != b"\x02":
+                    pass  # heartbeats
+            assert m[-1] == b"fresh"
+        finally:
+            for s in (worker, client):
+                s.close(linger=0)
+
     @pytest.mark.deadline(60)
     def test_hung_busy_worker_is_expired_and_its_request_answered(
         self, service: Any, endpoint: Any, ctx: Any

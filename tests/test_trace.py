@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -198,6 +199,103 @@ class TestCommand:
         assert err[0].startswith("greenzmq trace: no message with key 'ffffffff'")
         assert err[1].startswith("greenzmq trace: error: cannot read")
         assert err[2:] == ["greenzmq trace: error: --limit must not be negative, got -1"]
+
+
+HEX32, HEX16 = re.compile(r"[0-9a-f]{32}"), re.compile(r"[0-9a-f]{16}")
+
+
+class TestExports:
+    """--otlp, --chrome, --slowest, --plot: the formats' structure, checked field by field."""
+
+    def two_paths(self, tmp_path: Path) -> list[str]:
+        slow = request_reply(0.1, message_key([b"7"]), message_key([b"49"]))
+        slow["client"][1]["timestamp"] += 0.050  # 50 ms between the broker's and the client's
+        return logs(tmp_path, request_reply(0.0), slow)
+
+    def test_otlp(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """OTLP/JSON: a trace per message, a root span and a span per hop interval, hex ids of
+        the right lengths, times as nanosecond strings, parents inside their trace."""
+        out = tmp_path / "spans.json"
+        assert main([*self.two_paths(tmp_path), "--otlp", str(out)]) == 0
+        assert f"wrote OpenTelemetry spans (OTLP/JSON) of 2 messages to {out}" in (
+            capsys.readouterr().out
+        )
+        doc = json.loads(out.read_text())
+        assert set(doc) == {"resourceSpans"}
+        spans: list[dict[str, Any]] = []
+        services = set()
+        for rs in doc["resourceSpans"]:
+            attrs = {a["key"]: a["value"] for a in rs["resource"]["attributes"]}
+            services.add(attrs["service.name"]["stringValue"])
+            assert attrs["process.pid"]["intValue"].isdigit()
+            (scope,) = rs["scopeSpans"]
+            assert scope["scope"]["name"] == "greenzmq.trace"
+            spans += scope["spans"]
+        assert services == {"client", "broker", "worker"}
+        traces: dict[str, list[dict[str, Any]]] = {}
+        for sp in spans:
+            assert HEX32.fullmatch(sp["traceId"]) and HEX16.fullmatch(sp["spanId"])
+            assert sp["kind"] == 1 and sp["name"]
+            start, end = sp["startTimeUnixNano"], sp["endTimeUnixNano"]
+            assert start.isdigit() and end.isdigit() and int(start) <= int(end)
+            traces.setdefault(sp["traceId"], []).append(sp)
+        assert len(traces) == 2
+        for tspans in traces.values():
+            ids = {sp["spanId"] for sp in tspans}
+            assert len(ids) == len(tspans) == 6  # the root and 5 intervals between 6 hops
+            roots = [sp for sp in tspans if "parentSpanId" not in sp]
+            assert len(roots) == 1
+            assert all(
+                sp["parentSpanId"] == roots[0]["spanId"] for sp in tspans if sp is not roots[0]
+            )
+            root_start, root_end = (
+                int(roots[0]["startTimeUnixNano"]),
+                int(roots[0]["endTimeUnixNano"]),
+            )
+            assert all(
+                root_start <= int(sp["startTimeUnixNano"]) <= int(sp["endTimeUnixNano"]) <= root_end
+                for sp in tspans
+            )
+
+    def test_chrome(self, tmp_path: Path) -> None:
+        """Trace Event Format: complete events in microseconds, a name for every process."""
+        out = tmp_path / "trace.json"
+        assert main([*self.two_paths(tmp_path), "--chrome", str(out)]) == 0
+        doc = json.loads(out.read_text())
+        events = doc["traceEvents"]
+        boxes = [e for e in events if e["ph"] == "X"]
+        names = {e["pid"]: e["args"]["name"] for e in events if e["ph"] == "M"}
+        assert len(boxes) == 10 and names == {10: "client", 20: "broker", 30: "worker"}
+        for e in boxes:
+            assert e["pid"] in names and e["dur"] >= 0 and e["ts"] > T0 * 1e6
+            assert set(e) == {"name", "cat", "ph", "ts", "dur", "pid", "tid", "args"}
+        slowest = max(boxes, key=lambda e: e["dur"])
+        assert slowest["name"] == "broker/backend forward -> client/frontend recv"
+        assert 50_000 < slowest["dur"] < 51_000
+
+    def test_slowest(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """--slowest 1: the slower message, and where its time went."""
+        assert main([*self.two_paths(tmp_path), "--slowest", "1"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        i = out.index("slowest 1 of 2 paths (ms)")
+        row = out[i + 3]
+        assert row.startswith(f"| {message_key([b'7'])} | 52.800 | 6 |")
+        assert "| broker/backend forward -> client/frontend recv | 50.5" in row
+
+    def test_plot(self, tmp_path: Path) -> None:
+        """--plot writes a PNG (matplotlib is a test dependency: this never skips)."""
+        out = tmp_path / "lat.png"
+        assert main([*self.two_paths(tmp_path), "--plot", str(out)]) == 0
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_bad_exports(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A negative --slowest or an unwritable file: one line, exit 2."""
+        files = self.two_paths(tmp_path)
+        assert main([*files, "--slowest", "-2"]) == 2
+        assert main([*files, "--otlp", str(tmp_path / "no" / "such" / "dir.json")]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0] == "greenzmq trace: error: --slowest must not be negative, got -2"
+        assert err[1].startswith("greenzmq trace: error: cannot write ")
 
 
 class TestRealLogs:

@@ -346,3 +346,62 @@ class TestConfigure:
 
         with pytest.raises(ValueError, match=message):
             configure_logging("svc", **kw)
+
+
+class TestDropRateLimit:
+    @pytest.mark.deadline(60)
+    def test_a_flood_of_drops_is_a_few_lines_and_every_drop_counted(
+        self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
+    ) -> None:
+        """500 malformed messages at the broker: 20 drop lines (the burst), then one
+        drops_suppressed line with the rest of the count when the broker closes; each
+        one is still counted, and the broker serves a request meanwhile."""
+        import zmq
+
+        fe, be = endpoint(), endpoint()
+        broker = service("services.broker:app", "--endpoint", f"frontend={fe}",
+                         "--endpoint", f"backend={be}")  # fmt: skip
+        broker.wait_started()
+        zctx = zmq.Context()
+        bad = zctx.socket(zmq.DEALER)
+        bad.connect(fe)
+        try:
+            for _ in range(500):
+                bad.send(b"no envelope")  # [id, body]: no delimiter
+            broker.wait_event("hop", op="drop", reason="no envelope delimiter")
+        finally:
+            bad.close(linger=2000)
+            zctx.term()
+        broker.signal(signal.SIGTERM)
+        assert broker.wait(15) == 0, broker.output()
+        logged = broker.events("hop", op="drop", reason="no envelope delimiter")
+        assert 20 <= len(logged) < 100  # one burst per window: 500 in well under 5 s
+        (held,) = broker.events("drops_suppressed")[-1:]
+        assert held["socket"] == "frontend" and held["reason"] == "no envelope delimiter"
+        assert broker.drop_counts()["no envelope delimiter"] == 500
+        stats = broker.wait_event("broker.stats")
+        assert stats["drops"]["no envelope delimiter"] == 500
+
+
+class TestDropWindow:
+    def test_burst_then_held_then_reported(self, logs: Callable[..., Any]) -> None:
+        """Per socket and reason: the burst passes, the rest is counted and reported once
+        the window is over (or at flush), and another reason has its own burst."""
+        events = logs(trace_sample=0)
+        tr = Tracer("t")
+        tr.drop_burst, tr.drop_window = 3, 0.05
+        st = tr.for_socket("in", "ROUTER")
+        for _ in range(10):
+            st.drop([b"id", b"x"], "bad")
+        st.drop([b"id", b"x"], "other")
+        assert len(events("hop", op="drop", reason="bad")) == 3
+        assert len(events("hop", op="drop", reason="other")) == 1
+        assert events("drops_suppressed") == []
+        gevent.sleep(0.06)  # the window ends: the next drop reports the held ones
+        st.drop([b"id", b"x"], "bad")
+        (held,) = events("drops_suppressed")
+        assert (held["reason"], held["count"], held["logged"]) == ("bad", 7, 3)
+        for _ in range(5):
+            st.drop([b"id", b"x"], "bad")
+        tr.flush_drops()
+        assert [e["count"] for e in events("drops_suppressed")] == [7, 3]

@@ -57,6 +57,7 @@ class GreenPoller(gzmq.Poller):
         self._timed_out = False
         self._spurious = 0  # io wake-ups in a row that found no event
         self._armed_io = False  # wait(): the last return was an io wake-up
+        self._fired: set[int] = set()  # wait(): the FDs that signalled
 
     def _fds(self) -> list[tuple[int, int]]:
         out = []
@@ -152,20 +153,24 @@ class GreenPoller(gzmq.Poller):
             for w in self._watchers.values():
                 w.stop()
 
-    def wait(self, timeout: float, *, found: bool = True) -> None:
+    def wait(self, timeout: float, *, found: bool = True) -> set[int]:
         """Park until a registered FD signals, ``timeout`` s pass, or :meth:`wake`.
 
         The wait without :meth:`poll`'s two ``zmq_poll`` calls, for a loop that
         owns its sockets and reads each one's EVENTS after its last operation
         on it before it parks (rule 3): libzmq's FD then signals only on new
-        activity. It says nothing about what is ready: the caller reads EVENTS.
-        ``found``: whether the caller's pass since the last wait found work; io
-        wake-ups in a row that found none mean an FD stuck readable, waited
-        out on a short timer as in :meth:`poll`. Needs ``persistent=True``.
+        activity. Returns the FDs that signalled (empty on a timeout or a
+        :meth:`wake`): which sockets to read EVENTS of first; what is ready is
+        the caller's to find out. ``found``: whether the caller's pass since
+        the last wait found work; io wake-ups in a row that found none mean an
+        FD stuck readable, waited out on a short timer as in :meth:`poll`.
+        Needs ``persistent=True``; do not mix with :meth:`poll`.
         """
+        fired = self._fired
+        fired.clear()
         if self._woken:
             self._woken = False
-            return
+            return fired
         if found:
             self._spurious = 0
         elif self._armed_io:
@@ -182,7 +187,7 @@ class GreenPoller(gzmq.Poller):
             self._spurious += 1
         elif not self._armed:
             for w in self._watchers.values():
-                w.start(self._on_ready)
+                w.start(self._on_fd, w.fd)
             self._armed = True
         timer = loop.timer(max(timeout, 0.0))
         waiter: Waiter[Any] = Waiter()
@@ -199,6 +204,11 @@ class GreenPoller(gzmq.Poller):
             self._woken = False
         elif not self._timed_out:
             self._armed_io = True
+        return fired
+
+    def _on_fd(self, fd: int) -> None:
+        self._fired.add(fd)
+        self._on_ready()
 
     def poll(self, timeout: float | None = -1) -> list[tuple[Any, int]]:
         """Like ``zmq.Poller.poll``: milliseconds, ``None``/negative waits forever."""

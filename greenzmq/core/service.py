@@ -206,6 +206,8 @@ class Service:
     def close(self) -> None:
         """Kill owned greenlets, close sockets with their linger, term the context."""
         self.group.kill(block=True, timeout=self.graceful_timeout)
+        if self.tracer is not None:
+            self.tracer.flush_drops()  # the drops counted but not logged yet
         grace = int(self.graceful_timeout * 1000)
         for name, sock in self.socks.items():
             linger = self._linger.get(name, 0)

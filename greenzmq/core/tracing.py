@@ -223,8 +223,30 @@ def message_key(frames: Sequence[bytes], *, routed: bool = False) -> str:
     return h.hexdigest()
 
 
+class _DropWindow:
+    """One (socket, reason)'s drops in the current window: logged, and held back."""
+
+    __slots__ = ("logged", "start", "suppressed")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.logged = 0
+        self.suppressed = 0
+
+
 class Tracer:
-    """Hop events for one service: which hops are on, and a logger per socket."""
+    """Hop events for one service: which hops are on, and a logger per socket.
+
+    Drops are logged one by one up to ``drop_burst`` per socket and reason in
+    any ``drop_window`` seconds; past that they are counted, and one
+    ``drops_suppressed`` warning gives the count when the window ends (at the
+    next such drop, or at :meth:`flush_drops`, which the service calls as it
+    closes). A hostile or broken peer costs the log a few lines a second, not
+    one line per message; the stats counters still count every drop.
+    """
+
+    drop_burst = 20
+    drop_window = 1.0
 
     def __init__(self, service: str | None = None, sample: float | None = None) -> None:
         self.service = service or _state["service"]
@@ -233,6 +255,40 @@ class Tracer:
         self.on = self.sample > 0 and _state["level"] <= logging.INFO
         self._threshold = int(self.sample * 0xFFFFFFFF)
         self.log = get_logger()
+        self._drops: dict[tuple[str, str], _DropWindow] = {}
+
+    def drop_allowed(self, socket: str, reason: str) -> bool:
+        """Whether to log this drop now (see the class docstring); counts it if not."""
+        now = time.monotonic()
+        w = self._drops.get((socket, reason))
+        if w is None:
+            w = self._drops[(socket, reason)] = _DropWindow(now)
+        elif now - w.start >= self.drop_window:
+            self._report(socket, reason, w, now)
+            w.start, w.logged, w.suppressed = now, 0, 0
+        if w.logged < self.drop_burst:
+            w.logged += 1
+            return True
+        w.suppressed += 1
+        return False
+
+    def _report(self, socket: str, reason: str, w: _DropWindow, now: float) -> None:
+        if w.suppressed:
+            self.log.warning(
+                "drops_suppressed",
+                socket=socket,
+                reason=reason,
+                count=w.suppressed,
+                logged=w.logged,
+                seconds=round(now - w.start, 3),
+            )
+
+    def flush_drops(self) -> None:
+        """Log what is held back (the service calls it as it closes)."""
+        now = time.monotonic()
+        for (socket, reason), w in self._drops.items():
+            self._report(socket, reason, w, now)
+        self._drops.clear()
 
     def sampled(self, key: str) -> bool:
         """Same decision for the same key in every process."""
@@ -249,10 +305,11 @@ _NO_FIELDS: dict[str, Any] = {}  # never mutated: _fields copies it
 class SocketTracer:
     """Hop events for one socket. Call sites test ``on`` before ``hop``."""
 
-    __slots__ = ("_base", "_log", "_parent", "_routed", "_writer", "on")
+    __slots__ = ("_base", "_log", "_name", "_parent", "_routed", "_writer", "on")
 
     def __init__(self, parent: Tracer, name: str, sock_type: str) -> None:
         self._parent = parent
+        self._name = name
         self.on = parent.on
         self._routed = sock_type == "ROUTER"
         self._log = parent.log.bind(socket=name, sock_type=sock_type)
@@ -325,7 +382,13 @@ class SocketTracer:
         return key
 
     def drop(self, frames: Sequence[bytes], reason: str, **extra: Any) -> None:
-        """Log a dropped message with its reason, whatever the sample rate."""
+        """Log a dropped message with its reason, whatever the sample rate.
+
+        Rate-limited per socket and reason (:class:`Tracer`): past the burst a
+        drop is counted into one ``drops_suppressed`` line instead.
+        """
+        if not self._parent.drop_allowed(self._name, reason):
+            return
         self._log.warning(
             "hop", **self._fields("drop", frames, self.key(frames)), reason=reason, **extra
         )

@@ -71,6 +71,7 @@ _SOCKET_COUNTERS = {
 _ENGINE_COUNTERS = {
     "workers:expired": "greenzmq_broker_worker_expiries",
     "requests:requeued": "greenzmq_broker_requests_requeued",
+    "requests:timed_out": "greenzmq_broker_requests_timed_out",
 }
 # engine gauges the per-service table gives with a service label
 _ENGINE_GAUGES = ("workers:idle", "workers:busy", "pending")
@@ -84,6 +85,7 @@ _HELP = {
     "greenzmq_broker_worker_expiries": "PPP/MDP workers expired for silence",
     "greenzmq_broker_requests_requeued": "PPP/MDP requests requeued from a lost worker",
     "greenzmq_requests": "Requests the workers handled (as counted by Service.request_done)",
+    "greenzmq_broker_requests_timed_out": "PPP/MDP requests dropped after waiting too long",
     "greenzmq_hub_blocked": "Times a worker's gevent hub was blocked past --block-threshold",
     "greenzmq_events": "Other events counted by the workers",
     "greenzmq_queue_depth": "Messages or requests waiting in a queue of the service",

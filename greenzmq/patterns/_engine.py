@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any, Protocol
 
@@ -41,14 +41,15 @@ from zmq.backend import Socket as _CSocket
 from ..core.poller import GreenPoller
 from ..core.sockets import Socket
 from ._send import FULL, GONE, SENT
+from ._send import recv_bytes as _recv_msg
 
 __all__ = ["Codec", "Engine", "Job", "Pool", "Source", "Worker"]
 
 _get: Any = _CSocket.get  # compiled, with int flags: the hot path (see _send)
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
-Source = tuple[Socket, Callable[[Any], None], Callable[[bool], bool] | None]
-"""A socket the loop reads: ``(socket, read(raw), wanted(draining) or None)``."""
+Source = tuple[Socket, Callable[[list[bytes]], None], Callable[[bool], bool] | None, Any]
+"""A socket the loop reads: ``(socket, handle(frames), wanted(draining) or None, counters)``."""
 
 _GAUGED_SERVICES = 64  # services with their own pending gauge; the total counts them all
 
@@ -56,14 +57,19 @@ _GAUGED_SERVICES = 64  # services with their own pending gauge; the total counts
 class Job:
     """One client request: who asked (``client``, its routing id), for what, in which version."""
 
-    __slots__ = ("body", "client", "service", "t0", "version")
+    __slots__ = ("at", "body", "client", "service", "streamed", "version")
 
     def __init__(self, client: bytes, service: bytes, body: list[bytes], version: int = 0) -> None:
+        # accepted: its age decides whether it is still worth running, and its
+        # latency (to the reply) goes in the stats' histogram
+        self.at = time.monotonic()
         self.client = client
         self.service = service
         self.body = body  # the codec's: PPP keeps the whole request, MDP the body frames
         self.version = version
-        self.t0 = time.monotonic()  # accepted: the latency histogram measures to the reply
+        # partial replies already forwarded to the client (MDP/0.2): a worker
+        # that takes the request over after another one's death replays them
+        self.streamed = 0
 
 
 class Worker:
@@ -76,6 +82,7 @@ class Worker:
         "id",
         "job",
         "partials",
+        "replayed",
         "seen",
         "service",
         "version",
@@ -89,6 +96,7 @@ class Worker:
         self.confirmed = False  # heard from since its READY
         self.job: Job | None = None
         self.partials: list[bytes] = []  # MDP/0.2 PARTIAL frames held for an MDP/0.1 client
+        self.replayed = 0  # PARTIAL replies it sent for its current request
         self.beats_job = 0  # heartbeats heard while holding the current request
         # Seen heartbeating while busy (two beats in one request: a single one
         # may have been on its way when the request was sent).
@@ -98,11 +106,12 @@ class Worker:
 class Pool:
     """One service: its workers, the idle ones LRU first, its requests fair-queued per client."""
 
-    __slots__ = ("idle", "name", "pinned", "queued", "queues", "turn", "workers")
+    __slots__ = ("idle", "name", "pinned", "queued", "queues", "timeout", "turn", "workers")
 
-    def __init__(self, name: bytes, pinned: bool = False) -> None:
+    def __init__(self, name: bytes, pinned: bool = False, timeout: float | None = None) -> None:
         self.name = name
         self.pinned = pinned  # kept when empty (PPP's one service)
+        self.timeout = timeout  # seconds a request may wait for a worker (None: no limit)
         self.idle: OrderedDict[bytes, None] = OrderedDict()
         self.workers: set[bytes] = set()
         self.queues: dict[bytes, deque[Job]] = {}
@@ -138,6 +147,21 @@ class Pool:
         else:
             del self.queues[client]
         return job
+
+    def stale(self, now: float) -> list[Job]:
+        """Take out the requests that waited longer than ``timeout``, each client's oldest first."""
+        if self.timeout is None or not self.queued:
+            return []
+        limit = now - self.timeout
+        out: list[Job] = []
+        for client, q in list(self.queues.items()):
+            while q and q[0].at < limit:
+                out.append(q.popleft())
+            if not q:
+                del self.queues[client]
+                self.turn.remove(client)
+        self.queued -= len(out)
+        return out
 
     def remove(self, job: Job) -> bool:
         """Take ``job`` out of the queue; False if it is not queued (handed out again)."""
@@ -180,6 +204,10 @@ class Engine:
     DISCONNECT to an expired worker (MDP). ``service_key``: the log key naming a
     worker's service (None: do not name it). ``confirm``: route nothing to a
     worker heard only through a READY over one heartbeat old (PPP).
+    ``request_timeout``: seconds a request may wait for a worker before it is
+    dropped (logged, counted: its client has given up or retried by then, and
+    a restarted service should not work through stale requests); None: no
+    limit. ``service_timeouts`` overrides it per service.
     """
 
     def __init__(
@@ -199,6 +227,8 @@ class Engine:
         counts: Counter[str] | None = None,
         remember: int = 4096,
         confirm: bool = True,
+        request_timeout: float | None = None,
+        service_timeouts: Mapping[bytes, float | None] | None = None,
     ) -> None:
         self.codec, self.log, self.prefix = codec, log, prefix
         self.heartbeat = heartbeat
@@ -214,6 +244,8 @@ class Engine:
         self.max_queue = max_queue
         self.client_queue = max_queue if client_queue is None else client_queue
         self.max_services = max_services
+        self.request_timeout = request_timeout
+        self.service_timeouts = dict(service_timeouts or {})
         self.tell_expired = tell_expired
         self.service_key = service_key
         self.counts: Counter[str] = Counter() if counts is None else counts
@@ -245,7 +277,8 @@ class Engine:
         if p is None:
             if len(self.pools) >= self.max_services:
                 return None
-            p = self.pools[name] = Pool(name, pinned)
+            timeout = self.service_timeouts.get(name, self.request_timeout)
+            p = self.pools[name] = Pool(name, pinned, timeout)
             if self._stats is not None and name:
                 self._gauge_pending(name)
         return p
@@ -278,6 +311,7 @@ class Engine:
         stats.gauge("pending", self.queued)
         stats.gauge("workers:expired", lambda: self.counts["workers expired"])
         stats.gauge("requests:requeued", lambda: self.counts["requeued"])
+        stats.gauge("requests:timed_out", lambda: self.counts["requests timed out"])
         self.latency = stats.histogram("request_latency")
         stats.table("services", self.by_service)
 
@@ -316,25 +350,39 @@ class Engine:
 
     def dispatch(self, p: Pool) -> None:
         """Hand queued requests to idle workers, LRU first; skip and forget unreachable ones."""
+        if not (p.queued and p.idle):
+            self.tidy(p)
+            return
         now = time.monotonic()
-        unsure: list[bytes] = []
+        unsure: list[bytes] | None = None
         while p.queued and p.idle:
             wid, _ = p.idle.popitem(last=False)
             w = self.workers[wid]
             if not w.confirmed and now - w.seen > self.unconfirmed:
+                if unsure is None:
+                    unsure = []
                 unsure.append(wid)  # a READY and silence since: maybe a ghost
                 continue
             job = p.pop()
+            if p.timeout is not None and now - job.at > p.timeout:
+                self._stale(job)
+                p.idle[wid] = None  # the worker stays first in line
+                p.idle.move_to_end(wid, last=False)
+                continue
             outcome = self.codec.send_request(w, job)
             if outcome == SENT:
-                w.job, w.seen, w.beats_job = job, now, 0
+                w.job, w.seen, w.beats_job, w.replayed, w.partials = job, now, 0, 0, []
                 continue
             p.push(job, front=True)  # to the next worker
             self._lose(w, "full" if outcome == FULL else "unreachable")
-        for wid in reversed(unsure):  # back in their LRU places, first in line
+        for wid in reversed(unsure or ()):  # back in their LRU places, first in line
             p.idle[wid] = None
             p.idle.move_to_end(wid, last=False)
         self.tidy(p)
+
+    def _stale(self, job: Job) -> None:
+        self.counts["requests timed out"] += 1
+        self.codec.drop_job(job, "request timed out waiting for a worker")
 
     # -- workers ------------------------------------------------------------
     def ready(self, wid: bytes, p: Pool, version: int = 0) -> Worker:
@@ -400,7 +448,7 @@ class Engine:
     def done(self, w: Worker) -> None:
         """``w`` answered its request: idle again, next request if any."""
         if self.latency is not None and w.job is not None:
-            self.latency.observe(time.monotonic() - w.job.t0)
+            self.latency.observe(time.monotonic() - w.job.at)
         w.job, w.partials = None, []
         p = self.pools.get(w.service)
         if p is not None:
@@ -456,19 +504,27 @@ class Engine:
         stopping: Any,
         drain_timeout: float,
         *,
+        batch: int,
         in_flight: Callable[[], int],
         on_drain: Callable[[], None],
     ) -> None:
-        """The router's loop: read each source's socket while it has messages, tick every heartbeat.
+        """The router's loop: hand each source's messages to its handler, tick every heartbeat.
 
-        A source is ``(socket, read, wanted)``: ``read(raw)`` drains up to a
-        batch from the raw socket; ``wanted(draining)``, if given, says whether
-        to read it now (a socket not wanted keeps its messages in libzmq:
-        backpressure). The loop reads every socket's EVENTS after its last
-        operation and parks on ``poller`` (fresh: the loop registers the
-        sockets, keeps the watchers armed and closes them on the way out)
-        only once a whole pass found nothing to read (rule 3): one wake-up
-        costs one hub switch, no ``zmq_poll``, no re-registration.
+        A source is ``(socket, handle, wanted, counters)``: ``handle(frames)``
+        takes one whole message; ``wanted(draining)``, if given, says whether
+        to read the socket now (one not wanted keeps its messages in libzmq:
+        backpressure); ``counters`` (a stats ``SocketCounters``) counts what is
+        read. At most ``batch`` messages of one socket in a row.
+
+        Waiting costs one hub switch: the loop parks on ``poller`` (fresh: the
+        loop registers the sockets, keeps the watchers armed and closes them
+        on the way out), with no ``zmq_poll`` and no re-registration. Before
+        it parks it has read every socket's EVENTS after its last operation on
+        that socket (rule 3; a send may take a read edge with it), and it
+        reads EVENTS only where something may have changed: a socket whose FD
+        signalled, one that was read, one the handlers may have sent on (each
+        read marks the others). That is two or three EVENTS reads per wake-up,
+        where ``zmq_poll`` before and after a wait cost four to six.
 
         Once ``stopping`` is set, ``on_drain()`` is called once, and the loop
         goes on while ``in_flight()`` and for up to ``drain_timeout`` s.
@@ -476,10 +532,13 @@ class Engine:
         hb = self.heartbeat
         next_hb = time.monotonic() + hb
         drain_until: float | None = None
-        srcs = [(s.raw, read, wanted) for s, read, wanted in sources]
+        srcs = [(s.raw, handle, wanted, counters) for s, handle, wanted, counters in sources]
+        n_src = len(srcs)
+        dirty = [True] * n_src
+        by_fd = {int(s.getsockopt(zmq.FD)): i for i, (s, _, _, _) in enumerate(sources)}
         found = True
         with ExitStack() as paused:
-            for s, _, _ in sources:
+            for s, _, _, _ in sources:
                 poller.register(s, zmq.POLLIN)
                 # nobody waits green on these sockets while this loop owns them
                 paused.enter_context(s.green_watcher_paused())
@@ -492,28 +551,52 @@ class Engine:
                         if not in_flight() or time.monotonic() >= drain_until:
                             return
                     draining = drain_until is not None
-                    busy = True
-                    while busy:
-                        busy = False
-                        for raw, read, wanted in srcs:
-                            if _get(raw, _EVENTS) & _POLLIN and (
-                                wanted is None or wanted(draining)
-                            ):
-                                read(raw)
-                                busy = found = True
+                    while True in dirty:
+                        for i in range(n_src):
+                            if not dirty[i]:
+                                continue
+                            dirty[i] = False
+                            raw, handle, wanted, counters = srcs[i]
+                            n = 0
+                            # EVENTS after the handler: its sends may take a read edge
+                            while _get(raw, _EVENTS) & _POLLIN:
+                                if wanted is not None and not wanted(draining):
+                                    break  # stays in libzmq; read again once wanted
+                                if n == batch:
+                                    dirty[i] = True  # the others' turn first
+                                    break
+                                handle(_recv_msg(raw))
+                                n += 1
+                            if n:
+                                counters.add_in(n)
+                                found = True
+                                for j in range(n_src):  # they may have sent on any socket
+                                    if j != i:
+                                        dirty[j] = True
                     now = time.monotonic()
                     if now >= next_hb:
                         next_hb = now + hb
                         self.tick(now)
-                        continue  # it sent: read EVENTS again before parking
+                        dirty = [True] * n_src  # it sent: read EVENTS again before parking
+                        continue
                     wake_at = next_hb if drain_until is None else min(next_hb, drain_until)
-                    poller.wait(wake_at - now, found=found)
+                    fired = poller.wait(wake_at - now, found=found)
                     found = False
+                    if not fired:
+                        dirty = [True] * n_src  # a timer or a wake(): look at everything
+                    for fd in fired:
+                        dirty[by_fd[fd]] = True
             finally:
                 poller.close_watchers()
 
     def tick(self, now: float) -> None:
-        """Expire silent workers, heartbeat the others (call every ``heartbeat`` seconds)."""
+        """Expire silent workers, heartbeat the others, drop stale requests (every heartbeat)."""
+        for p in list(self.pools.values()):
+            stale = p.stale(now)
+            for job in stale:
+                self._stale(job)
+            if stale:
+                self.tidy(p)
         for w in list(self.workers.values()):
             limit = self.patience if w.job is None or w.beats_busy else self.busy_timeout
             if now - w.seen > limit:

@@ -13,12 +13,10 @@ from typing import Any
 import zmq
 from zmq.backend import Socket as _CSocket
 
-# the receiving side is core's (one copy): a whole message as bytes, NOBLOCK;
-# and "is another one waiting" (an EVENTS read, cheaper than ending on EAGAIN)
-from ..core.mux import _more_waiting as more_waiting
+# the receiving side is core's (one copy): a whole message as bytes, NOBLOCK
 from ..core.mux import _recv_raw as recv_bytes
 
-__all__ = ["FULL", "GONE", "SENT", "more_waiting", "recv_bytes", "send"]
+__all__ = ["FULL", "GONE", "SENT", "recv_bytes", "send"]
 
 _send = _CSocket.send
 _NB, _NB_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)

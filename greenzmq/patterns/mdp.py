@@ -55,14 +55,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import gevent
-import zmq
 
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, with_maxmsgsize
 from ..core.tracing import SocketTracer
 from ._engine import Engine, Job, Worker
-from ._send import FULL, SENT, more_waiting, recv_bytes, send
+from ._send import FULL, SENT, send
 from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
 from .lazypirate import RetryingClient
 
@@ -115,6 +114,9 @@ class MDPBroker(Service):
     queue at ``max_queue`` makes room by dropping the newest request of the
     client with the most queued (``client_queue`` caps one client; None: no
     cap but ``max_queue``), so a flooding client cannot starve the others. A
+    request that waited ``request_timeout`` seconds for a worker (or its
+    service's entry in ``service_timeouts``, by name) is dropped, logged and
+    counted, not run: its client has given up or retried by then. A
     request held by a worker that leaves, dies or hangs goes to the next
     worker, and an expired worker that speaks again is taken back.
     """
@@ -134,6 +136,8 @@ class MDPBroker(Service):
         max_services: int = 10000,
         maxmsgsize: int = -1,
         drain_timeout: float = 5.0,
+        request_timeout: float | None = None,
+        service_timeouts: Mapping[str, float | None] | None = None,
         name: str | None = None,
     ) -> None:
         specs = with_maxmsgsize(self.specs, maxmsgsize, lambda s: s.name == "broker")
@@ -141,6 +145,9 @@ class MDPBroker(Service):
         self.heartbeat, self.liveness, self.busy_timeout = heartbeat, liveness, busy_timeout
         self.max_queue, self.client_queue = max_queue, client_queue
         self.max_services = max_services
+        #: seconds a request may wait for a worker (None: no limit); per service names too
+        self.request_timeout = request_timeout
+        self.service_timeouts = {k.encode(): v for k, v in (service_timeouts or {}).items()}
         #: seconds a stopping broker keeps forwarding replies from busy workers
         self.drain_timeout = min(drain_timeout, self.graceful_timeout)
         self._draining = False
@@ -259,6 +266,13 @@ class MDPBroker(Service):
         body = rest[2:]
         if version == 2 and cmd == PARTIAL02:
             if job.version == 2:
+                # a request taken over from a worker that died mid-stream: its
+                # first partials are the ones the client has (a replay), not news
+                w.replayed += 1
+                if w.replayed <= job.streamed:
+                    self.counts["partials replayed"] += 1
+                    return
+                job.streamed += 1
                 self._to_client(job, body, partial=True)
             else:
                 w.partials.extend(body)  # 0.1 clients get it all in one reply
@@ -344,33 +358,24 @@ class MDPBroker(Service):
             service_key="mdp_service",
             counts=self.counts,
             confirm=False,  # majortomo's and the zguide's workers heartbeat at their own pace
+            request_timeout=self.request_timeout,
+            service_timeouts=self.service_timeouts,
         )
         eng.watch(self.stats)
         poller = self._poller = GreenPoller(persistent=True)
-        again, batch = zmq.Again, self.batch
 
-        def read(raw: Any) -> None:
-            n = 0
-            while n < batch:
-                if n == 1 and not more_waiting(raw):
-                    break  # the usual wake-up brings one message: no EAGAIN exception
-                try:
-                    m = recv_bytes(raw)
-                except again:
-                    break
-                n += 1
-                if tr.on:
-                    tr.hop("recv", m)
-                self._handle(m)
-            count.add_in(n)
+        def handle(m: list[bytes]) -> None:
+            if tr.on:
+                tr.hop("recv", m)
+            self._handle(m)
 
         def on_drain() -> None:
             # graceful stop: refuse new requests, forward the replies of busy workers
             self._draining = True
             self.log.info("mdp.draining", busy=eng.busy())
 
-        eng.loop(poller, [(sock, read, None)], self.stopping, self.drain_timeout,
-                 in_flight=eng.busy, on_drain=on_drain)  # fmt: skip
+        eng.loop(poller, [(sock, handle, None, count)], self.stopping, self.drain_timeout,
+                 batch=self.batch, in_flight=eng.busy, on_drain=on_drain)  # fmt: skip
         self.log.info(
             "mdp.stats",
             counts=dict(self.counts),

@@ -47,14 +47,12 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import zmq
-
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import SocketSpec, with_maxmsgsize
 from ..core.tracing import SocketTracer
 from ._engine import Engine, Job, Worker
-from ._send import FULL, SENT, more_waiting, recv_bytes, send
+from ._send import FULL, SENT, send
 from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
 from .broker import envelope_problem
 
@@ -130,7 +128,9 @@ class PPPQueue(Service):
     A codec over :class:`~greenzmq.patterns._engine.Engine` with one anonymous
     service: a reply is forwarded only from the worker holding that client's
     request, a request held by a worker that leaves or dies goes to the next
-    one, and an expired worker that speaks again is taken back.
+    one, and an expired worker that speaks again is taken back. A request that
+    waited ``request_timeout`` seconds for a worker is dropped (logged,
+    counted), not run: its client has given up or retried by then.
     """
 
     name = "ppqueue"
@@ -148,11 +148,14 @@ class PPPQueue(Service):
         liveness: int = 3,
         maxmsgsize: int = -1,
         drain_timeout: float = 5.0,
+        request_timeout: float | None = None,
         name: str | None = None,
     ) -> None:
         specs = with_maxmsgsize(self.specs, maxmsgsize, lambda s: s.type == "ROUTER")
         super().__init__(name=name, specs=specs)
         self.heartbeat, self.liveness = heartbeat, liveness
+        #: seconds a request may wait for a worker before it is dropped (None: no limit)
+        self.request_timeout = request_timeout
         #: seconds a stopping queue keeps forwarding replies from busy workers
         self.drain_timeout = min(drain_timeout, self.graceful_timeout)
         self.drops: Counter[str] = Counter()
@@ -211,13 +214,12 @@ class PPPQueue(Service):
         fe_count, be_count = self.stats.socket("frontend"), self.stats.socket("backend")
         eng = self.engine = Engine(
             self, self.log, "ppqueue", heartbeat=self.heartbeat, liveness=self.liveness,
-            counts=self.counts,
+            counts=self.counts, request_timeout=self.request_timeout,
         )  # fmt: skip
         eng.watch(self.stats)
         pool = eng.pool(b"", pinned=True)
         assert pool is not None
         poller = self._poller = GreenPoller(persistent=True)
-        again = zmq.Again
         log = self.log
 
         def from_backend(m: list[bytes]) -> None:
@@ -264,40 +266,15 @@ class PPPQueue(Service):
             """Read the frontend only while a worker is idle and nothing waits (backpressure)."""
             return bool(pool.idle) and not pool.queued and not draining
 
-        def read_frontend(raw: Any) -> None:
-            n = 0
-            while n < self.batch:
-                if not pool.idle or pool.queued:
-                    break  # backpressure: requests wait in libzmq until a worker is idle
-                if n == 1 and not more_waiting(raw):
-                    break  # the usual wake-up brings one message: no EAGAIN exception
-                try:
-                    m = recv_bytes(raw)
-                except again:
-                    break
-                n += 1
-                problem = envelope_problem(m)
-                if problem is not None:
-                    self._drop("frontend", m, problem)
-                    continue
-                self.counts["requests"] += 1
-                reason = eng.submit(pool, Job(m[0], b"", m))
-                if reason is not None:
-                    self._drop("frontend", m, reason)
-            fe_count.add_in(n)
-
-        def read_backend(raw: Any) -> None:
-            n = 0
-            while n < self.batch:
-                if n == 1 and not more_waiting(raw):
-                    break
-                try:
-                    m = recv_bytes(raw)
-                except again:
-                    break
-                n += 1
-                from_backend(m)
-            be_count.add_in(n)
+        def from_frontend(m: list[bytes]) -> None:
+            problem = envelope_problem(m)
+            if problem is not None:
+                self._drop("frontend", m, problem)
+                return
+            self.counts["requests"] += 1
+            reason = eng.submit(pool, Job(m[0], b"", m))
+            if reason is not None:
+                self._drop("frontend", m, reason)
 
         def on_drain() -> None:
             # graceful stop: take no new requests, forward the replies still coming
@@ -305,9 +282,10 @@ class PPPQueue(Service):
 
         eng.loop(
             poller,
-            [(be, read_backend, None), (fe, read_frontend, want_frontend)],
+            [(be, from_backend, None, be_count), (fe, from_frontend, want_frontend, fe_count)],
             self.stopping,
             self.drain_timeout,
+            batch=self.batch,
             in_flight=lambda: pool.queued + eng.busy(),
             on_drain=on_drain,
         )

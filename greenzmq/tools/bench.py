@@ -70,9 +70,11 @@ MUX_KINDS = (
 
 SUITES = ("broker", "mux", "mdp", "ppp")
 MDP_KINDS = ("greenzmq", "majortomo", "mdbroker")
-PPP_KINDS = ("greenzmq", "ppqueue")
+PPP_KINDS = ("greenzmq", "ppqueue", "minimal")
 # each anchor of the reliable suites, with the peers every broker of its run uses
 ANCHOR_PEERS = {"majortomo": "mdp02", "mdbroker": "mdp01", "ppqueue": "ppp"}
+# floors: not anchors, the least a Python broker of those peers can cost (reliable_anchors.py)
+FLOOR_PEERS = {"minimal": "ppp"}
 PEERS_LABEL = {
     "mdp02": "MDP/0.2 (majortomo peers)",
     "mdp01": "MDP/0.1 (zguide peers)",
@@ -272,7 +274,7 @@ def reliable_runs(suite: str, kinds: Sequence[str]) -> list[str]:
     with the zguide's (MDP/0.1), each beside the anchor of that version; with
     no anchor chosen, greenzmq runs with both.
     """
-    anchors = [k for k in kinds if k != "greenzmq"]
+    anchors = [k for k in kinds if k in ANCHOR_PEERS]
     peers = [ANCHOR_PEERS[a] for a in anchors] or ["mdp02", "mdp01"]
     if suite == "ppp":
         peers = ["ppp"]
@@ -281,6 +283,7 @@ def reliable_runs(suite: str, kinds: Sequence[str]) -> list[str]:
         if "greenzmq" in kinds:
             runs.append(f"{p}/greenzmq")
         runs += [f"{p}/{a}" for a in anchors if ANCHOR_PEERS[a] == p]
+        runs += [f"{p}/{f}" for f in kinds if FLOOR_PEERS.get(f) == p]
     return runs
 
 
@@ -358,7 +361,12 @@ def mux_table(rows: Sequence[MuxRow]) -> list[str]:
 
 def _anchor_of(rows: Sequence[ReliableRow], r: ReliableRow) -> ReliableRow | None:
     """The anchor that ran with the same peers as ``r`` (None if it did not run)."""
-    return next((x for x in rows if x.peers == r.peers and x.kind != "greenzmq"), None)
+    return next((x for x in rows if x.peers == r.peers and x.kind in ANCHOR_PEERS), None)
+
+
+def _floor_of(rows: Sequence[ReliableRow], r: ReliableRow) -> ReliableRow | None:
+    """The floor that ran with the same peers as ``r`` (None if it did not run)."""
+    return next((x for x in rows if x.peers == r.peers and x.kind in FLOOR_PEERS), None)
 
 
 def reliable_table(rows: Sequence[ReliableRow]) -> list[str]:
@@ -369,8 +377,9 @@ def reliable_table(rows: Sequence[ReliableRow]) -> list[str]:
     ]
     for r in rows:
         a = _anchor_of(rows, r)
+        kind = f"{r.kind} (floor)" if r.kind in FLOOR_PEERS else r.kind
         out.append(
-            f"| {PEERS_LABEL[r.peers]} | {r.kind} | {r.rps:.0f} "
+            f"| {PEERS_LABEL[r.peers]} | {kind} | {r.rps:.0f} "
             f"| {_ratio(r.rps, a.rps if a else None)} | {r.cpu_us:.1f} "
             f"| {_ratio(r.cpu_us, a.cpu_us if a else None)} | {r.answered}/{r.sent} |"
         )
@@ -418,6 +427,9 @@ def check_targets(
             f"{PEERS_LABEL[r.peers]}: greenzmq CPU/request <= {CPU_TARGET}x {a.kind}'s: "
             f"{v:.2f}x ({r.cpu_us:.1f} against {a.cpu_us:.1f} us; req/s {r.rps / a.rps:.2f}x)"
         )
+        f = _floor_of(reliable, r)
+        if f is not None and f.cpu_us:
+            text += f"; the {f.kind} Python floor is {f.cpu_us / a.cpu_us:.2f}x {a.kind}'s"
         res.append((text, v <= CPU_TARGET))
     return res
 
@@ -440,8 +452,8 @@ def plot(
     panels = (2 if broker else 0) + (1 if mux else 0) + (1 if reliable else 0)
     if not panels:
         return True
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.2), squeeze=False)
-    axes = list(axes[0])
+    fig, grid = plt.subplots(1, panels, figsize=(5 * panels, 4.2), squeeze=False)
+    axes: list[Any] = list(grid[0])
     if reliable:
         ax = axes.pop()
         labels: list[str] = []

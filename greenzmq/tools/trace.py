@@ -21,6 +21,9 @@ The default report gives per-hop latency percentiles and counts (time from one
 hop of a path to the next), and lists the messages whose path stops: the last
 hop seen is a send, forward, put or drop, or a recv on a REP/ROUTER socket that
 got no reply. ``--key K`` prints the timeline of the message(s) with key K.
+``--slowest N`` lists the slowest paths with their slowest hop; ``--otlp``,
+``--chrome`` and ``--plot`` write the paths as OpenTelemetry spans, a
+Chrome/Perfetto timeline and a latency plot (:mod:`greenzmq.tools.trace_formats`).
 """
 
 from __future__ import annotations
@@ -341,6 +344,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("logs", nargs="+", metavar="LOGFILE", help="JSON log files (any processes)")
     p.add_argument("--key", help="print this message's timeline (a key or a unique prefix)")
     p.add_argument("--limit", type=int, default=20, help="stopped messages to list (default 20)")
+    p.add_argument(
+        "--slowest",
+        type=int,
+        metavar="N",
+        help="also list the N slowest paths, with their slowest hop",
+    )
+    p.add_argument(
+        "--otlp", metavar="FILE", help="write the paths as OpenTelemetry spans (OTLP/JSON)"
+    )
+    p.add_argument(
+        "--chrome", metavar="FILE", help="write a Chrome/Perfetto trace (Trace Event Format JSON)"
+    )
+    p.add_argument(
+        "--plot", metavar="PNG", help="plot per-hop latency distributions (needs greenzmq[plot])"
+    )
     return p
 
 
@@ -350,11 +368,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     Bad input: a missing file, a negative --limit, or no hop events in the files at all.
     """
     ns = build_parser().parse_args(argv)
-    if ns.limit < 0:
-        print(
-            f"greenzmq trace: error: --limit must not be negative, got {ns.limit}", file=sys.stderr
-        )
-        return 2
+    for opt, value in (("--limit", ns.limit), ("--slowest", ns.slowest)):
+        if value is not None and value < 0:
+            print(
+                f"greenzmq trace: error: {opt} must not be negative, got {value}", file=sys.stderr
+            )
+            return 2
+    if ns.plot:
+        try:
+            import matplotlib  # noqa: F401  # checked before the logs are read
+        except ImportError:
+            print(
+                "greenzmq trace: error: --plot needs matplotlib: pip install 'greenzmq[plot]'",
+                file=sys.stderr,
+            )
+            return 2
     try:
         hops, skipped = load_hops(ns.logs)
     except OSError as e:
@@ -383,4 +411,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(report(paths, hops, ns.limit)))
     if skipped:
         print(f"({skipped} lines were not JSON events and were skipped)")
+    return _exports(ns, paths)
+
+
+def _exports(ns: argparse.Namespace, paths: Sequence[Path]) -> int:
+    """``--slowest``, ``--otlp``, ``--chrome``, ``--plot``: 0, or 2 if a file cannot be written."""
+    from . import trace_formats as tf
+
+    if ns.slowest:
+        print()
+        print("\n".join(tf.slowest(paths, ns.slowest)))
+    try:
+        for path, build, what in (
+            (ns.otlp, tf.otlp, "OpenTelemetry spans (OTLP/JSON)"),
+            (ns.chrome, tf.chrome, "Chrome trace events"),
+        ):
+            if path:
+                with open(path, "wb") as f:
+                    f.write(orjson.dumps(build(paths)))
+                print(f"wrote {what} of {len(paths)} messages to {path}")
+        if ns.plot:
+            tf.plot(hop_latencies(paths), ns.plot, paths)
+            print(f"wrote the per-hop latency plot to {ns.plot}")
+    except OSError as e:
+        print(f"greenzmq trace: error: cannot write {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     return 0

@@ -10,6 +10,9 @@ A RUN is ``PEERS/BROKER``:
   mdcliapi/mdwrkapi, greenzmq's broker or the anchor after the zguide's mdbroker;
 * ``ppp/greenzmq``, ``ppp/ppqueue``: Paranoid Pirate workers (RFC 6) and REQ
   clients, greenzmq's PPP queue or the anchor after the zguide's ppqueue;
+  ``ppp/minimal``: the same peers and a floor, not an anchor (the least a
+  Python PPP queue woken once per message can do: LRU and heartbeats, nothing
+  else);
 * ``ppp/greenzmq+metrics``, ``mdp02/greenzmq+metrics``: greenzmq's broker
   with ``--metrics`` and a scrape of ``/metrics`` every second during the
   round (what the metrics cost per request, beside the run without).
@@ -52,6 +55,7 @@ RUNS = (
     "mdp01/mdbroker",
     "ppp/greenzmq",
     "ppp/ppqueue",
+    "ppp/minimal",
     "ppp/greenzmq+metrics",
     "mdp02/greenzmq+metrics",
 )
@@ -102,7 +106,7 @@ def broker_argv(run: str, fe: str, be: str, kill: str) -> list[str]:
         return [sys.executable, "-m", "majortomo.broker", "-b", fe]
     if broker == "mdbroker":
         return [sys.executable, ANCHORS, "broker", "mdbroker", fe]
-    return [sys.executable, ANCHORS, "broker", "ppqueue", fe, be]
+    return [sys.executable, ANCHORS, "broker", broker, fe, be]
 
 
 def metrics_address(kill: str) -> str:

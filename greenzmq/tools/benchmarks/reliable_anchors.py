@@ -11,7 +11,7 @@ against; for that reason this file is not held to strict typing.
 Run as a script, one role per process (``reliable.py`` starts them)::
 
   python reliable_anchors.py broker mdbroker ENDPOINT
-  python reliable_anchors.py broker ppqueue FRONTEND BACKEND
+  python reliable_anchors.py broker ppqueue|minimal FRONTEND BACKEND
   python reliable_anchors.py worker mdp01|mdp02|ppp ENDPOINT
   python reliable_anchors.py client mdp01|mdp02|ppp ENDPOINT N TIMEOUT
 
@@ -23,6 +23,9 @@ Brokers:
   ppqueue    after the zguide's ppqueue.py (RFC 6): an ordered dict of idle
              workers (LRU), the frontend polled only while one is idle,
              heartbeats every 1 s, expiry after 3 silent intervals.
+  minimal    not an anchor, a floor: the shortest PPP queue in plain pyzmq
+             (LRU and heartbeats only, compiled NOBLOCK calls, one zmq_poll
+             per wake-up): what a Python broker woken per message costs.
 Workers (echo: the reply is the request's body):
   mdp01      after mdwrkapi.py: DEALER, READY, heartbeats, answers REQUESTs.
   mdp02      majortomo's Worker (PyPI ``majortomo``), MDP/0.2.
@@ -253,6 +256,66 @@ def ppqueue(frontend_ep, backend_ep, until):
             workers.pop(address, None)
 
 
+def minimal(frontend_ep, backend_ep, until):
+    """Not an anchor but a floor: the least a Python PPP queue can do per message.
+
+    LRU dispatch to idle workers and heartbeats to them, nothing else: no
+    expiry, no validation, no counters, no logs. One blocking ``zmq_poll``
+    per wake-up and the compiled NOBLOCK recv/send with int flags. What it
+    costs per request is about what any Python broker woken once per message
+    costs on this libzmq: libzmq's I/O thread, the wake-ups, the sends.
+    """
+    from zmq.backend import Socket as C
+    from zmq.backend import zmq_poll
+
+    ctx = zmq.Context()
+    frontend = ctx.socket(zmq.ROUTER)
+    backend = ctx.socket(zmq.ROUTER)
+    frontend.bind(frontend_ep)
+    backend.bind(backend_ep)
+    recv, send, get = C.recv, C.send, C.get
+    nb, nb_more, events = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE), int(zmq.EVENTS)
+
+    def recv_msg(s):
+        f = recv(s, nb, False)
+        m = [f.bytes]
+        while f.more:
+            f = recv(s, nb, False)
+            m.append(f.bytes)
+        return m
+
+    def send_msg(s, m):
+        for f in m[:-1]:
+            send(s, f, nb_more, False)
+        send(s, m[-1], nb, False)
+
+    idle = OrderedDict()  # worker address -> None, least recently ready first
+    both, backend_only = [(frontend, 1), (backend, 1)], [(backend, 1)]
+    heartbeat_at = time.time() + 1.0
+    while time.time() < until:
+        moved = True
+        while moved:
+            moved = False
+            while get(backend, events) & 1:
+                frames = recv_msg(backend)
+                moved = True
+                if len(frames) > 2:
+                    send_msg(frontend, frames[1:])
+                idle[frames[0]] = None
+            while idle and get(frontend, events) & 1:
+                frames = recv_msg(frontend)
+                moved = True
+                address, _ = idle.popitem(last=False)
+                send_msg(backend, [address, *frames])
+        now = time.time()
+        if now >= heartbeat_at:
+            heartbeat_at = now + 1.0
+            for address in idle:
+                send_msg(backend, [address, PPP_HEARTBEAT])
+            continue
+        zmq_poll(both if idle else backend_only, int((heartbeat_at - now) * 1000) + 1)
+
+
 # ---------------------------------------------------------------- workers
 
 
@@ -439,6 +502,8 @@ def main():
         MDBroker(args[0]).mediate(until)
     elif kind == "ppqueue":
         ppqueue(args[0], args[1], until)
+    elif kind == "minimal":
+        minimal(args[0], args[1], until)
     else:
         raise SystemExit(f"unknown role {role} {kind}")
     return 0
