@@ -110,6 +110,7 @@ def endpoints(*pairs: tuple[str, str]) -> list[str]:
 
 
 class TestMetrics:
+    @pytest.mark.slow  # whole-system: runs once per tox run (py311)
     @pytest.mark.deadline(90)
     def test_broker_and_workers_scraped_under_load_and_a_killed_worker(
         self, service: Start, endpoint: Callable[[], str]
@@ -179,6 +180,7 @@ class TestMetrics:
         pipelined(fe, bodies[:200], ident)
         scrape_until(wport, workers_counted(n + 200), "200 more, on the new fleet")
 
+    @pytest.mark.slow  # whole-system: runs once per tox run (py311)
     @pytest.mark.deadline(60)
     def test_ppp_queue_latency_workers_pending_and_drops(
         self, service: Start, endpoint: Callable[[], str]
@@ -369,6 +371,7 @@ class NotifyListener:
 
 
 class TestSystemd:
+    @pytest.mark.slow  # whole-system: runs once per tox run (py311)
     @pytest.mark.deadline(60)
     def test_ready_reload_watchdog_stopping(
         self, service: Start, endpoint: Callable[[], str]
@@ -469,6 +472,7 @@ class TestUnitFile:
 
 
 class TestProbes:
+    @pytest.mark.slow  # whole-system: runs once per tox run (py311)
     @pytest.mark.deadline(60)
     def test_health_follows_the_loop_and_the_peer(
         self, service: Start, endpoint: Callable[[], str], tmp_path: Path
@@ -519,6 +523,7 @@ class TestProbes:
         usage = cli("health", "tcp://127.0.0.1:5999")
         assert usage.returncode == 2 and "must be ipc://PATH" in usage.stderr
 
+    @pytest.mark.slow  # whole-system: runs once per tox run (py311)
     @pytest.mark.deadline(60)
     def test_mmi_service_from_the_command_line(
         self, service: Start, endpoint: Callable[[], str]
