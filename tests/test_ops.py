@@ -181,6 +181,60 @@ class TestMetrics:
         scrape_until(wport, workers_counted(n + 200), "200 more, on the new fleet")
 
     @pytest.mark.slow  # whole-system: runs once per tox run (py311)
+    @pytest.mark.deadline(90)
+    def test_restarts_by_cause_and_hub_blocked(
+        self, service: Start, endpoint: Callable[[], str]
+    ) -> None:
+        """A blocked hub is counted; max-requests, heartbeat timeout and HUP restarts by cause;
+        a recycled worker's last counts (sent before its exit) stay in the totals."""
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+        port = free_port()
+        service(
+            "services.broker:app", *endpoints(("frontend", fe), ("backend", be), ("kill", kill))
+        )
+        p = service("tests.launcher_apps:echo", "--metrics", f"127.0.0.1:{port}",
+                    "--block-threshold", "0.2", "--timeout", "1.5", "--max-requests", "4",
+                    *endpoints(("backend", be), ("kill", kill)))  # fmt: skip
+        p.wait_started()
+        ctx = zmq.Context()
+        c = ctx.socket(zmq.DEALER)
+        c.setsockopt(zmq.LINGER, 0)
+        c.connect(fe)
+
+        def ask(body: bytes) -> None:
+            c.send_multipart([b"", body])
+            assert c.poll(10_000), f"no reply to {body!r}"
+            assert c.recv_multipart()[-1] == b"ok:" + body
+
+        def restarts(s: Samples, cause: str) -> float | None:
+            return value(s, "greenzmq_worker_restarts_total", cause=cause)
+
+        try:
+            ask(b"block:0.5")  # the hub blocked 0.5 s, past the 0.2 s threshold
+            scrape_until(port, lambda s: (value(s, "greenzmq_hub_blocked_total") or 0) >= 1, "hub")
+            for i in range(3):
+                ask(b"x%d" % i)  # the 4th request: recycled
+
+            def recycled(s: Samples) -> bool:
+                return (
+                    restarts(s, "max_requests") == 1 and value(s, "greenzmq_workers_reporting") == 1
+                )
+
+            s = scrape_until(port, recycled, "a recycled worker replaced", 20)
+            assert value(s, "greenzmq_requests_total") == 4  # its last snapshot, before exiting
+            assert (value(s, "greenzmq_hub_blocked_total") or 0) >= 1
+            c.send_multipart([b"", b"block:30"])  # silent past --timeout: ABRT, replaced
+            scrape_until(port, lambda s: restarts(s, "timeout") == 1, "a timeout restart", 20)
+            p.wait_event("worker.timeout", 10)
+            wait_for(lambda: len(p.events("service.start")) >= 3, 15, "its replacement")
+            p.signal(signal.SIGHUP)
+            s = scrape_until(port, lambda s: restarts(s, "reload") == 1, "a reload restart", 20)
+            assert restarts(s, "crash") == 0 and restarts(s, "max_requests") == 1
+        finally:
+            c.close(0)
+            ctx.term()
+
+    @pytest.mark.slow  # whole-system: runs once per tox run (py311)
     @pytest.mark.deadline(60)
     def test_ppp_queue_latency_workers_pending_and_drops(
         self, service: Start, endpoint: Callable[[], str]
@@ -528,10 +582,15 @@ class TestProbes:
     def test_mmi_service_from_the_command_line(
         self, service: Start, endpoint: Callable[[], str]
     ) -> None:
-        """200 and exit 0 for a service with workers, 404 and exit 1 for one without."""
+        """200 and exit 0 for a service with workers, 404 and exit 1 for one without;
+        the broker's metrics name the service's idle worker."""
         ep, kill = endpoint(), endpoint()
+        port = free_port()
         broker = service(
-            "services.majordomo:make(heartbeat=0.2)", *endpoints(("broker", ep), ("kill", kill))
+            "services.majordomo:make(heartbeat=0.2)",
+            "--metrics",
+            f"127.0.0.1:{port}",
+            *endpoints(("broker", ep), ("kill", kill)),
         )
         broker.wait_started()
         assert cli("mmi", ep, "square").stdout == "square: 404 no workers\n"
@@ -541,6 +600,8 @@ class TestProbes:
         )
         got = wait_for(lambda: (r := cli("mmi", ep, "square")).returncode == 0 and r, 15, "200")
         assert got.stdout == "square: 200 has workers\n"
+        idle = {"service": "square", "state": "idle"}
+        scrape_until(port, lambda s: value(s, "greenzmq_broker_workers", **idle) == 1, "square")
         missing = cli("mmi", ep, "nobody")
         assert (missing.returncode, missing.stdout) == (1, "nobody: 404 no workers\n")
         assert cli("mmi", "tcp://*:1", "x").returncode == 2

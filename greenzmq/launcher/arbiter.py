@@ -469,6 +469,11 @@ class Arbiter:
             self.log.error("master.reload_failed", error="bad arguments")
             self._reload_failed()
             return
+        if new.metrics != self.cfg.metrics:
+            # the listening socket stays where it is: moving it would drop scrapes
+            self.log.warning(
+                "master.metrics_unchanged", metrics=self.cfg.metrics, asked=new.metrics
+            )
         old_n, self.cfg = self.num_workers, new
         self.num_workers = int(new.workers)
         if old_n != self.num_workers:
