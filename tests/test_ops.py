@@ -436,7 +436,10 @@ class TestSystemd:
         try:
             eps = endpoints(("frontend", endpoint()), ("backend", endpoint()), ("kill", endpoint()))
             env = {"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "200000"}
-            p = service("services.broker:app", "-t", "2", *eps, env=env)
+            port = free_port()
+            p = service(
+                "services.broker:app", "-t", "2", "--metrics", f"127.0.0.1:{port}", *eps, env=env
+            )
             ready = n.wait("READY")
             assert ready["STATUS"] == "1 of 1 workers serving"
             t0 = time.monotonic()
@@ -451,6 +454,11 @@ class TestSystemd:
             assert 0 <= usec - int(reloading["MONOTONIC_USEC"]) < 5_000_000
             again = n.wait("READY", after=hup)
             assert again["STATUS"] == "1 of 1 workers serving"
+            # a binding worker is retired at once on HUP (its successor needs the port)
+            reload = {"cause": "reload"}
+            scrape_until(
+                port, lambda s: value(s, "greenzmq_worker_restarts_total", **reload) == 1, "reload"
+            )
 
             worker = wait_for(lambda: p.events("service.start")[1:], 15, "the new worker")[-1]
             stop = time.monotonic()
@@ -468,6 +476,28 @@ class TestSystemd:
             p.signal(signal.SIGTERM)
             assert n.wait("STOPPING", after=term)["STOPPING"] == "1"
             assert p.wait(15) == 0
+        finally:
+            n.close()
+
+    @pytest.mark.slow  # whole-system: runs once per tox run (py311)
+    @pytest.mark.deadline(30)
+    def test_a_reader_that_does_not_read_never_blocks_the_master(
+        self, service: Start, endpoint: Callable[[], str]
+    ) -> None:
+        """A full NOTIFY_SOCKET queue (10 datagrams) drops watchdog pings; the master goes on."""
+        n = NotifyListener()  # bound, never read
+        try:
+            eps = endpoints(("frontend", endpoint()), ("backend", endpoint()), ("kill", endpoint()))
+            env = {"NOTIFY_SOCKET": n.path, "WATCHDOG_USEC": "100000"}
+            port = free_port()
+            p = service("services.broker:app", "-t", "1", "--metrics", f"127.0.0.1:{port}",
+                        *eps, env=env)  # fmt: skip
+            p.wait_event("master.ready", 15)
+            time.sleep(1.5)  # 30 pings due: the queue is full after 10 (a deadline, not a wait)
+            t0 = time.monotonic()
+            s = scrape(port)
+            assert time.monotonic() - t0 < 1.0 and value(s, "greenzmq_workers_alive") == 1
+            assert not p.events("worker.timeout")  # the master read every heartbeat
         finally:
             n.close()
 

@@ -199,6 +199,7 @@ class Worker:
         self.booted_at: float | None = None
         self.retiring = False  # we asked it to stop (TERM)
         self.stale = False  # HUP: retire once its successors have booted
+        self.reloaded = False  # a HUP replaces it (at once or once its successors boot)
         self.kill_at: float | None = None  # KILL if still alive then
         self.aborted = False
         self.failure: Failure | None = None
@@ -487,6 +488,7 @@ class Arbiter:
         for w in list(self.workers.values()):
             if w.retiring:
                 continue
+            w.reloaded = True  # replaced by this HUP: a "reload" restart in the metrics
             if w.booted_at is None or self._binds_per_worker():
                 self.retire(w)
                 retired += 1
@@ -614,7 +616,7 @@ class Arbiter:
             # the app's first boot: nothing ever served, respawning would loop
             raise HaltServer(f"worker failed to boot ({how})", EXIT_BOOT)
         if w.retiring:
-            if w.stale:
+            if w.reloaded:
                 self._restarted("reload")
             return
         if code == EXIT_OK and is_recycle(w.exit_reason):

@@ -29,6 +29,8 @@ from collections.abc import MutableMapping
 
 __all__ = ["Notifier"]
 
+STATE_WAIT = 0.2  # seconds READY, RELOADING and STOPPING may wait for room in systemd's queue
+
 
 class Notifier:
     """One ``NOTIFY_SOCKET``; every method does nothing when there is none."""
@@ -65,30 +67,37 @@ class Notifier:
         """True if there is a socket to notify."""
         return self.sock is not None
 
-    def send(self, *lines: str) -> bool:
-        """Send one datagram of ``lines``; False if it could not be sent (never raises)."""
+    def send(self, *lines: str, wait: float = 0.0) -> bool:
+        """Send one datagram of ``lines``; False if it could not be sent (never raises).
+
+        The master must not block on a reader that does not read (a unix
+        datagram queue holds 10 datagrams by default): it waits at most
+        ``wait`` seconds for room, 0 for the periodic WATCHDOG and STATUS,
+        a little for the state changes systemd must not miss.
+        """
         if self.sock is None or self.address is None:
             return False
         addr = "\0" + self.address[1:] if self.address.startswith("@") else self.address
         try:
+            self.sock.settimeout(wait)
             self.sock.sendto("\n".join(lines).encode(), addr)
-        except OSError:
-            self.errors += 1  # systemd gone or the socket full: never stop the master for it
+        except OSError:  # BlockingIOError and TimeoutError are OSErrors
+            self.errors += 1  # systemd gone or its queue full: never stop the master for it
             return False
         return True
 
     def ready(self, status: str | None = None) -> None:
         """``READY=1`` (with a status line)."""
-        self.send("READY=1", *self._status_lines(status))
+        self.send("READY=1", *self._status_lines(status), wait=STATE_WAIT)
 
     def reloading(self) -> None:
         """``RELOADING=1`` and ``MONOTONIC_USEC`` (the clock systemd compares with)."""
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", wait=STATE_WAIT)
 
     def stopping(self) -> None:
         """``STOPPING=1``."""
-        self.send("STOPPING=1")
+        self.send("STOPPING=1", wait=STATE_WAIT)
 
     def set_status(self, status: str) -> None:
         """``STATUS=...`` if it changed since the last one sent."""
