@@ -53,6 +53,10 @@ setup(
         # greenzmq bench --only mdp: majortomo's broker, Client and Worker (MDP/0.2)
         "bench": ["majortomo>=0.2", "six"],
     },
-    entry_points={"console_scripts": ["greenzmq = greenzmq.cli:main"]},
+    entry_points={
+        "console_scripts": ["greenzmq = greenzmq.cli:main"],
+        # the fixtures for testing greenzmq services (greenzmq/tools/pytest_plugin.py)
+        "pytest11": ["greenzmq = greenzmq.tools.pytest_plugin"],
+    },
     classifiers=["Programming Language :: Python :: 3", "Typing :: Typed"],
 )

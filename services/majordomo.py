@@ -42,7 +42,11 @@ def make(
 
 
 def worker(
-    service: str = "square", version: str = "0.2", heartbeat: float = 2.5, reconnect: float = 1.0
+    service: str = "square",
+    version: str = "0.2",
+    heartbeat: float = 2.5,
+    reconnect: float = 1.0,
+    reconnect_max: float = 32.0,
 ) -> MDPWorkerService:
     """Factory: a squaring worker, ``services.majordomo:worker(version="0.1")``."""
     return MDPWorkerService(
@@ -51,6 +55,7 @@ def worker(
         version=version,
         heartbeat=heartbeat,
         reconnect=reconnect,
+        reconnect_max=reconnect_max,
         name=f"mdpworker-{service}",
     )
 

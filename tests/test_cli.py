@@ -227,34 +227,55 @@ class TestStats:
 
 
 class TestRepeatedEndpoint:
-    def test_repeated_on_the_command_line(self) -> None:
-        """Two --endpoint for one socket on the command line: exit 2, naming the socket."""
+    def test_repeated_means_every_broker(self) -> None:
+        """Two --endpoint for one socket give it both addresses (a worker registers with both)."""
         a, b = free_endpoint(), free_endpoint()
-        out = cli("services.broker:app", "--endpoint", f"frontend={a}", f"--endpoint=frontend={b}")
+        args = ("services.ppworker:app", "--endpoint", f"backend={a}", f"--endpoint=backend={b}")
+        out = cli(*args, "--print-config")
+        assert out.returncode == 0, out.stderr
+        assert f"endpoint = {{'backend': [{a!r}, {b!r}]}}" in out.stdout.splitlines()
+        assert cli(*args, "--check-config").returncode == 0
+
+    def test_same_address_twice_on_the_command_line(self) -> None:
+        """The same address twice for one socket: exit 2, naming the socket and the address."""
+        a = free_endpoint()
+        out = cli("services.broker:app", "--endpoint", f"frontend={a}", f"--endpoint=frontend={a}")
         assert out.returncode == 2
         assert out.stderr.splitlines() == [
-            f"greenzmq: error: --endpoint: socket 'frontend' is given twice ({a} and {b}); "
-            "give one endpoint per socket"
+            f"greenzmq: error: --endpoint: socket 'frontend' is given {a} twice"
         ]
 
-    def test_repeated_in_the_env_var(self) -> None:
+    def test_same_address_twice_in_the_env_var(self) -> None:
         """The same within GREENZMQ_CMD_ARGS, which the message names."""
-        a, b = free_endpoint(), free_endpoint()
-        env = {"GREENZMQ_CMD_ARGS": f"--endpoint backend={a} --endpoint backend={b}"}
+        a = free_endpoint()
+        env = {"GREENZMQ_CMD_ARGS": f"--endpoint backend={a} --endpoint backend={a}"}
         out = cli("services.broker:app", "--check-config", env=env)
         assert out.returncode == 2
         assert out.stderr.splitlines() == [
-            f"greenzmq: error: GREENZMQ_CMD_ARGS: --endpoint: socket 'backend' is given twice "
-            f"({a} and {b}); give one endpoint per socket"
+            f"greenzmq: error: GREENZMQ_CMD_ARGS: --endpoint: socket 'backend' is given {a} twice"
         ]
 
-    def test_repeated_in_a_config_file_list(self, tmp_path: Path) -> None:
-        """A config file's endpoint list naming one socket twice is refused too."""
+    def test_config_file_list_and_dict(self, tmp_path: Path) -> None:
+        """A config file names several addresses as a repeated item or a dict of lists."""
         conf = tmp_path / "c.py"
-        conf.write_text('endpoint = ["kill=tcp://127.0.0.1:1", "kill=tcp://127.0.0.1:2"]\n')
+        conf.write_text('endpoint = ["kill=tcp://127.0.0.1:1", "kill=tcp://127.0.0.1:1"]\n')
         out = cli("-c", str(conf), "services.broker:app", "--check-config")
         assert out.returncode == 2
-        assert "socket 'kill' is given twice" in out.stderr and str(conf) in out.stderr
+        assert "socket 'kill' is given tcp://127.0.0.1:1 twice" in out.stderr
+        assert str(conf) in out.stderr
+        conf.write_text('endpoint = {"backend": ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]}\n')
+        out = cli("-c", str(conf), "services.ppworker:app", "--print-config")
+        assert out.returncode == 0, out.stderr
+        want = "endpoint = {'backend': ['tcp://127.0.0.1:1', 'tcp://127.0.0.1:2']}"
+        assert want in out.stdout.splitlines()
+
+    def test_two_binds_for_two_workers_still_refused(self) -> None:
+        """-w 2 with two tcp binds without a placeholder: the shared-bind error, exit 2."""
+        a, b = free_endpoint(), free_endpoint()
+        out = cli("services.broker:app", "-w", "2", "--check-config",
+                  "--endpoint", f"frontend={a}", "--endpoint", f"frontend={b}")  # fmt: skip
+        assert out.returncode == 2
+        assert f"binds {a} and 2 workers cannot bind one address" in out.stderr
 
     def test_later_layer_still_overrides(self, tmp_path: Path) -> None:
         """file < env < CLI for one socket is fine: each layer names it once."""

@@ -44,6 +44,23 @@ class TestReadme:
         )
         assert r.returncode == 0, r.stderr
 
+    @pytest.mark.deadline(120)
+    def test_testing_example(self, tmp_path: Path) -> None:
+        """"Testing your services": the example tests pass with the installed plugin alone."""
+        (tmp_path / "echoapp.py").write_text(MODULES["echoapp"])
+        (tmp_path / "test_echoapp.py").write_text(MODULES["test_echoapp"])
+        r = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_echoapp.py"],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}"),
+            capture_output=True,
+            text=True,
+            timeout=110,
+            check=False,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "3 passed" in r.stdout
+
     def test_echo_service_example(self, tmp_path: Path) -> None:
         """The README's echo service answers over tcp and exits 0 on SIGTERM."""
         (tmp_path / "echoapp.py").write_text(MODULES["echoapp"])

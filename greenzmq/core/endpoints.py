@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 
 from ..errors import ConfigError
 
-__all__ = ["parse_endpoint"]
+__all__ = ["EndpointMap", "Endpoints", "endpoint_list", "parse_endpoint"]
+
+Endpoints = str | Sequence[str]
+"""One socket's endpoints: one address, or several (a connect socket reaches all of them)."""
+
+EndpointMap = Mapping[str, Endpoints]
+"""Socket name -> its endpoints: what ``--endpoint NAME=ADDR`` (repeated) gives a service."""
+
+
+def endpoint_list(value: Endpoints) -> list[str]:
+    """``"tcp://a:1"`` -> ``["tcp://a:1"]``; a sequence of endpoints -> a list of them."""
+    return [value] if isinstance(value, str) else list(value)
+
 
 _TCP = re.compile(r"^tcp://(?P<host>\*|\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\*|\d{1,5})$")
 

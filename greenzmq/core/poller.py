@@ -14,6 +14,7 @@ sockets (rule 2).
 from __future__ import annotations
 
 import select
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -189,22 +190,35 @@ class GreenPoller(gzmq.Poller):
             for w in self._watchers.values():
                 w.start(self._on_fd, w.fd)
             self._armed = True
-        timer = loop.timer(max(timeout, 0.0))
-        waiter: Waiter[Any] = Waiter()
-        self._waiter = waiter
-        self._timed_out = False
-        timer.start(self._on_timer)
-        try:
-            waiter.get()
-        finally:
-            self._waiter = None
-            timer.stop()
-            timer.close()
+        self._park(loop.timer(max(timeout, 0.0)))
         if self._woken:
             self._woken = False
         elif not self._timed_out:
             self._armed_io = True
         return fired
+
+    def _park(self, timer: Any, stop_after: Sequence[Any] = ()) -> None:
+        """Wait in the hub until a watcher, ``timer`` or :meth:`wake` switches back; tidy up.
+
+        ``timer`` is the shared fallback (restarted, kept) or a fresh one
+        (closed after); ``stop_after``: watchers started for this wait only.
+        """
+        waiter: Waiter[Any] = Waiter()
+        self._waiter = waiter
+        self._timed_out = False
+        if timer is self._fallback:
+            timer.again(self._on_timer)
+        else:
+            timer.start(self._on_timer)
+        try:
+            waiter.get()
+        finally:
+            self._waiter = None
+            timer.stop()
+            if timer is not self._fallback:
+                timer.close()
+            for w in stop_after:
+                w.stop()
 
     def _on_fd(self, fd: int) -> None:
         self._fired.add(fd)
@@ -261,22 +275,7 @@ class GreenPoller(gzmq.Poller):
                     w.start(self._on_ready)
                 if self._persistent:
                     self._armed, watchers = True, []  # stay started: see __init__
-            waiter: Waiter[Any] = Waiter()
-            self._waiter = waiter
-            self._timed_out = False
-            if timer is self._fallback:
-                timer.again(self._on_timer)
-            else:
-                timer.start(self._on_timer)
-            try:
-                waiter.get()
-            finally:
-                self._waiter = None
-                timer.stop()
-                if timer is not self._fallback:
-                    timer.close()
-                for w in watchers:
-                    w.stop()
+            self._park(timer, watchers)
             if self._woken:
                 self._woken = False
                 return []

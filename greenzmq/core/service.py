@@ -12,7 +12,7 @@ the sockets with their linger, then ``term()`` the context (rule 6).
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gevent
@@ -20,6 +20,7 @@ import gevent.event
 import gevent.pool
 import zmq
 
+from .endpoints import EndpointMap
 from .sockets import Context, Socket, SocketSpec, apply_endpoints
 from .stats import Stats, control_endpoint
 from .tracing import Tracer, get_logger
@@ -173,10 +174,10 @@ class Service:
             tr.for_socket(KILL, "SUB").hop("recv", frames)
         self.stop("kill switch")
 
-    def open(self, endpoints: Mapping[str, str] | None = None) -> None:
+    def open(self, endpoints: EndpointMap | None = None) -> None:
         """Make the context, run the before-bind callbacks, make the sockets (endpoints applied)."""
         specs = apply_endpoints(self.specs, endpoints or {})
-        self.log = get_logger()
+        self.log = get_logger(service=self.name)
         self.tracer = Tracer(self.name)
         self.ctx = Context()
         self.socks = {}
@@ -226,7 +227,7 @@ class Service:
 
     def serve(
         self,
-        endpoints: Mapping[str, str] | None = None,
+        endpoints: EndpointMap | None = None,
         *,
         install_signals: bool = True,
     ) -> int:

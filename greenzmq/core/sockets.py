@@ -26,7 +26,7 @@ import zmq
 import zmq.green as gzmq
 
 from ..errors import ConfigError, SocketBusyError
-from .endpoints import parse_endpoint
+from .endpoints import EndpointMap, Endpoints, endpoint_list, parse_endpoint
 
 __all__ = [
     "Context",
@@ -134,20 +134,33 @@ class SocketSpec:
         """Every endpoint, bind first."""
         return [*self.bind, *self.connect]
 
-    def with_endpoint(self, endpoint: str) -> SocketSpec:
-        """A copy whose only endpoint is ``endpoint``, bound or connected as before.
+    def with_endpoint(self, endpoint: Endpoints) -> SocketSpec:
+        """A copy whose endpoints are ``endpoint`` (one or several), bound or connected as before.
 
-        A ``tcp://*:PORT`` or ``tcp://HOST:*`` address always binds.
+        A ``tcp://*:PORT`` or ``tcp://HOST:*`` address always binds (all of
+        them, then). Several connect endpoints mean one socket reaching every
+        one of them; a host name goes to libzmq as is (it resolves
+        ``tcp://host:port`` through DNS).
         """
-        binds = bool(self.bind) or "*" in endpoint
-        parse_endpoint(endpoint, bind=binds)
+        eps = endpoint_list(endpoint)
+        if not eps:
+            raise ConfigError(f"socket {self.name!r}: no endpoint given")
+        if len(set(eps)) != len(eps):
+            dup = next(e for e in eps if eps.count(e) > 1)
+            raise ConfigError(f"socket {self.name!r}: endpoint {dup} is given twice")
+        binds = bool(self.bind) or any("*" in e for e in eps)
+        for ep in eps:
+            parse_endpoint(ep, bind=binds)
         if binds:
-            return dataclasses.replace(self, bind=(endpoint,), connect=())
-        return dataclasses.replace(self, bind=(), connect=(endpoint,))
+            return dataclasses.replace(self, bind=tuple(eps), connect=())
+        return dataclasses.replace(self, bind=(), connect=tuple(eps))
 
 
-def apply_endpoints(specs: Sequence[SocketSpec], overrides: Mapping[str, str]) -> list[SocketSpec]:
-    """Replace the endpoints of the named sockets; unknown names are a ConfigError."""
+def apply_endpoints(specs: Sequence[SocketSpec], overrides: EndpointMap) -> list[SocketSpec]:
+    """Replace the endpoints of the named sockets; unknown names are a ConfigError.
+
+    A name may map to one endpoint or to several (a connect socket reaches all).
+    """
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(overrides) - set(by_name))
     if unknown:

@@ -194,8 +194,10 @@ def configure_logging(
 
 
 def get_logger(**bound: Any) -> Any:
-    """A structlog logger with ``service`` and ``pid`` bound, plus ``bound``."""
-    return structlog.get_logger().bind(service=_state["service"], pid=os.getpid(), **bound)
+    """A structlog logger with ``service`` (the process's, unless given) and ``pid`` bound."""
+    return structlog.get_logger().bind(
+        **{"service": _state["service"], "pid": os.getpid(), **bound}
+    )
 
 
 def _envelope_end(frames: Sequence[bytes]) -> int:
@@ -254,7 +256,9 @@ class Tracer:
         # hops are INFO events: a level above INFO switches them off entirely
         self.on = self.sample > 0 and _state["level"] <= logging.INFO
         self._threshold = int(self.sample * 0xFFFFFFFF)
-        self.log = get_logger()
+        # its own name: several services in one process (tests, an embedding
+        # program) each log their hops under theirs
+        self.log = get_logger(service=self.service)
         self._drops: dict[tuple[str, str], _DropWindow] = {}
 
     def drop_allowed(self, socket: str, reason: str) -> bool:

@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.endpoints import EndpointMap, endpoint_list
 from ..errors import AppImportError
 
 __all__ = ["AppSpec", "load_app", "parse_app_spec"]
@@ -175,12 +176,12 @@ def _is_shared_bind(addr: str) -> bool:
     return addr.startswith(("tcp://", "ipc://"))
 
 
-def check_app(spec: str, endpoints: dict[str, str], workers: int = 1) -> dict[str, Any]:
+def check_app(spec: str, endpoints: EndpointMap, workers: int = 1) -> dict[str, Any]:
     """Load the app and :func:`describe_service` it."""
     return describe_service(as_service(load_app(spec)), endpoints, workers)
 
 
-def describe_service(service: Any, endpoints: dict[str, str], workers: int = 1) -> dict[str, Any]:
+def describe_service(service: Any, endpoints: EndpointMap, workers: int = 1) -> dict[str, Any]:
     """Validate the endpoint overrides for every worker index; the service's name and binds.
 
     With ``workers`` above 1 a tcp or ipc bind without a per-worker
@@ -189,14 +190,15 @@ def describe_service(service: Any, endpoints: dict[str, str], workers: int = 1) 
     """
     from ..core.sockets import apply_endpoints
     from ..errors import ConfigError
-    from .config import expand_endpoint, has_placeholder
+    from .config import expand_endpoints, has_placeholder
 
     for wid in sorted({0, workers - 1}):
-        apply_endpoints(service.specs, {n: expand_endpoint(a, wid) for n, a in endpoints.items()})
+        apply_endpoints(service.specs, {n: expand_endpoints(a, wid) for n, a in endpoints.items()})
     sockets = []
     for s in service.specs:
-        raw = endpoints.get(s.name)
-        binds = list(s.bind) if raw is None else ([raw] if (s.bind or "*" in raw) else [])
+        given = endpoints.get(s.name)
+        raw = [] if given is None else endpoint_list(given)
+        binds = list(s.bind) if given is None else (raw if (s.bind or "*" in "".join(raw)) else [])
         for addr in binds:
             if workers > 1 and _is_shared_bind(addr) and not has_placeholder(addr):
                 raise ConfigError(

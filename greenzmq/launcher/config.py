@@ -9,8 +9,9 @@ kept in sync by a test).
 
 Precedence, lowest first: defaults < config file (``-c``) < ``GREENZMQ_CMD_ARGS``
 < command line. ``endpoint`` is merged by socket name across the layers (a
-later layer replaces one name's address, not the whole map); one socket
-named twice within one layer is an error.
+later layer replaces one name's addresses, not the whole map); one socket
+named several times within one layer gets all those addresses (a worker
+that registers with two brokers), the same address twice is an error.
 
 Hooks (``on_starting``, ``pre_fork``, ...) are callables and can only be set in
 the config file. The module is stdlib only: the master imports it.
@@ -29,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.endpoints import parse_endpoint
+from ..core.endpoints import Endpoints, parse_endpoint
 from ..errors import ConfigError
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "Setting",
     "build_parser",
     "expand_endpoint",
+    "expand_endpoints",
     "format_config",
     "load_config",
     "options_table",
@@ -117,6 +119,13 @@ def expand_endpoint(addr: str, wid: int) -> str:
     return _PLACEHOLDER.sub(lambda m: str(int(m.group(1) or 0) + wid), addr)
 
 
+def expand_endpoints(addrs: Endpoints, wid: int) -> str | list[str]:
+    """:func:`expand_endpoint` on one socket's address, or on each of its addresses."""
+    if isinstance(addrs, str):
+        return expand_endpoint(addrs, wid)
+    return [expand_endpoint(a, wid) for a in addrs]
+
+
 def has_placeholder(addr: str) -> bool:
     """True if ``addr`` carries ``{wid}`` or ``{BASE+wid}``."""
     return bool(_PLACEHOLDER.search(addr))
@@ -139,25 +148,35 @@ def _endpoint_item(text: Any) -> tuple[str, str]:
     return name, addr
 
 
-def _endpoints(v: Any) -> dict[str, str]:
+def _endpoints(v: Any) -> dict[str, str | list[str]]:
+    """NAME=ADDR items (or a dict) -> {name: addr}, or {name: [addr, ...]} for several."""
     if v is None:
         return {}
     if isinstance(v, Mapping):
-        return dict(_endpoint_item(f"{k}={a}") for k, a in v.items())
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, (list, tuple)):
-        raise ConfigError(f"endpoint: expected a list of NAME=ADDR or a dict, got {v!r}")
-    out: dict[str, str] = {}
-    for name, addr in (_endpoint_item(x) for x in v):
-        if name in out:
+        items = [_endpoint_item(f"{k}={a}") for k, addrs in v.items() for a in _listed(addrs, k)]
+    else:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"endpoint: expected a list of NAME=ADDR or a dict, got {v!r}")
+        items = [_endpoint_item(x) for x in v]
+    out: dict[str, list[str]] = {}
+    for name, addr in items:
+        have = out.setdefault(name, [])
+        if addr in have:
             # within one layer; across layers a later one replaces (see Config.set)
-            raise ConfigError(
-                f"--endpoint: socket {name!r} is given twice ({out[name]} and {addr}); "
-                "give one endpoint per socket"
-            )
-        out[name] = addr
-    return out
+            raise ConfigError(f"--endpoint: socket {name!r} is given {addr} twice")
+        have.append(addr)
+    # one address stays a plain string: what a single --endpoint always gave
+    return {name: addrs[0] if len(addrs) == 1 else addrs for name, addrs in out.items()}
+
+
+def _listed(addrs: Any, name: Any) -> list[Any]:
+    if isinstance(addrs, (list, tuple)):
+        if not addrs:
+            raise ConfigError(f"endpoint: socket {name!r} has an empty list of addresses")
+        return list(addrs)
+    return [addrs]
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -271,7 +290,8 @@ SETTINGS: tuple[Setting, ...] = (
         ("--endpoint",),
         _endpoints,
         {},
-        "replace socket NAME's endpoint (once per socket; `{wid}`, `{BASE+wid}`: per worker)",
+        "replace socket NAME's endpoint (repeat for several: a worker registers with each broker; "
+        "`{wid}`, `{BASE+wid}`: per worker)",
         "NAME=ADDR",
         action="append",
     ),

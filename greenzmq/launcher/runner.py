@@ -34,6 +34,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..core.endpoints import EndpointMap
 from ..errors import ConfigError, GreenZMQError
 from .appspec import as_service, load_app, parse_app_spec
 from .config import Config, format_config, load_config
@@ -170,7 +171,7 @@ def main(argv: Sequence[str]) -> int:
 def run_service(
     spec: str,
     *,
-    endpoints: Mapping[str, str] | None = None,
+    endpoints: EndpointMap | None = None,
     log_format: str | None = None,
     log_file: str | None = None,
     log_level: str = "info",

@@ -92,7 +92,7 @@ class WorkerProcess:
         self.service: Any = None
         self.log: Any = None
         self.description: dict[str, Any] = {}  # the first worker's check, for the master
-        self.endpoints: dict[str, str] = {}  # this worker's, placeholders expanded
+        self.endpoints: dict[str, str | list[str]] = {}  # this worker's, placeholders expanded
         self.ipc_files: list[str] = []
         self.limit = 0  # max-requests with its jitter; 0: no limit
         self.ready = False  # the service served: failures are no longer boot failures
@@ -179,7 +179,7 @@ class WorkerProcess:
         from ..core.sockets import apply_endpoints
         from ..core.tracing import configure_logging, get_logger
         from .appspec import as_service, load_app
-        from .config import expand_endpoint
+        from .config import expand_endpoints
 
         cfg, wid = self.cfg, self.wid
         if self.service is None:
@@ -194,7 +194,7 @@ class WorkerProcess:
         )
         self.log = get_logger(wid=wid)
         self.info.service, self.info.log = service, self.log
-        self.endpoints = {n: expand_endpoint(a, wid) for n, a in cfg.endpoint.items()}
+        self.endpoints = {n: expand_endpoints(a, wid) for n, a in cfg.endpoint.items()}
         specs = apply_endpoints(service.specs, self.endpoints)  # names and syntax, no socket yet
         self.ipc_files = [
             ep[len("ipc://") :] for sp in specs for ep in sp.bind if ep.startswith("ipc://")

@@ -1,24 +1,27 @@
-"""The worker side of the heartbeated protocols (PPP, Majordomo): one loop, one socket.
+"""The worker side of the heartbeated protocols (PPP, Majordomo): one loop, a socket per broker.
 
-:class:`HeartbeatWorker` owns a DEALER, heartbeats, reconnects on a fresh
-socket when its peer goes silent, and runs the handler in its own greenlet;
-a protocol subclass says what the frames are (:class:`~greenzmq.patterns.ppp.PPPWorker`,
-:class:`~greenzmq.patterns.mdp.MDPWorker`). :class:`HeartbeatWorkerService`
-serves one as a :class:`~greenzmq.core.service.Service`.
+:class:`HeartbeatWorker` owns one DEALER per broker it is given (a spec with
+several connect endpoints registers with each), heartbeats each, reconnects
+one on a fresh socket when its broker goes silent (the others keep serving),
+sends each reply back through the broker that sent the request, and runs the
+handler in its own greenlet; a protocol subclass says what the frames are
+(:class:`~greenzmq.patterns.ppp.PPPWorker`, :class:`~greenzmq.patterns.mdp.MDPWorker`).
+:class:`HeartbeatWorkerService` serves one as a :class:`~greenzmq.core.service.Service`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gevent
-import gevent.event
 import gevent.pool
 import zmq
 
+from ..core.endpoints import EndpointMap, Endpoints, endpoint_list
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, apply_endpoints
@@ -35,13 +38,43 @@ Handler = Callable[[list[bytes]], Sequence[bytes]]
 Parsed = tuple[str, list[bytes], list[bytes]]
 
 
+class _Link:
+    """One broker: its endpoint, its current socket and its heartbeat clock."""
+
+    def __init__(self, index: int, spec: SocketSpec, reconnect: float) -> None:
+        self.index = index
+        self.spec = spec  # connects to this broker only
+        self.endpoint = spec.connect[0] if spec.connect else "?"
+        self.sock: Socket | None = None
+        self.heard = time.monotonic()
+        self.next_hb = 0.0
+        self.backoff = reconnect
+        self.retry_at = 0.0  # while sock is None: when to open a fresh one
+        self.alive = False  # heard since the last reconnect: backoff starts over
+        self.acked = False  # leaving: the broker acknowledged our DISCONNECT
+
+
+class _Routed(list[bytes]):
+    """A reply envelope that remembers the broker link its request came through.
+
+    It travels through the handler code as the plain envelope list, so the
+    reply goes back to the broker holding that request (the others never
+    heard of it).
+    """
+
+    link: _Link
+
+
 class HeartbeatWorker:
     """The worker side of a heartbeated protocol (PPP, and MDP in :mod:`greenzmq.patterns.mdp`).
 
-    One greenlet (the one calling :meth:`run`) owns the DEALER socket and
-    waits on a :class:`~greenzmq.core.poller.GreenPoller`; the handler runs in a
-    second greenlet and hands its reply back through a deque plus
-    :meth:`GreenPoller.wake` (rule 1). Subclasses say what the frames are.
+    One greenlet (the one calling :meth:`run`) owns the DEALER sockets, one
+    per endpoint in ``spec.connect`` (one per broker), and waits on a
+    :class:`~greenzmq.core.poller.GreenPoller`; the handler runs in a second
+    greenlet and hands its reply back through a deque plus
+    :meth:`GreenPoller.wake` (rule 1). Each broker link heartbeats, times out
+    and reconnects on its own. ``sock`` (already built, e.g. by the service)
+    is used for the first endpoint. Subclasses say what the frames are.
     """
 
     kind = "worker"
@@ -68,7 +101,14 @@ class HeartbeatWorker:
         self.ctx, self.spec, self.handler = ctx, spec, handler
         self.heartbeat, self.liveness = heartbeat, liveness
         self.reconnect, self.reconnect_max = reconnect, reconnect_max
-        self.sock = sock
+        eps = list(spec.connect) or list(spec.bind)
+        # one spec per broker: each gets its own socket (a DEALER connected to
+        # all would round-robin requests' replies and heartbeats across them)
+        self.links = [
+            _Link(i, dataclasses.replace(spec, connect=(ep,)) if spec.connect else spec, reconnect)
+            for i, ep in enumerate(eps or ["?"])
+        ]
+        self.links[0].sock = sock
         self.on_socket = on_socket
         self.on_answer = on_answer
         #: the socket's message counters (the service's Stats), counted per batch
@@ -80,15 +120,11 @@ class HeartbeatWorker:
         self.answered = 0
         self.reconnects = 0
         self._stopping = False
-        self._acked = False
-        self._wake = gevent.event.Event()
         # (envelope, frames, the request's hop key: the reply's reply_to when traced)
         self._done: deque[tuple[list[bytes], list[bytes], str | None]] = deque()
         self._backlog: deque[tuple[list[bytes], list[bytes], str | None]] = deque()
         self._busy: gevent.Greenlet[..., Any] | None = None
         self._group = gevent.pool.Group()
-        self._heard = time.monotonic()
-        self._alive = False  # heard the peer since the last reconnect: backoff starts over
 
     # -- protocol: subclasses define the frames ----------------------------
     def ready_msg(self) -> list[bytes]:
@@ -115,7 +151,6 @@ class HeartbeatWorker:
     def stop(self) -> None:
         """Finish the request in hand, say goodbye, return from run(). Any greenlet may call it."""
         self._stopping = True
-        self._wake.set()
         self.poller.wake()
 
     @property
@@ -123,33 +158,41 @@ class HeartbeatWorker:
         """True while a request is being handled."""
         return self._busy is not None
 
-    def _send(self, msg: list[bytes]) -> bool:
-        assert self.sock is not None
-        if send(self.sock.raw, msg) != SENT:
+    @property
+    def sock(self) -> Socket | None:
+        """The first broker's current socket (None while it reconnects)."""
+        return self.links[0].sock
+
+    def _send(self, msg: list[bytes], link: _Link | None = None) -> bool:
+        sock = (link or self.links[0]).sock
+        if sock is None or send(sock.raw, msg) != SENT:
             return False  # no peer (queue gone, not yet reconnected)
         self.counters.add_out(1)
         return True
 
-    def _close(self) -> None:
-        if self.sock is not None and not self.sock.closed:
-            if self.sock in dict(self.poller.sockets):
-                self.poller.unregister(self.sock)
-            self.sock.close(linger=0)
+    def _close(self, link: _Link) -> None:
+        sock, link.sock = link.sock, None
+        if sock is not None and not sock.closed:
+            if sock in dict(self.poller.sockets):
+                self.poller.unregister(sock)
+            sock.close(linger=0)
 
-    def _connect(self) -> None:
-        self._close()
-        self.sock = self.ctx.build(self.spec)
-        self._attach()
+    def _connect(self, link: _Link) -> None:
+        self._close(link)
+        link.sock = self.ctx.build(link.spec)
+        self._attach(link)
 
-    def _attach(self) -> None:
-        assert self.sock is not None
-        self.sock.claim()
-        self.poller.register(self.sock, zmq.POLLIN)
-        if self.on_socket is not None:
-            self.on_socket(self.sock)
-        self._heard = time.monotonic()
+    def _attach(self, link: _Link) -> None:
+        sock = link.sock
+        assert sock is not None
+        sock.claim()
+        self.poller.register(sock, zmq.POLLIN)
+        if self.on_socket is not None and link.index == 0:
+            self.on_socket(sock)  # the service's socket: the first broker's
+        link.heard = time.monotonic()
+        link.next_hb = link.heard + self.heartbeat
         # a fresh DEALER queues the message until the TCP connection is up
-        self._send(self.ready_msg())
+        self._send(self.ready_msg(), link)
 
     def _work(self, envelope: list[bytes], body: list[bytes], key: str | None) -> None:
         try:
@@ -170,7 +213,7 @@ class HeartbeatWorker:
         while self._done:
             envelope, reply, key = self._done.popleft()
             msg = self.reply_msg(envelope, reply)
-            if self._send(msg):
+            if self._send(msg, getattr(envelope, "link", None)):
                 self.answered += 1
                 if self.on_answer is not None:
                     self.on_answer()
@@ -182,22 +225,23 @@ class HeartbeatWorker:
             if self._backlog:
                 self._start(*self._backlog.popleft())
 
-    def _drain(self) -> None:
-        assert self.sock is not None
-        raw = self.sock.raw
+    def _drain(self, link: _Link) -> None:
+        if link.sock is None:
+            return
+        raw = link.sock.raw
         n = 0
         try:
             while n < self.batch:
                 frames = recv_bytes(raw)
                 n += 1
-                self._take(frames)
+                self._take(frames, link)
         except zmq.Again:
             pass
         self.counters.add_in(n)
 
-    def _take(self, frames: list[bytes]) -> None:
-        self._heard = time.monotonic()
-        self._alive = True
+    def _take(self, frames: list[bytes], link: _Link) -> None:
+        link.heard = time.monotonic()
+        link.alive = True
         parsed = self.parse(frames)
         if isinstance(parsed, str):
             self.trace.drop(frames, parsed)
@@ -206,81 +250,110 @@ class HeartbeatWorker:
         kind, envelope, body = parsed
         if kind == "request":
             key = self.trace.hop("recv", frames) if self.trace.on else None
-            self._start(envelope, body, key)
+            routed = _Routed(envelope)
+            routed.link = link
+            self._start(routed, body, key)
         elif kind == "ack":
-            self._acked = True
+            link.acked = True
         elif kind == "disconnect":
             # the broker forgot us (MDP): start again on a fresh socket
-            self.log.info("worker.disconnected_by_peer")
-            self._heard = 0.0
+            self.log.info("worker.disconnected_by_peer", endpoint=link.endpoint)
+            link.heard = 0.0
 
     def run(self) -> None:
         """Serve until :meth:`stop`; in-flight work is answered before this returns."""
-        if self.sock is None:
-            self._connect()
-        else:
-            self._attach()
-        backoff = self.reconnect
-        hb, patience = self.heartbeat, self.heartbeat * self.liveness
-        next_hb = time.monotonic() + hb
+        for link in self.links:
+            if link.sock is None:
+                self._connect(link)
+            else:
+                self._attach(link)
+        patience = self.heartbeat * self.liveness
         leaving_since: float | None = None
         try:
             while True:
                 now = time.monotonic()
                 if self._stopping and self._busy is None and not self._done:
                     if leaving_since is None:
-                        bye = self.disconnect_msg()
-                        if bye is None or not self._send(bye):
+                        if not self._say_goodbye():
                             break
                         leaving_since = now
-                    elif self._acked or now - leaving_since >= patience:
+                    elif all(k.acked for k in self.links) or now - leaving_since >= patience:
                         break
-                wait = next_hb - now
+                wait = min(self._next_due(k, patience) for k in self.links) - now
                 if leaving_since is not None:
                     wait = min(wait, leaving_since + patience - now)
                 self.poller.poll(max(0, int(wait * 1000)))
                 self._flush()
-                self._drain()
+                for link in self.links:
+                    self._drain(link)
                 self._flush()
                 now = time.monotonic()
-                if now >= next_hb:
-                    self._send(self.heartbeat_msg())
-                    next_hb = now + hb
-                if now - self._heard > patience and leaving_since is None:
-                    if self._stopping and self._busy is None:
-                        break
-                    self.log.warning(
-                        "worker.peer_lost",
-                        silent_for=round(now - self._heard, 3),
-                        reconnect_in=backoff,
-                    )
-                    # Close the old socket now, not after the backoff: left open, it
-                    # reconnects to a restarted queue meanwhile and delivers its
-                    # queued READY and heartbeats there (a ghost worker, rule 9).
-                    self._close()
-                    self._wake.clear()
-                    if not self._stopping:
-                        self._wake.wait(backoff)
-                    backoff = min(backoff * 2, self.reconnect_max)
-                    self.reconnects += 1
-                    self._connect()
-                    next_hb = time.monotonic() + hb
-                elif self._alive:
-                    self._alive = False
-                    backoff = self.reconnect
+                for link in self.links:
+                    self._tend(link, now, leaving_since is not None)
         finally:
             self._group.kill(block=True)
-            if self.sock is not None:
-                self.poller.close_watchers()
+            self.poller.close_watchers()
+            for link in self.links[1:]:
+                # the first socket is the service's (it closes it); the others
+                # linger as it would, so a reply sent just now still leaves
+                if link.sock is not None:
+                    link.sock.close(linger=link.spec.effective_linger)
         self.log.info("worker.done", answered=self.answered, reconnects=self.reconnects)
+
+    def _say_goodbye(self) -> bool:
+        """Send DISCONNECT to every connected broker; False if there is nobody to wait for."""
+        bye = self.disconnect_msg()
+        waiting = False
+        for link in self.links:
+            link.acked = bye is None or link.sock is None or not self._send(bye, link)
+            waiting = waiting or not link.acked
+        return waiting
+
+    def _next_due(self, link: _Link, patience: float) -> float:
+        """When ``link`` needs the loop next: a heartbeat, its expiry, or its reconnect."""
+        if link.sock is None:
+            return link.retry_at if not self._stopping else time.monotonic() + patience
+        return min(link.next_hb, link.heard + patience + 0.001)
+
+    def _tend(self, link: _Link, now: float, leaving: bool) -> None:
+        """Heartbeat ``link``, give it up when silent, reopen it when its backoff is over."""
+        if link.sock is None:
+            if not self._stopping and now >= link.retry_at:
+                self.reconnects += 1
+                self._connect(link)
+            return
+        if now >= link.next_hb:
+            self._send(self.heartbeat_msg(), link)
+            link.next_hb = now + self.heartbeat
+        silent = now - link.heard
+        if silent > self.heartbeat * self.liveness and not leaving:
+            if self._stopping and self._busy is None:
+                self._close(link)
+                return
+            self.log.warning(
+                "worker.peer_lost",
+                endpoint=link.endpoint,
+                silent_for=round(silent, 3),
+                reconnect_in=link.backoff,
+            )
+            # Close the old socket now, not after the backoff: left open, it
+            # reconnects to a restarted queue meanwhile and delivers its
+            # queued READY and heartbeats there (a ghost worker, rule 9).
+            self._close(link)
+            link.retry_at = now + link.backoff
+            link.backoff = min(link.backoff * 2, self.reconnect_max)
+        elif link.alive:
+            link.alive = False
+            link.backoff = self.reconnect
 
 
 class HeartbeatWorkerService(Service):
-    """A service around one :class:`HeartbeatWorker`: its DEALER socket and ``kill``.
+    """A service around one :class:`HeartbeatWorker`: its DEALER socket(s) and ``kill``.
 
     A protocol's service names its ``worker_class`` and its defaults
-    (``default_endpoint``, ``default_socket``); ``endpoint`` and ``socket``
-    override them.
+    (``default_endpoint``, ``default_socket``); ``endpoint`` (one address or
+    a list: one per broker) and ``socket`` override them, and so does
+    ``--endpoint NAME=ADDR`` given once per broker.
     """
 
     worker_class: type[HeartbeatWorker]
@@ -291,7 +364,7 @@ class HeartbeatWorkerService(Service):
         self,
         handler: Handler,
         *,
-        endpoint: str | None = None,
+        endpoint: Endpoints | None = None,
         heartbeat: float = 1.0,
         liveness: int = 3,
         reconnect: float = 1.0,
@@ -300,12 +373,12 @@ class HeartbeatWorkerService(Service):
         name: str | None = None,
         socket: str | None = None,
     ) -> None:
-        endpoint = endpoint or self.default_endpoint
+        endpoints = endpoint_list(endpoint or self.default_endpoint)
         socket = socket or self.default_socket
         super().__init__(
             name=name,
             specs=(
-                SocketSpec(socket, "DEALER", connect=(endpoint,), options=dict(options or {})),
+                SocketSpec(socket, "DEALER", connect=endpoints, options=dict(options or {})),
                 kill_spec(),
             ),
         )
@@ -320,10 +393,16 @@ class HeartbeatWorkerService(Service):
         self.worker: HeartbeatWorker | None = None
         self._resolved: dict[str, SocketSpec] = {}
 
-    def open(self, endpoints: Mapping[str, str] | None = None) -> None:
-        """Keep the resolved specs: a reconnect builds a fresh socket from them."""
+    def open(self, endpoints: EndpointMap | None = None) -> None:
+        """Keep the resolved specs: a reconnect builds a fresh socket from them.
+
+        The service builds the socket to the first broker; the worker builds
+        one for each other broker (a DEALER connected to all of them would
+        spread one broker's conversation over the others).
+        """
         self._resolved = {s.name: s for s in apply_endpoints(self.specs, endpoints or {})}
-        super().open(endpoints)
+        first = self._resolved[self.socket_name]
+        super().open({**(endpoints or {}), self.socket_name: first.endpoints[:1]})
 
     def make_worker(self, **extra: Any) -> HeartbeatWorker:
         """The worker object; ``extra`` goes to the worker class (MDP: service, version)."""

@@ -8,6 +8,12 @@ again until it has received. :class:`LazyPirate` waits for each reply with a
 last try it raises :class:`~greenzmq.errors.RequestTimeout` naming the
 endpoint, the number of tries and the timeout.
 
+Given several brokers (``LazyPirate([a, b])``) it fails over the way the
+zguide's Freelance model does: a request goes to one broker at a time, the
+one that answered last; on a timeout the next try goes to the next broker in
+the list, and the one that answers is remembered for the requests after it.
+``retries`` counts tries over all brokers (give at least one per broker).
+
 It speaks what REQ speaks with libzmq's ``ZMQ_REQ_CORRELATE`` on the wire: a
 DEALER sends ``[request id, "", body...]``, so a server sees one more
 envelope frame before the delimiter and sends it back untouched. It works
@@ -23,6 +29,7 @@ silently).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +37,7 @@ from typing import Any, TypeVar
 
 import gevent
 
+from ..core.endpoints import Endpoints, endpoint_list
 from ..core.sockets import Context, Socket, SocketSpec
 from ..core.tracing import get_logger
 from ..errors import RequestTimeout
@@ -46,11 +54,14 @@ class RetryingClient:
     request and passes :meth:`_exchange` the protocol's way of reading a reply;
     the base sends, waits ``timeout`` seconds per try, and on a timeout opens a
     fresh socket (rule 9) and sends again, up to ``retries`` tries in all.
+    With several endpoints (brokers) the socket connects to one at a time: a
+    timeout moves the next try to the next one, and a reply keeps the client
+    on the broker that gave it (the zguide's Freelance model).
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Endpoints,
         spec: SocketSpec,
         *,
         timeout: float,
@@ -63,7 +74,11 @@ class RetryingClient:
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if retries < 1:
             raise ValueError(f"retries must be at least 1, got {retries!r}")
-        self.endpoint = endpoint
+        #: every broker, in the order tried
+        self.endpoints = endpoint_list(endpoint)
+        if not self.endpoints:
+            raise ValueError("a client needs at least one endpoint")
+        self._at = 0  # the broker in use: the last one that answered, or the next to try
         self.timeout = timeout
         self.retries = retries
         self._own_ctx = ctx is None
@@ -73,11 +88,26 @@ class RetryingClient:
         self.log = get_logger(client=client)
         #: requests sent again after a timeout, over this client's life
         self.resent = 0
+        #: times a timeout moved the client to another broker
+        self.failovers = 0
+
+    @property
+    def endpoint(self) -> str:
+        """The broker in use (the one that answered last, or the next to try)."""
+        return self.endpoints[self._at]
+
+    @property
+    def where(self) -> str:
+        """Every broker, for messages: ``"a"`` or ``"a, b"``."""
+        return ", ".join(self.endpoints)
 
     def _fresh(self) -> Socket:
         if self.sock is not None:
             self.sock.close(linger=0)
-        self.sock = self.ctx.build(self.spec)
+        spec = self.spec
+        if len(self.endpoints) > 1:
+            spec = dataclasses.replace(spec, connect=(self.endpoint,))
+        self.sock = self.ctx.build(spec)
         return self.sock
 
     def _exchange(
@@ -94,6 +124,9 @@ class RetryingClient:
                 # for it): only a fresh socket can send again without mistaking
                 # a late reply for the answer to the next try.
                 self._timed_out(attempt)
+                if len(self.endpoints) > 1:
+                    self._at = (self._at + 1) % len(self.endpoints)
+                    self.failovers += 1
                 self._fresh()
                 if attempt < self.retries:
                     self.resent += 1
@@ -121,6 +154,7 @@ class RetryingClient:
 class LazyPirate(RetryingClient):
     """A retrying REQ client; see the module docstring.
 
+    ``endpoint`` is one broker or a list of them (failover, one at a time).
     ``options`` are extra socket options applied to every socket it opens (for
     example the CURVE client keys from :func:`greenzmq.core.auth.client_options`).
     The client is used by one greenlet at a time, like the socket it owns.
@@ -128,7 +162,7 @@ class LazyPirate(RetryingClient):
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Endpoints,
         *,
         timeout: float = 2.5,
         retries: int = 3,
@@ -136,7 +170,9 @@ class LazyPirate(RetryingClient):
         options: Mapping[int, Any] | None = None,
         name: str = "lazypirate",
     ) -> None:
-        spec = SocketSpec(name, "DEALER", connect=(endpoint,), options=dict(options or {}))
+        spec = SocketSpec(
+            name, "DEALER", connect=endpoint_list(endpoint), options=dict(options or {})
+        )
         super().__init__(endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client=name)
         #: replies dropped because they did not answer the request in hand
         self.stale = 0
@@ -179,6 +215,6 @@ class LazyPirate(RetryingClient):
         return self._exchange(
             [self._rid, b"", *msg],
             self._receive,
-            f"no reply from {self.endpoint} after {self.retries} "
+            f"no reply from {self.where} after {self.retries} "
             f"tr{'y' if self.retries == 1 else 'ies'} of {self.timeout} s each",
         )

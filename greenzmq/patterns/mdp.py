@@ -56,6 +56,7 @@ from typing import Any
 
 import gevent
 
+from ..core.endpoints import Endpoints, endpoint_list
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, with_maxmsgsize
@@ -391,11 +392,13 @@ class MDPClient(RetryingClient):
     :meth:`request` returns the reply body; for MDP/0.2 the frames of every
     PARTIAL reply come first, then the FINAL's. After ``retries`` tries of
     ``timeout`` seconds it raises :class:`~greenzmq.errors.RequestTimeout`.
+    ``endpoint`` may list several brokers: a timeout moves the next try to
+    the next one (the zguide's Freelance model, one broker at a time).
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: Endpoints,
         *,
         version: int | str = 2,
         timeout: float = 2.5,
@@ -404,7 +407,9 @@ class MDPClient(RetryingClient):
         options: Mapping[int, Any] | None = None,
     ) -> None:
         self.version = _version(version)
-        spec = SocketSpec("mdpclient", "DEALER", connect=(endpoint,), options=dict(options or {}))
+        spec = SocketSpec(
+            "mdpclient", "DEALER", connect=endpoint_list(endpoint), options=dict(options or {})
+        )
         super().__init__(endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client="mdp")
 
     def _timed_out(self, attempt: int) -> None:
@@ -444,7 +449,7 @@ class MDPClient(RetryingClient):
         return self._exchange(
             msg,
             lambda sock: self._receive(sock, name, header),
-            f"no reply from {name.decode(errors='replace')!r} at {self.endpoint} after "
+            f"no reply from {name.decode(errors='replace')!r} at {self.where} after "
             f"{self.retries} tries of {self.timeout} s each",
         )
 
@@ -504,7 +509,7 @@ class MDPWorkerService(HeartbeatWorkerService):
         service: bytes | str,
         handler: Handler,
         *,
-        endpoint: str = BROKER,
+        endpoint: Endpoints = BROKER,
         version: int | str = 2,
         heartbeat: float = 2.5,
         liveness: int = 3,
