@@ -22,7 +22,17 @@ setup(
     package_data={"greenzmq": ["py.typed"]},
     # orjson: hop events are rendered to bytes at ~3 us instead of ~6.6 us with
     # the stdlib json renderer (see docs/design.md).
-    install_requires=["pyzmq>=25", "gevent>=23", "structlog>=23", "orjson>=3.8"],
+    # prometheus_client: --metrics writes the Prometheus text format with the
+    # project's own library (families, escaping, histogram rules) instead of a
+    # hand-written copy; pure Python, no dependencies, imported by the master
+    # only when --metrics is given.
+    install_requires=[
+        "pyzmq>=25",
+        "gevent>=23",
+        "structlog>=23",
+        "orjson>=3.8",
+        "prometheus_client>=0.17",
+    ],
     extras_require={
         # six: majortomo imports it without declaring it; wheel: tests/test_packaging.py
         # builds a wheel offline (--no-build-isolation) with setuptools < 70.1

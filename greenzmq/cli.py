@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "bench": "greenzmq.tools.bench",
     "trace": "greenzmq.tools.trace",
     "stats": "greenzmq.tools.stats",
+    "health": "greenzmq.tools.health",
+    "mmi": "greenzmq.tools.mmi",
 }
 
 

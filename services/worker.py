@@ -55,6 +55,7 @@ class Worker(Service):
         self._st = socket_tracer(self, "backend", "REP")
         if self.mode == "poller":
             self.mux = PollerListener([self.socks["backend"]])
+            self.stats.watch_mux(self.mux)  # read when a snapshot is taken: free otherwise
 
     def on_stop(self) -> None:
         """Stop taking requests; one being answered is finished first."""

@@ -22,7 +22,7 @@ import zmq
 
 from .endpoints import EndpointMap
 from .sockets import Context, Socket, SocketSpec, apply_endpoints
-from .stats import Stats
+from .stats import Stats, control_endpoint
 from .tracing import Tracer, get_logger
 
 __all__ = ["KILL_ENDPOINT", "CallableService", "Service", "kill_spec"]
@@ -182,6 +182,8 @@ class Service:
         self.ctx = Context()
         self.socks = {}
         try:
+            # a served stats endpoint reports live peers: monitor before connecting
+            self.ctx.monitor_peers = control_endpoint(self.name) is not None
             for fn in self._before_bind_callbacks:
                 fn(self)
             self.socks.update(self.ctx.build_all(specs))

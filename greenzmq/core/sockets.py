@@ -222,6 +222,8 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
     _raw: zmq.Socket[bytes] | None = None
     # what SocketBusyError tells an intruder to use instead (set by a mux or outbox)
     busy_hint: str | None = None
+    # a core.stats.PeerWatch when the context monitors connections (greenzmq health)
+    peer_watch: Any = None
 
     def claim(self, owner: Any = None) -> None:
         """Make ``owner`` (default: the current greenlet) the only user of this socket.
@@ -347,6 +349,8 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
     """
 
     _socket_class = Socket
+    #: monitor the connections of connecting sockets (``greenzmq health`` reads them)
+    monitor_peers = False
 
     def build(self, spec: SocketSpec) -> Socket:
         """Create, configure, bind and connect the socket ``spec`` describes.
@@ -379,8 +383,15 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
             if kind == zmq.SUB:
                 for topic in spec.subscribe:
                     sock.setsockopt(zmq.SUBSCRIBE, topic)
+            if self.monitor_peers and spec.connect:
+                from .stats import watch_peers
+
+                # before connecting: an event before the monitor is read is lost
+                watch_peers(self, sock, tuple(spec.connect))
             attach_endpoints(sock, spec)
         except BaseException:
+            if sock.peer_watch is not None:
+                sock.peer_watch.monitor.close(0)
             sock.close(0)
             raise
         return sock

@@ -14,12 +14,20 @@ service owns a REP socket there and answers any request with a JSON snapshot.
 
 ``greenzmq stats ENDPOINT`` (:mod:`greenzmq.tools.stats`) prints one snapshot;
 ``--watch`` redraws it every ``--interval`` seconds with rates, like top.
+
+Under the launcher with ``--metrics``, each worker sends the same snapshot to
+its master over the heartbeat pipe, and the master serves them, summed, as
+Prometheus metrics (:mod:`greenzmq.launcher.metrics`). For that the snapshot
+also carries histograms (:class:`Histogram`: request latency in the reliable
+brokers), event counts (``count``: hub-blocked reports) and tables
+(``table``: idle and busy workers and pending requests per service).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,9 +36,50 @@ import orjson
 
 from ..errors import ConfigError
 
-__all__ = ["STATS_ENV", "SocketCounters", "Stats", "control_endpoint", "ipc_path", "serve_control"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "STATS_ENV",
+    "Histogram",
+    "PeerWatch",
+    "SocketCounters",
+    "Stats",
+    "control_endpoint",
+    "ipc_path",
+    "serve_control",
+    "watch_peers",
+]
 
 STATS_ENV = "GREENZMQ_STATS"
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+"""Upper bounds (seconds) of the request latency histogram's buckets: 0.5 ms to 10 s."""
+
+
+class Histogram:
+    """Observations counted into fixed buckets, their sum and count (Prometheus's model).
+
+    ``counts[i]`` counts the values in ``(bounds[i-1], bounds[i]]``; the last
+    one those above every bound. Not cumulative: the master adds them up.
+    One ``bisect`` and two additions per observation.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Count one value (seconds)."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def snapshot(self) -> dict[str, Any]:
+        """Bounds, per-bucket counts and sum, as plain data."""
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum}
 
 
 class SocketCounters:
@@ -86,6 +135,10 @@ class Stats:
         self._types: dict[str, str] = {}
         self._gauges: dict[str, Callable[[], int]] = {}
         self._sources: list[SourceFn] = []
+        self._histograms: dict[str, Histogram] = {}
+        self._tables: dict[str, Callable[[], Mapping[str, Mapping[str, int]]]] = {}
+        self._peers: dict[str, PeerWatch] = {}
+        self.events: Counter[str] = Counter()
 
     def socket(self, name: str, sock_type: str | None = None) -> SocketCounters:
         """The counters of socket ``name`` (created on first use)."""
@@ -113,6 +166,11 @@ class Stats:
         endpoint = control_endpoint(service.name)
         if endpoint is None:
             return
+        for name, sock in service.socks.items():
+            watch = getattr(sock, "peer_watch", None)
+            if watch is not None:
+                self._peers[name] = watch
+                service.spawn(watch.run, name=f"peers:{name}")
         ipc_path(endpoint)
         service.spawn(serve_control, self, service.ctx, endpoint, name="stats")
 
@@ -123,6 +181,21 @@ class Stats:
     def source(self, fn: SourceFn) -> None:
         """Add ``fn() -> {socket: {counter: n}}`` to every snapshot (added to the counters)."""
         self._sources.append(fn)
+
+    def histogram(self, name: str, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> Histogram:
+        """The histogram ``name`` (made on first use), in every snapshot."""
+        h = self._histograms.get(name)
+        if h is None:
+            h = self._histograms[name] = Histogram(bounds)
+        return h
+
+    def count(self, event: str, n: int = 1) -> None:
+        """Count ``n`` occurrences of ``event`` (rare events: hub blocked, ...)."""
+        self.events[event] += n
+
+    def table(self, name: str, fn: Callable[[], Mapping[str, Mapping[str, int]]]) -> None:
+        """Report ``fn() -> {row: {column: n}}`` as ``tables[name]`` in every snapshot."""
+        self._tables[name] = fn
 
     def watch_mux(self, mux: Any, queue: str = "mux") -> None:
         """Read a Readers / PollerListener's ``statistics()`` at snapshot time (free when idle)."""
@@ -146,7 +219,63 @@ class Stats:
             "uptime": time.time() - self.started,
             "sockets": socks,
             "queues": {name: fn() for name, fn in self._gauges.items()},
+            "histograms": {name: h.snapshot() for name, h in self._histograms.items()},
+            "events": dict(self.events),
+            "tables": {
+                name: {k: dict(v) for k, v in fn().items()} for name, fn in self._tables.items()
+            },
+            "peers": {
+                name: {"connect": list(w.endpoints), "live": sorted(w.live)}
+                for name, w in self._peers.items()
+            },
         }
+
+
+class PeerWatch:
+    """Which of a connecting socket's endpoints have a live peer, from a socket monitor.
+
+    The minimal monitor ``greenzmq health`` needs: a ZMTP handshake that
+    succeeded makes an endpoint live, a disconnect makes it dead. Attached by
+    :func:`watch_peers` before the socket connects (an event sent before the
+    monitor's reader is connected would be lost); :meth:`run`, in a greenlet
+    of the service, owns the monitor's PAIR socket.
+    """
+
+    def __init__(self, monitor: Any, endpoints: tuple[str, ...]) -> None:
+        self.monitor = monitor
+        self.endpoints = endpoints
+        self.live: Counter[str] = Counter()
+
+    def run(self) -> None:
+        """Read monitor events until killed (the service's close kills it, then closes the PAIR)."""
+        import zmq
+        from zmq.utils.monitor import parse_monitor_message
+
+        while True:
+            ev = parse_monitor_message(self.monitor.recv_multipart())
+            addr = ev["endpoint"].decode(errors="replace")
+            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.live[addr] += 1
+            elif ev["event"] == zmq.EVENT_DISCONNECTED and self.live[addr] > 0:
+                self.live[addr] -= 1
+                if not self.live[addr]:
+                    del self.live[addr]
+
+
+def watch_peers(ctx: Any, sock: Any, endpoints: tuple[str, ...]) -> None:
+    """Attach a :class:`PeerWatch` to ``sock`` (as ``sock.peer_watch``), before it connects."""
+    import zmq
+
+    addr = f"inproc://greenzmq-peers-{id(sock):x}"
+    sock.monitor(addr, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    mon = ctx.socket(zmq.PAIR)
+    try:
+        mon.setsockopt(zmq.LINGER, 0)
+        mon.connect(addr)
+    except BaseException:
+        mon.close(0)
+        raise
+    sock.peer_watch = PeerWatch(mon, tuple(endpoints))
 
 
 def control_endpoint(service: str, environ: Mapping[str, str] | None = None) -> str | None:

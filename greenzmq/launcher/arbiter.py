@@ -29,6 +29,12 @@ config and replaces every worker (new workers first; the old ones retire once
 as many new ones have booted); TTIN/TTOU one worker more/less (never below
 1); USR1 reopens log files here and in the workers.
 
+With ``--metrics HOST:PORT`` the master serves ``/metrics`` from this loop
+(:mod:`greenzmq.launcher.metrics`: the workers send their counters over the
+same pipes). With ``NOTIFY_SOCKET`` set it speaks systemd's ``sd_notify``
+(:mod:`greenzmq.launcher.sdnotify`): READY, RELOADING, STOPPING, STATUS and
+the watchdog, fed while some worker's heartbeat is live.
+
 Workers heartbeat over a socketpair (:mod:`greenzmq.launcher.protocol` has
 what they say and what their exit codes mean); one silent for ``timeout``
 seconds gets ABRT (it logs its stack and runs ``worker_abort``), then KILL a
@@ -66,12 +72,15 @@ from .protocol import (
     EXIT_OK,
     FAIL,
     READY,
+    STATS,
     Failure,
     LineReader,
     encode_request,
+    heartbeat_interval,
     is_done,
     is_recycle,
 )
+from .sdnotify import Notifier
 
 __all__ = ["Arbiter", "HaltServer", "MasterLog"]
 
@@ -190,11 +199,13 @@ class Worker:
         self.booted_at: float | None = None
         self.retiring = False  # we asked it to stop (TERM)
         self.stale = False  # HUP: retire once its successors have booted
+        self.reloaded = False  # a HUP replaces it (at once or once its successors boot)
         self.kill_at: float | None = None  # KILL if still alive then
         self.aborted = False
         self.failure: Failure | None = None
         self.exit_reason: str | None = None
         self.checked: dict[str, Any] | None = None
+        self.snapshot: dict[str, Any] | None = None  # its latest ``stats`` (--metrics)
         self._reader = LineReader()
 
     def feed(self, data: bytes) -> None:
@@ -207,6 +218,8 @@ class Worker:
                 self.failure = msg.arg
             elif msg.kind == EXIT:
                 self.exit_reason = msg.arg
+            elif msg.kind == STATS:
+                self.snapshot = msg.arg
             elif msg.kind == CHECKED:
                 self.checked = msg.arg
 
@@ -250,6 +263,10 @@ class Arbiter:
         self.pipe: tuple[int, int] = (-1, -1)
         self.selector: selectors.BaseSelector | None = None
         self.pidfile: Pidfile | None = None  # once written: removed at exit
+        self.metrics: Any = None  # launcher.metrics.Metrics with --metrics
+        self.metrics_server: Any = None
+        self.notify = Notifier.from_env()
+        self.reloading = False  # a HUP's RELOADING=1 awaits its READY=1
 
     # -- start / stop ------------------------------------------------------
     def _binds_per_worker(self) -> bool:
@@ -274,7 +291,24 @@ class Arbiter:
         self.selector.register(r, selectors.EVENT_READ, None)
         for sig in SIGNALS:
             signal.signal(sig, self._on_signal)
+        if self.cfg.metrics:
+            self.start_metrics(self.cfg.metrics)
         self.title(f"master [{self.name}]")
+
+    def start_metrics(self, address: str) -> None:
+        """Listen for scrapes on ``address`` (a HUP does not move it)."""
+        from .metrics import Metrics, MetricsServer  # prometheus_client: only when asked for
+
+        assert self.selector is not None
+        self.metrics = Metrics()
+        self.metrics.workers_alive = lambda: len(self.workers)
+        self.metrics.workers_desired = lambda: self.num_workers
+        try:
+            self.metrics_server = MetricsServer(address, self.metrics)
+        except ConfigError as e:
+            raise HaltServer(str(e), EXIT_CONFIG) from None
+        self.metrics_server.attach(self.selector)
+        self.log.info("master.metrics", address=address, path="/metrics")
 
     def _on_checked(self, info: dict[str, Any]) -> None:
         self.checked = True
@@ -318,6 +352,7 @@ class Arbiter:
                 if self.stopping and not self.workers:
                     break
                 self.manage_workers()
+                self.tell_systemd()
         except HaltServer as h:
             detail = h.detail
             self.exit_code = h.exit_status
@@ -345,6 +380,9 @@ class Arbiter:
         (self.log.debug if self.quiet_exit else self.log.info)("master.exit", code=self.exit_code)
         for sig in SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        self.notify.close()
         if self.selector is not None:
             self.selector.close()
         for fd in self.pipe:
@@ -357,6 +395,10 @@ class Arbiter:
         """Sleep until a signal, a worker line, or a short timeout."""
         assert self.selector is not None
         timeout = 0.05 if (self.stopping or any(w.kill_at for w in self.workers.values())) else 0.25
+        if self.notify.watchdog_interval:
+            timeout = min(timeout, self.notify.watchdog_interval / 2)
+        if self.metrics_server is not None:
+            self.metrics_server.sweep(time.monotonic())
         try:
             ready = self.selector.select(timeout)
         except InterruptedError:
@@ -369,6 +411,9 @@ class Arbiter:
                 except BlockingIOError:
                     pass
                 continue
+            if key.data is self.metrics_server:
+                self.metrics_server.on_ready(key.fileobj)
+                continue
             w: Worker = key.data
             try:
                 data = w.sock.recv(65536) if w.sock is not None else b""
@@ -378,6 +423,8 @@ class Arbiter:
                 data = b""
             if data:
                 w.feed(data)
+                if w.snapshot is not None and self.metrics is not None:
+                    self.metrics.update(w.pid, w.snapshot)
                 if w.booted_at is not None:
                     self.app_booted = True
                 if w.checked is not None and not self.checked:
@@ -405,6 +452,8 @@ class Arbiter:
         """Re-read the config; replace every worker gracefully, new ones booted first."""
         if self.stopping:
             return
+        self.notify.reloading()
+        self.reloading = True  # READY=1 again once the new workers serve (manage_workers)
         try:
             new = load_config(self.argv)
             if self.reload_check is not None and (
@@ -415,10 +464,17 @@ class Arbiter:
                 self.info = self.reload_check(new)
         except Exception as e:
             self.log.error("master.reload_failed", error=str(e))
+            self._reload_failed()
             return
         except SystemExit:
             self.log.error("master.reload_failed", error="bad arguments")
+            self._reload_failed()
             return
+        if new.metrics != self.cfg.metrics:
+            # the listening socket stays where it is: moving it would drop scrapes
+            self.log.warning(
+                "master.metrics_unchanged", metrics=self.cfg.metrics, asked=new.metrics
+            )
         old_n, self.cfg = self.num_workers, new
         self.num_workers = int(new.workers)
         if old_n != self.num_workers:
@@ -432,6 +488,7 @@ class Arbiter:
         for w in list(self.workers.values()):
             if w.retiring:
                 continue
+            w.reloaded = True  # replaced by this HUP: a "reload" restart in the metrics
             if w.booted_at is None or self._binds_per_worker():
                 self.retire(w)
                 retired += 1
@@ -441,6 +498,11 @@ class Arbiter:
         self.log.info(
             "master.reload", workers=self.num_workers, replacing=replacing, retired=retired
         )
+
+    def _reload_failed(self) -> None:
+        # the old workers go on serving: ready as before
+        self.reloading = False
+        self.notify.ready(self._status())
 
     def handle_ttin(self) -> None:
         """One worker more."""
@@ -471,6 +533,8 @@ class Arbiter:
         now = time.monotonic()
         if graceful and self.stopping:
             return
+        if not self.stopping:
+            self.notify.stopping()
         if graceful:
             self.stopping = "graceful"
             self.stop_deadline = now + float(self.cfg.graceful_timeout)
@@ -502,6 +566,10 @@ class Arbiter:
             if w is None:
                 continue  # an orphan re-parented to us (PID 1 in a container)
             self._close_channel(w)
+            if self.metrics is not None:
+                if w.snapshot is not None:
+                    self.metrics.update(w.pid, w.snapshot)  # its last words, read on close
+                self.metrics.worker_gone(w.pid)
             code = os.waitstatus_to_exitcode(status)
             self._worker_exited(w, code)
 
@@ -548,14 +616,18 @@ class Arbiter:
             # the app's first boot: nothing ever served, respawning would loop
             raise HaltServer(f"worker failed to boot ({how})", EXIT_BOOT)
         if w.retiring:
+            if w.reloaded:
+                self._restarted("reload")
             return
         if code == EXIT_OK and is_recycle(w.exit_reason):
+            self._restarted("max_requests")
             return  # max-requests: manage_workers starts the replacement at once
         if code == EXIT_OK and is_done(w.exit_reason):
             # the app finished (kill switch, run returned): the whole launcher stops
             self.log.info("master.app_done", reason=w.exit_reason)
             self.stop(graceful=True)
             return
+        self._restarted("timeout" if w.aborted else "crash")
         now = time.monotonic()
         stable = w.booted_at is not None and now - w.booted_at >= STABLE_AFTER
         self.crash_streak = 1 if stable else self.crash_streak + 1
@@ -571,6 +643,10 @@ class Arbiter:
             streak=self.crash_streak,
             backoff=delay,
         )
+
+    def _restarted(self, cause: str) -> None:
+        if self.metrics is not None:
+            self.metrics.restarts[cause] += 1
 
     def murder_workers(self) -> None:
         """KILL what is past its deadline; ABRT workers that stopped beating."""
@@ -638,7 +714,39 @@ class Arbiter:
         ):
             self.ready_announced = True
             self.log.info("master.ready", workers=len(self.workers))
+            self.notify.ready(self._status())
             self.cfg.run_hook("when_ready", self)
+        if (
+            self.reloading
+            and not any(w.stale for w in self.workers.values())
+            and sum(w.booted_at is not None for w in live) >= self.num_workers
+        ):
+            self.reloading = False  # the HUP's new generation serves
+            self.notify.ready(self._status())
+
+    # -- systemd -----------------------------------------------------------------
+    def _status(self) -> str:
+        serving = sum(
+            w.booted_at is not None and not w.retiring and not w.stale
+            for w in self.workers.values()
+        )
+        state = ", reloading" if self.reloading else ""
+        if self.stopping:
+            state = f", {self.stopping} stop"
+        return f"{serving} of {self.num_workers} workers serving{state}"
+
+    def workers_beating(self, now: float) -> bool:
+        """Some worker's heartbeat is live (two beats late at most): the watchdog may be fed."""
+        window = 2 * heartbeat_interval(float(self.cfg.timeout)) + 0.1
+        return any(now - w.last_beat <= window for w in self.workers.values())
+
+    def tell_systemd(self) -> None:
+        """STATUS when it changed, WATCHDOG when due and some worker beats."""
+        if not self.notify.enabled:
+            return
+        if self.ready_announced:
+            self.notify.set_status(self._status())
+        self.notify.watchdog(time.monotonic(), self.workers_beating(time.monotonic()))
 
     # -- forking ---------------------------------------------------------------
     def spawn_worker(self, wid: int) -> Worker:
@@ -711,6 +819,9 @@ class Arbiter:
         for other in self.workers.values():
             if other.sock is not None:
                 other.sock.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close_in_child()
+        self.notify.close()
         self.log.close()
         self.cfg.run_hook("post_fork", self, Worker(wid, os.getpid(), chan))
         from .workerproc import WorkerProcess  # the worker's code: the master never runs it
@@ -722,6 +833,11 @@ class Arbiter:
     def _close_channel(self, w: Worker) -> None:
         if w.sock is None:
             return
+        try:  # what it said last (its final stats, its exit reason) before closing
+            while data := w.sock.recv(65536):
+                w.feed(data)
+        except OSError:
+            pass
         if self.selector is not None:
             try:
                 self.selector.unregister(w.sock)

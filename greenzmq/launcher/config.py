@@ -45,6 +45,7 @@ __all__ = [
     "format_config",
     "load_config",
     "options_table",
+    "parse_hostport",
 ]
 
 ENV_VAR = "GREENZMQ_CMD_ARGS"
@@ -176,6 +177,22 @@ def _listed(addrs: Any, name: Any) -> list[Any]:
             raise ConfigError(f"endpoint: socket {name!r} has an empty list of addresses")
         return list(addrs)
     return [addrs]
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> ``(host, port)``; ConfigError if malformed."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9100)")
+    return host, int(port)
+
+
+def _hostport(v: Any) -> str | None:
+    text = _opt_str(v)
+    if text is not None:
+        parse_hostport(text)
+    return text
 
 
 def _hook(v: Any) -> Callable[..., Any] | None:
@@ -311,6 +328,14 @@ SETTINGS: tuple[Setting, ...] = (
         1.0,
         "share of messages whose hops are logged: 0 none, 1 all",
         "RATE",
+    ),
+    Setting(
+        "metrics",
+        ("--metrics",),
+        _hostport,
+        None,
+        "serve Prometheus metrics of all workers on `http://HOST:PORT/metrics` (from the master)",
+        "HOST:PORT",
     ),
     Setting(
         "check_config",

@@ -19,6 +19,10 @@ Each side sees EOF when the other dies.
 - ``fail {json}``: booting failed, a :class:`Failure`: the code and a
   one-line message for the user, or the code and a traceback. The master
   halts with it.
+- ``stats {json}``: with ``--metrics``, every :data:`STATS_INTERVAL` seconds
+  and once more before a deliberate exit: the worker's
+  :meth:`greenzmq.core.stats.Stats.snapshot` plus ``hub_blocked``; the master
+  keeps the latest one per worker (:mod:`greenzmq.launcher.metrics`).
 - ``exit REASON``: before a deliberate exit 0. ``recycle``: max-requests,
   the master starts a replacement. ``done STOP_REASON``: the app finished
   (the kill switch, its ``run`` returned), the whole launcher stops.
@@ -45,6 +49,8 @@ __all__ = [
     "FAIL",
     "READY",
     "RECYCLE",
+    "STATS",
+    "STATS_INTERVAL",
     "Failure",
     "LineReader",
     "Message",
@@ -60,6 +66,7 @@ __all__ = [
     "parse",
     "ready",
     "recycle",
+    "stats",
 ]
 
 EXIT_OK: Final = 0
@@ -79,6 +86,10 @@ CHECKED: Final = "checked"
 READY: Final = "ready"
 FAIL: Final = "fail"
 EXIT: Final = "exit"
+STATS: Final = "stats"
+
+STATS_INTERVAL: Final = 0.5
+"""Seconds between a worker's ``stats`` lines (a scrape sees counts this old at most)."""
 
 RECYCLE: Final = "recycle"
 """``exit`` reason: max-requests reached."""
@@ -126,6 +137,11 @@ def fail(failure: Failure) -> bytes:
     return _line(FAIL, json.dumps(failure))
 
 
+def stats(snapshot_json: bytes) -> bytes:
+    """``stats {json}``: the worker's counters, already encoded (one line: no newline in it)."""
+    return STATS.encode() + b" " + snapshot_json + b"\n"
+
+
 def recycle() -> bytes:
     """``exit recycle``: max-requests reached, a replacement is welcome."""
     return _line(EXIT, RECYCLE)
@@ -141,7 +157,7 @@ def done(stop_reason: str | None) -> bytes:
 class Message:
     """One parsed line: its kind and its argument.
 
-    ``arg`` is a dict for ``checked``, a :class:`Failure` for ``fail``, the
+    ``arg`` is a dict for ``checked`` and ``stats``, a :class:`Failure` for ``fail``, the
     reason string for ``exit``, and None for ``beat`` and ``ready``.
     """
 
@@ -166,6 +182,11 @@ def parse(line: str) -> Message | None:
         return Message(CHECKED, json.loads(rest))
     if kind == EXIT:
         return Message(EXIT, rest)
+    if kind == STATS:
+        try:
+            return Message(STATS, json.loads(rest))
+        except ValueError:
+            return None  # a counter snapshot is not worth a crash: the next one comes soon
     return None
 
 

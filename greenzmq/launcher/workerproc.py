@@ -25,6 +25,11 @@ stops the beats; ``checked``, ``ready``, ``fail``, ``exit``). A reader
 greenlet on the same socket sees EOF when the master dies, and the worker
 stops.
 
+With ``--metrics``, a third greenlet sends the service's stats snapshot
+(``stats``) every :data:`~greenzmq.launcher.protocol.STATS_INTERVAL` seconds,
+and the worker sends a last one before a deliberate exit, so the master's sums
+lose nothing a graceful stop counted.
+
 Signals: TERM graceful (stop taking work, finish what is in flight); INT and
 QUIT quick (no grace); USR1 reopens log files; ABRT (the master's heartbeat
 timeout) logs the stack, runs ``worker_abort`` and exits at once, from a
@@ -208,10 +213,11 @@ class WorkerProcess:
         import gevent
         import gevent.events
 
-        threshold, log = self.cfg.block_threshold, self.log
+        threshold, log, stats = self.cfg.block_threshold, self.log, self.service.stats
 
         def on_event(event: Any) -> None:
             if isinstance(event, gevent.events.EventLoopBlocked):
+                stats.count("hub_blocked")  # the monitor thread's: a Counter add, GIL-safe
                 log.warning(
                     "worker.hub_blocked",
                     threshold=threshold,
@@ -239,6 +245,29 @@ class WorkerProcess:
         import gevent
 
         self._greenlets = [gevent.spawn(self._beat), gevent.spawn(self._watch_master)]
+        if self.cfg.metrics:
+            # bytes too (the broker counts them only when someone reads the stats)
+            self.service.stats.detailed = True
+            self._greenlets.append(gevent.spawn(self._report_stats))
+
+    def send_stats(self) -> None:
+        """Send one ``stats`` line: the service's snapshot (``--metrics``)."""
+        import orjson
+
+        try:
+            snap = self.service.stats.snapshot()
+            snap["requests"] = self.service.requests  # what request_done() counted
+        except Exception as e:  # a gauge of a half-stopped service: the next one will do
+            self.log.debug("worker.stats_failed", error=repr(e))
+            return
+        self.chan.send(protocol.stats(orjson.dumps(snap)))
+
+    def _report_stats(self) -> None:
+        import gevent
+
+        while not self.chan.broken:
+            self.send_stats()
+            gevent.sleep(protocol.STATS_INTERVAL)
 
     def _beat(self) -> None:
         import gevent
@@ -346,6 +375,8 @@ class WorkerProcess:
             # the master halts with its line (exit 2) instead of restarting it
             self.stop_heartbeat()
             return self.report_failure(refused, EXIT_CONFIG)
+        if self.cfg.metrics:
+            self.send_stats()  # the last counts: the master folds them into its totals
         if code == EXIT_OK and self.reason == protocol.RECYCLE:
             self.chan.send(protocol.recycle())
         elif code == EXIT_OK and self.service.stop_reason not in _STOP_SIGNALS:

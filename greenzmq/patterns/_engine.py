@@ -60,7 +60,9 @@ class Job:
     __slots__ = ("at", "body", "client", "service", "streamed", "version")
 
     def __init__(self, client: bytes, service: bytes, body: list[bytes], version: int = 0) -> None:
-        self.at = time.monotonic()  # accepted: its age decides whether it is still worth running
+        # accepted: its age decides whether it is still worth running, and its
+        # latency (to the reply) goes in the stats' histogram
+        self.at = time.monotonic()
         self.client = client
         self.service = service
         self.body = body  # the codec's: PPP keeps the whole request, MDP the body frames
@@ -254,6 +256,7 @@ class Engine:
         self._remember = remember
         self._stats: Any = None
         self._gauged: set[bytes] = set()
+        self.latency: Any = None  # a core.stats.Histogram once watched
 
     def _gauge_pending(self, name: bytes) -> None:
         # bounded: clients choose service names, and a gauge is never removed
@@ -309,6 +312,18 @@ class Engine:
         stats.gauge("workers:expired", lambda: self.counts["workers expired"])
         stats.gauge("requests:requeued", lambda: self.counts["requeued"])
         stats.gauge("requests:timed_out", lambda: self.counts["requests timed out"])
+        self.latency = stats.histogram("request_latency")
+        stats.table("services", self.by_service)
+
+    def by_service(self) -> dict[str, dict[str, int]]:
+        """Idle and busy workers and pending requests per service (the first 64 services)."""
+        out: dict[str, dict[str, int]] = {}
+        # services with workers first: client-chosen names of empty pools come last
+        for p in sorted(self.pools.values(), key=lambda p: not p.workers)[:_GAUGED_SERVICES]:
+            busy = sum(self.workers[w].job is not None for w in p.workers if w in self.workers)
+            name = p.name.decode(errors="replace") or "default"
+            out[name] = {"idle": len(p.idle), "busy": busy, "pending": p.queued}
+        return out
 
     # -- requests -----------------------------------------------------------
     def submit(self, p: Pool, job: Job) -> str | None:
@@ -432,6 +447,8 @@ class Engine:
 
     def done(self, w: Worker) -> None:
         """``w`` answered its request: idle again, next request if any."""
+        if self.latency is not None and w.job is not None:
+            self.latency.observe(time.monotonic() - w.job.at)
         w.job, w.partials = None, []
         p = self.pools.get(w.service)
         if p is not None:

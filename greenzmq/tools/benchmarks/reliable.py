@@ -12,7 +12,10 @@ A RUN is ``PEERS/BROKER``:
   clients, greenzmq's PPP queue or the anchor after the zguide's ppqueue;
   ``ppp/minimal``: the same peers and a floor, not an anchor (the least a
   Python PPP queue woken once per message can do: LRU and heartbeats, nothing
-  else).
+  else);
+* ``ppp/greenzmq+metrics``, ``mdp02/greenzmq+metrics``: greenzmq's broker
+  with ``--metrics`` and a scrape of ``/metrics`` every second during the
+  round (what the metrics cost per request, beside the run without).
 
 The anchors and peers are in ``reliable_anchors.py`` beside this file.
 greenzmq's brokers are the real commands (``greenzmq
@@ -53,7 +56,10 @@ RUNS = (
     "ppp/greenzmq",
     "ppp/ppqueue",
     "ppp/minimal",
+    "ppp/greenzmq+metrics",
+    "mdp02/greenzmq+metrics",
 )
+METRICS = "+metrics"
 
 
 def tree_cpu(root: int) -> float:
@@ -82,6 +88,10 @@ def tree_cpu(root: int) -> float:
 def broker_argv(run: str, fe: str, be: str, kill: str) -> list[str]:
     """The broker's command line; ``fe`` is the clients' endpoint, ``be`` the workers'."""
     peers, broker = run.split("/")
+    extra: list[str] = []
+    if broker.endswith(METRICS):
+        broker = broker.removesuffix(METRICS)
+        extra = ["--metrics", metrics_address(kill)]
     if broker == "greenzmq":
         if peers == "ppp":
             app, eps = "ppqueue", [f"frontend={fe}", f"backend={be}"]
@@ -90,12 +100,33 @@ def broker_argv(run: str, fe: str, be: str, kill: str) -> list[str]:
         argv = [sys.executable, "-m", "greenzmq", f"greenzmq.services.{app}:app"]
         for ep in [*eps, f"kill={kill}"]:
             argv += ["--endpoint", ep]
-        return [*argv, "--trace-sample", "0", "--log-format", "json", "--log-file", os.devnull]
+        argv += ["--trace-sample", "0", "--log-format", "json", "--log-file", os.devnull]
+        return [*argv, *extra]
     if broker == "majortomo":
         return [sys.executable, "-m", "majortomo.broker", "-b", fe]
     if broker == "mdbroker":
         return [sys.executable, ANCHORS, "broker", "mdbroker", fe]
     return [sys.executable, ANCHORS, "broker", broker, fe, be]
+
+
+def metrics_address(kill: str) -> str:
+    """``--metrics``'s address: the port after the kill switch's (each round has 4)."""
+    port = int(kill.rsplit(":", 1)[1]) + 1
+    return f"127.0.0.1:{port}"
+
+
+def scrape_every(address: str, interval: float, stop: Any) -> list[int]:
+    """GET /metrics every ``interval`` s until ``stop`` (a threading.Event) is set; sizes."""
+    import urllib.request
+
+    sizes: list[int] = []
+    while not stop.wait(interval):
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=2) as r:
+                sizes.append(len(r.read()))
+        except OSError:
+            sizes.append(-1)
+    return sizes
 
 
 def _kill(procs: list[subprocess.Popen[Any]]) -> None:
@@ -144,8 +175,19 @@ def run_once(run: str, n: int, port: int) -> dict[str, Any]:
             line = c.stdout.readline().strip()
             if line != "ready":
                 raise SystemExit(f"{run}: a client did not start: {line or 'no output'}")
+        scraper = None
+        if run.endswith(METRICS):
+            import threading
+
+            stop = threading.Event()
+            th = threading.Thread(
+                target=scrape_every, args=(metrics_address(kill), 1.0, stop), daemon=True
+            )
+            scraper = (stop, th)
         cpu0 = tree_cpu(broker.pid)
         t0 = time.perf_counter()
+        if scraper is not None:
+            scraper[1].start()
         for c in clients:
             assert c.stdin is not None
             c.stdin.write("go\n")
@@ -156,6 +198,9 @@ def run_once(run: str, n: int, port: int) -> dict[str, Any]:
             answers.append(json.loads(c.stdout.readline() or "{}"))
         dt = time.perf_counter() - t0
         cpu = tree_cpu(broker.pid) - cpu0
+        if scraper is not None:
+            scraper[0].set()
+            scraper[1].join()
     finally:
         _kill(procs)
     sent = CLIENTS * n
@@ -195,7 +240,7 @@ def main() -> None:
     res: dict[str, list[dict[str, Any]]] = {}
     for _ in range(a.r):
         for run in a.runs:
-            port += 3
+            port += 4  # frontend, backend, kill, metrics
             res.setdefault(run, []).append(run_once(run, a.n, port))
     for run in a.runs:
         v = res[run]
