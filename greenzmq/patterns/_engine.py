@@ -558,7 +558,9 @@ class Engine:
                                 continue
                             dirty[i] = False
                             raw, handle, wanted, counters = srcs[i]
-                            n = 0
+                            n = nbytes = 0
+                            # bytes only while someone reads them (a stats endpoint, metrics)
+                            detailed = self._stats is not None and self._stats.detailed
                             # EVENTS after the handler: its sends may take a read edge
                             while _get(raw, _EVENTS) & _POLLIN:
                                 if wanted is not None and not wanted(draining):
@@ -566,10 +568,13 @@ class Engine:
                                 if n == batch:
                                     dirty[i] = True  # the others' turn first
                                     break
-                                handle(_recv_msg(raw))
+                                m = _recv_msg(raw)
+                                if detailed:
+                                    nbytes += sum(map(len, m))
+                                handle(m)
                                 n += 1
                             if n:
-                                counters.add_in(n)
+                                counters.add_in(n, nbytes)
                                 found = True
                                 for j in range(n_src):  # they may have sent on any socket
                                     if j != i:

@@ -171,7 +171,7 @@ class MDPBroker(Service):
         assert self._tr is not None
         outcome = send(self._raw, msg)
         if outcome == SENT:
-            self._count.add_out(1)
+            self._count.add_out(1, sum(map(len, msg)) if self.stats.detailed else 0)
             if self._tr.on:
                 self._tr.hop("send", msg)
         elif log_drop:

@@ -182,7 +182,8 @@ class PPPQueue(Service):
         msg = [w.id, *job.body]
         outcome = send(self._be_raw, msg)
         if outcome == SENT:
-            self.stats.socket("backend").add_out(1)
+            stats = self.stats
+            stats.socket("backend").add_out(1, sum(map(len, msg)) if stats.detailed else 0)
             if self._be_tr is not None and self._be_tr.on:
                 self._be_tr.hop("forward", job.body, dest=w.id.hex())
         return outcome
@@ -255,7 +256,7 @@ class PPPQueue(Service):
             outcome = send(fe_raw, reply)
             if outcome == SENT:
                 self.counts["replies"] += 1
-                fe_count.add_out(1)
+                fe_count.add_out(1, sum(map(len, reply)) if self.stats.detailed else 0)
                 if fe_tr.on:
                     fe_tr.hop("forward", reply, dest="frontend")
             else:
