@@ -46,15 +46,15 @@ import pytest
 from greenzmq.patterns.lazypirate import LazyPirate
 
 def test_served(greenzmq_service):
-    broker = greenzmq_service("services.broker:app")
-    greenzmq_service("services.worker:app", {"backend": broker.endpoints["backend"]})
+    broker = greenzmq_service("greenzmq.services.broker:app")
+    greenzmq_service("greenzmq.services.worker:app", {"backend": broker.endpoints["backend"]})
     with LazyPirate(broker.endpoints["frontend"], timeout=5, retries=1) as c:
         assert c.request(b"3") == [b"9"]
 
 def test_not_ready(greenzmq_service):
     with pytest.raises(Exception, match="already in use|Address"):
-        a = greenzmq_service("services.broker:app")
-        greenzmq_service("services.broker:app", {"frontend": a.endpoints["frontend"]})
+        a = greenzmq_service("greenzmq.services.broker:app")
+        greenzmq_service("greenzmq.services.broker:app", {"frontend": a.endpoints["frontend"]})
 
 def test_unclean_exit(greenzmq_service):
     from greenzmq.core.service import Service
