@@ -4,7 +4,9 @@
 socket when its peer goes silent, and runs the handler in its own greenlet;
 a protocol subclass says what the frames are (:class:`~greenzmq.patterns.ppp.PPPWorker`,
 :class:`~greenzmq.patterns.mdp.MDPWorker`). :class:`HeartbeatWorkerService`
-serves one as a :class:`~greenzmq.core.service.Service`.
+serves ``pool`` of them as a :class:`~greenzmq.core.service.Service`, their
+handler calls run inline, in threads or in processes
+(``offload``, :mod:`greenzmq.core.offload`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import gevent.event
 import gevent.pool
 import zmq
 
+from ..core.offload import Offload
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, apply_endpoints
@@ -155,7 +158,8 @@ class HeartbeatWorker:
         try:
             reply = [bytes(f) for f in self.handler(body)]
         except Exception as e:
-            self.log.error("worker.handler_failed", error=repr(e))
+            # the protocol's error reply; the worker keeps serving
+            self.log.error("worker.handler_failed", error=repr(e), exc_info=True)
             reply = [b"error: " + type(e).__name__.encode()]
         self._done.append((envelope, reply, key))
         self.poller.wake()
@@ -276,11 +280,19 @@ class HeartbeatWorker:
 
 
 class HeartbeatWorkerService(Service):
-    """A service around one :class:`HeartbeatWorker`: its DEALER socket and ``kill``.
+    """A service around ``pool`` heartbeat workers: their DEALER sockets and ``kill``.
 
     A protocol's service names its ``worker_class`` and its defaults
     (``default_endpoint``, ``default_socket``); ``endpoint`` and ``socket``
     override them.
+
+    ``offload`` says where the handler runs (:class:`~greenzmq.core.offload.Offload`):
+    ``None`` in the worker's greenlet (handlers that wait green), ``"thread"``
+    in a thread pool (blocking calls, CPU work: the hub keeps heartbeating),
+    ``"process"`` in a process pool (CPU-bound Python in parallel). ``pool``
+    requests are handled at once: that many protocol workers (a socket and
+    heartbeats each; the queue sees ``pool`` workers) share ``pool`` threads
+    or processes.
     """
 
     worker_class: type[HeartbeatWorker]
@@ -299,6 +311,8 @@ class HeartbeatWorkerService(Service):
         options: Mapping[int, Any] | None = None,
         name: str | None = None,
         socket: str | None = None,
+        offload: str | None = None,
+        pool: int = 1,
     ) -> None:
         endpoint = endpoint or self.default_endpoint
         socket = socket or self.default_socket
@@ -311,6 +325,9 @@ class HeartbeatWorkerService(Service):
         )
         self.socket_name = socket
         self.handler = handler
+        # an inline handler that holds the hub past one heartbeat interval is logged
+        self.offload = Offload(handler, offload, pool, warn_after=heartbeat)
+        self.pool = pool
         self.worker_args: dict[str, Any] = {
             "heartbeat": heartbeat,
             "liveness": liveness,
@@ -318,6 +335,7 @@ class HeartbeatWorkerService(Service):
             "reconnect_max": reconnect_max,
         }
         self.worker: HeartbeatWorker | None = None
+        self.workers: list[HeartbeatWorker] = []
         self._resolved: dict[str, SocketSpec] = {}
 
     def open(self, endpoints: Mapping[str, str] | None = None) -> None:
@@ -325,16 +343,24 @@ class HeartbeatWorkerService(Service):
         self._resolved = {s.name: s for s in apply_endpoints(self.specs, endpoints or {})}
         super().open(endpoints)
 
-    def make_worker(self, **extra: Any) -> HeartbeatWorker:
-        """The worker object; ``extra`` goes to the worker class (MDP: service, version)."""
+    def make_worker(self, slot: int = 0, **extra: Any) -> HeartbeatWorker:
+        """The worker object for ``slot`` (0: the service's socket; others make their own).
+
+        ``extra`` goes to the worker class (MDP: service, version).
+        """
         assert self.ctx is not None
         name = self.socket_name
+        key = name if slot == 0 else f"{name}.{slot}"
+
+        def on_socket(sock: Socket) -> None:
+            self.socks[key] = sock  # close() closes the current socket
+
         return self.worker_class(
             self.ctx,
             self._resolved[name],
-            self.handler,
-            sock=self.socks[name],
-            on_socket=self._on_socket,
+            self.offload,
+            sock=self.socks[name] if slot == 0 else None,
+            on_socket=on_socket,
             on_answer=self.request_done,
             counters=self.stats.socket(name),
             tracer=self.tracer,
@@ -342,17 +368,25 @@ class HeartbeatWorkerService(Service):
             **extra,
         )
 
-    def _on_socket(self, sock: Socket) -> None:
-        self.socks[self.socket_name] = sock  # close() closes the current socket
-
     def on_stop(self) -> None:
-        """Let the worker finish its request and leave."""
-        if self.worker is not None:
-            self.worker.stop()
+        """Let the workers finish their requests and leave."""
+        for w in self.workers:
+            w.stop()
 
     def run(self) -> None:
-        """Serve until stopped."""
-        self.worker = self.make_worker()
-        if self.stopping.is_set():
-            self.worker.stop()
-        self.worker.run()
+        """Start the offload pool, serve until stopped, end the pool."""
+        self.offload.start()
+        try:
+            self.workers = [self.make_worker(slot) for slot in range(self.pool)]
+            self.worker = self.workers[0]
+            if self.stopping.is_set():
+                self.on_stop()
+            others = [
+                self.spawn(w.run, name=f"worker-{slot}")
+                for slot, w in enumerate(self.workers)
+                if slot
+            ]
+            self.worker.run()
+            gevent.joinall(others)
+        finally:
+            self.offload.close()
