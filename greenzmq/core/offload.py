@@ -77,6 +77,14 @@ def _call(handler: FrameHandler, body: list[bytes]) -> list[bytes]:
     return [bytes(f) for f in handler(body)]
 
 
+def _call_caught(handler: FrameHandler, body: list[bytes]) -> tuple[bool, Any]:
+    # gevent's thread pool prints a task's exception to stderr: hand it over instead
+    try:
+        return True, _call(handler, body)
+    except Exception as e:
+        return False, e
+
+
 def _child_init() -> None:
     # the pool's owner ends its processes (shutdown, or SIGKILL when it must): a
     # Ctrl-C or a SIGTERM to the whole process group lets the request in hand finish
@@ -207,8 +215,10 @@ class Offload:
                 if self._threads is None:
                     self.start()
                 assert self._threads is not None
-                reply: list[bytes] = self._threads.apply(_call, (self.handler, body))
-                return reply
+                ok, reply = self._threads.apply(_call_caught, (self.handler, body))
+                if not ok:
+                    raise reply
+                return list(reply)
             return self._in_process(body)
         finally:
             self.in_flight -= 1

@@ -12,6 +12,7 @@ handler calls run inline, in threads or in processes
 from __future__ import annotations
 
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -159,7 +160,12 @@ class HeartbeatWorker:
             reply = [bytes(f) for f in self.handler(body)]
         except Exception as e:
             # the protocol's error reply; the worker keeps serving
-            self.log.error("worker.handler_failed", error=repr(e), exc_info=True)
+            self.log.error(
+                "worker.handler_failed",
+                error=repr(e),
+                # a pool process's traceback comes along as the __cause__
+                traceback="".join(traceback.format_exception(e)),
+            )
             reply = [b"error: " + type(e).__name__.encode()]
         self._done.append((envelope, reply, key))
         self.poller.wake()
