@@ -23,23 +23,17 @@ def spin(rounds: int) -> int:
     return x
 
 
-def rounds_per_second(sample: float = 0.2) -> int:
-    """How many :func:`spin` rounds this machine does per second, now (for a target time)."""
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < sample:
-        spin(20000)
-        n += 20000
-    return int(n / (time.perf_counter() - t0))
+def burn(seconds: float, record: str | None, body: list[bytes]) -> list[bytes]:
+    """``seconds`` of this thread's CPU time in pure Python, then ``done BODY``.
 
-
-def burn(rounds: int, record: str | None, body: list[bytes]) -> list[bytes]:
-    """A fixed amount of CPU work, then ``done BODY``; each run is appended to ``record``.
-
-    A record line is ``BODY PID START END`` (wall clock), so a test counts
+    A fixed amount of work whatever the machine's load (the wall time grows
+    with the load, the CPU time does not). Each run is appended to
+    ``record`` as ``BODY PID START END`` (wall clock), so a test counts
     executions per request (duplicates) and sees which ran at the same time.
     """
-    t0 = time.time()
-    spin(rounds)
+    t0, cpu0 = time.time(), time.thread_time()
+    while time.thread_time() - cpu0 < seconds:
+        spin(20000)
     if record:
         with open(record, "a") as f:  # one short O_APPEND write per run
             f.write(f"{body[0].decode()} {os.getpid()} {t0:.6f} {time.time():.6f}\n")
@@ -66,13 +60,13 @@ def trouble(body: list[bytes]) -> list[bytes]:
 def ppp(
     offload: str | None = "process",
     pool: int = 2,
-    rounds: int = 1_000_000,
+    seconds: float = 3.5,
     record: str | None = None,
     heartbeat: float = 1.0,
 ) -> PPPWorkerService:
-    """A PPP worker whose handler is :func:`burn` (``rounds``, recorded in ``record``)."""
+    """A PPP worker whose handler is :func:`burn` (``seconds`` of CPU, recorded in ``record``)."""
     return PPPWorkerService(
-        functools.partial(burn, rounds, record),
+        functools.partial(burn, seconds, record),
         heartbeat=heartbeat,
         reconnect=0.2,
         offload=offload,
@@ -84,14 +78,14 @@ def mdp(
     service: str = "burn",
     offload: str | None = "thread",
     pool: int = 1,
-    rounds: int = 1_000_000,
+    seconds: float = 1.0,
     record: str | None = None,
     heartbeat: float = 1.0,
 ) -> MDPWorkerService:
     """An MDP/0.2 worker for ``service`` whose handler is :func:`burn`."""
     return MDPWorkerService(
         service,
-        functools.partial(burn, rounds, record),
+        functools.partial(burn, seconds, record),
         heartbeat=heartbeat,
         reconnect=0.2,
         offload=offload,

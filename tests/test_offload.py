@@ -32,7 +32,7 @@ from greenzmq.patterns.ppp import DISCONNECT, HEARTBEAT, READY, PPPWorkerService
 from greenzmq.tools.stats import fetch
 
 from .helpers import ROOT, free_endpoint, green_wait_for, wait_for
-from .offload_apps import burn, burn_for, rounds_per_second, trouble
+from .offload_apps import burn, burn_for, trouble
 
 HB = 0.2  # worker heartbeat: liveness 3 makes a 0.6 s window
 
@@ -194,10 +194,9 @@ class TestOffThehub:
         its load drifts, so the two are compared round by round (median of three).
         """
         record = tmp_path / "runs.txt"
-        rounds = int(rounds_per_second() * 0.4)
         q = FakeQueue(ctx)
         app = PPPWorkerService(
-            functools.partial(burn, rounds, str(record)),
+            functools.partial(burn, 0.4, str(record)),  # 0.4 s of CPU each
             endpoint=q.endpoint,
             heartbeat=HB,
             offload="process",
@@ -222,6 +221,32 @@ class TestOffThehub:
             assert len({pid for _, pid, _, _ in runs}) == 2
             assert most_at_once(runs) == 2
             assert sorted(ratios)[1] < 0.8  # serial would be 1.0, parallel 0.5
+            app.stop()
+            q.until_left(2)
+            assert g.get(timeout=10) == 0
+        finally:
+            app.stop()
+            g.join(10)
+            q.close()
+
+
+class TestTutorialWorkers:
+    @pytest.mark.deadline(30)
+    def test_ppworker_squares_in_a_process_pool(self, ctx: Any) -> None:
+        """``services.ppworker:app(offload="process", pool=2)``: its handler pickles and serves."""
+        from services.majordomo import worker
+        from services.ppworker import PPWorker
+
+        assert worker(offload="thread", pool=3).offload.mode == "thread"
+        q = FakeQueue(ctx)
+        app = PPWorker(heartbeat=HB, offload="process", pool=2)
+        g = gevent.spawn(app.serve, {"backend": q.endpoint, "kill": free_endpoint()},
+                         install_signals=False)  # fmt: skip
+        try:
+            a, b = q.ready(2)
+            q.request(a, b"7")
+            q.request(b, b"x")
+            assert sorted(r[-1] for r in q.replies(2)) == [b"49", b"error: not an integer: x"]
             app.stop()
             q.until_left(2)
             assert g.get(timeout=10) == 0
@@ -310,13 +335,12 @@ class TestAcceptance:
         pool of 2 processes. 10 of 10 answered, no expiry, no duplicate run, two at once
         (wall time against one request alone), and SIGTERM mid-handler still delivers."""
         record = tmp_path / "runs.txt"
-        rounds = int(rounds_per_second() * 3.5)
         fe, be = endpoint(), endpoint()
         q = service("services.ppqueue:make(heartbeat=1.0)",
                     "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}")  # fmt: skip
         q.wait_started()
         w = service(
-            f"tests.offload_apps:ppp(offload='process', pool=2, rounds={rounds}, "
+            "tests.offload_apps:ppp(offload='process', pool=2, seconds=3.5, "
             f"record={str(record)!r}, heartbeat=1.0)",
             "--endpoint",
             f"backend={be}",
@@ -350,16 +374,17 @@ class TestAcceptance:
         assert q.wait(15) == 0
         counts = q.wait_event("ppqueue.stats")["counts"]
         expired = counts.get("workers expired", 0) + len(q.events("ppqueue.worker_lost"))
-        print(f"\nPPP, process pool of 2, {rounds} rounds: 10/10 answered, {expired} expiries, "
-              f"{dup} duplicate runs; runs took {min(r[3] - r[2] for r in runs):.2f}-"
-              f"{max(r[3] - r[2] for r in runs):.2f} s, at most {most_at_once(runs)} at once; "
-              f"10 requests in {wall:.2f} s, one alone {alone:.2f} s: "
-              f"{wall / (10 * alone):.2f}x serial")  # fmt: skip
+        print(f"\nPPP, process pool of 2, 3.5 s of CPU per request: 10/10 answered, "
+              f"{expired} expiries, {dup} duplicate runs; runs took "
+              f"{min(r[3] - r[2] for r in runs):.2f}-{max(r[3] - r[2] for r in runs):.2f} s, "
+              f"at most {most_at_once(runs)} at once; 10 requests in {wall:.2f} s (one at a "
+              f"time: 35 s of CPU at least), one alone {alone:.2f} s")  # fmt: skip
         assert expired == 0 and dup == 0
         assert counts.get("requeued", 0) == 0
         assert most_at_once(runs) == 2 and len(pids) == 2
-        # (wall / (10 * alone) is reported only: "alone" is timed after the ten, and the
-        # shared machine's load drifts; the round-by-round comparison asserts the speed-up)
+        # 35 s of CPU work done in less wall time: more than one core at once (the
+        # ratio to one alone is asserted round by round, on this shared machine)
+        assert wall < 10 * 3.5
         assert not w.events("worker.hub_blocked") and not w.events("handler.blocked_hub")
 
     @pytest.mark.deadline(90)
@@ -370,12 +395,11 @@ class TestAcceptance:
         thread. 10 of 10, no expiry, no duplicate; the stats endpoint answers at once while
         a handler runs; SIGTERM mid-handler still delivers."""
         record = tmp_path / "runs.txt"
-        rounds = rounds_per_second()
         ep = endpoint()
         b = service("services.majordomo:make(heartbeat=0.2)", "--endpoint", f"broker={ep}")
         b.wait_started()
         w = service(
-            f"tests.offload_apps:mdp(offload='thread', rounds={rounds}, "
+            "tests.offload_apps:mdp(offload='thread', seconds=1.0, "
             f"record={str(record)!r}, heartbeat=0.2)",
             "--endpoint",
             f"broker={ep}",
@@ -417,7 +441,7 @@ class TestAcceptance:
         assert b.wait(15) == 0
         counts = b.wait_event("mdp.stats")["counts"]
         expired = counts.get("workers expired", 0) + len(b.events("mdp.worker_lost"))
-        print(f"\nMajordomo, thread, {rounds} rounds: 10/10 answered, {expired} expiries, "
+        print(f"\nMajordomo, thread, 1 s of CPU per request: 10/10 answered, {expired} expiries, "
               f"{dup} duplicate runs; 10 requests in {wall:.2f} s; stats answered in "
               f"{', '.join(f'{x * 1000:.0f}' for x in lag)} ms while busy")  # fmt: skip
         assert expired == 0 and dup == 0
