@@ -318,11 +318,12 @@ def most_at_once(runs: list[tuple[str, int, float, float]]) -> int:
 
 
 def gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts as gone)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
         return True
-    return False
 
 
 @pytest.mark.slow
@@ -386,6 +387,18 @@ class TestAcceptance:
         # ratio to one alone is asserted round by round, on this shared machine)
         assert wall < 10 * 3.5
         assert not w.events("worker.hub_blocked") and not w.events("handler.blocked_hub")
+
+    @pytest.mark.deadline(60)
+    def test_pool_processes_follow_a_sigkilled_worker(self, service: Any, endpoint: Any) -> None:
+        """A worker SIGKILLed (no shutdown) leaves no pool process behind: they watch it."""
+        w = service("tests.offload_apps:ppp(offload='process', pool=2)",
+                    "--endpoint", f"backend={endpoint()}")  # fmt: skip
+        started = w.wait_event("offload.started", 20)
+        assert len(started["pids"]) == 2
+        os.kill(started["pid"], signal.SIGKILL)  # the serving process, not the launcher
+        t0 = time.monotonic()
+        wait_for(lambda: all(gone(p) for p in started["pids"]), 10, "the pool processes gone")
+        print(f"\npool processes gone {time.monotonic() - t0:.2f} s after their owner's SIGKILL")
 
     @pytest.mark.deadline(90)
     def test_majordomo_thread_cpu_bound_with_stats_and_sigterm(

@@ -40,6 +40,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -59,6 +60,9 @@ FrameHandler = Callable[[list[bytes]], Sequence[bytes]]
 
 MODES = (None, "thread", "process")
 """What ``offload=`` accepts."""
+
+OWNER_CHECK = 0.5
+"""Seconds between a pool process's checks that its owner is alive."""
 
 FIX = "run the handler with offload='thread' (or 'process' for parallel CPU work)"
 """The log's advice for a handler that holds the hub."""
@@ -85,11 +89,26 @@ def _call_caught(handler: FrameHandler, body: list[bytes]) -> tuple[bool, Any]:
         return False, e
 
 
-def _child_init() -> None:
+def _child_init(owner: int) -> None:
     # the pool's owner ends its processes (shutdown, or SIGKILL when it must): a
     # Ctrl-C or a SIGTERM to the whole process group lets the request in hand finish
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_watch_owner, args=(owner,), name="owner-watch", daemon=True).start()
+
+
+def _watch_owner(owner: int) -> None:
+    # A pool process never sees EOF when its owner dies without a shutdown (SIGKILL,
+    # os._exit): it holds a write end of its own task pipe, and its parent is the
+    # forkserver. Left alone it would live on, and keep the forkserver alive too.
+    while True:
+        time.sleep(OWNER_CHECK)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass  # alive (pid reuse by another user's process is beyond reach here)
 
 
 def _warm(handler: FrameHandler) -> int:
@@ -144,9 +163,16 @@ class Offload:
         self.in_flight = 0
         self.calls = 0
         self.pool_restarts = 0
-        self.log = get_logger(offload=offload or "inline", handler=self.name)
+        self._log: Any = None  # bound when first used: in the serving process, once logging is set
         self._threads: gevent.threadpool.ThreadPool | None = None
         self._procs: concurrent.futures.ProcessPoolExecutor | None = None
+
+    @property
+    def log(self) -> Any:
+        """The logger (``offload`` and ``handler`` bound)."""
+        if self._log is None:
+            self._log = get_logger(offload=self.mode or "inline", handler=self.name)
+        return self._log
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -161,19 +187,23 @@ class Offload:
         elif self.mode == "process" and self._procs is None:
             self._procs = self._new_executor()
             t0 = time.monotonic()
-            pids = {self._wait(self._procs.submit(_warm, self.handler)) for _ in range(self.pool)}
+            # all submitted before any is waited for: each one finds no idle process
+            warming = [self._procs.submit(_warm, self.handler) for _ in range(self.pool)]
+            pids = {self._wait(f) for f in warming}
+            # (one fast process may have run both: the pool's own list has them all)
+            pids.update(dict(getattr(self._procs, "_processes", None) or {}))
             self.log.info(
                 "offload.started",
                 pool=self.pool,
                 start_method=_start_method(),
-                processes=len(pids),
+                pids=sorted(pids),
                 seconds=round(time.monotonic() - t0, 3),
             )
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
         ctx = multiprocessing.get_context(_start_method())
         return concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.pool, mp_context=ctx, initializer=_child_init
+            max_workers=self.pool, mp_context=ctx, initializer=_child_init, initargs=(os.getpid(),)
         )
 
     def close(self, timeout: float = 5.0) -> None:
