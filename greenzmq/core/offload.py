@@ -15,18 +15,23 @@ handler where it does not hold the hub:
   go out late by milliseconds, not seconds. C code that releases the GIL
   (hashlib on large buffers, zlib, numpy, blocking I/O) runs in parallel.
 * ``"process"``: in a :class:`concurrent.futures.ProcessPoolExecutor` of
-  ``pool`` processes started with ``forkserver`` (``spawn`` where there is no
-  forkserver), never by forking this process: no zmq context, socket or
-  gevent hub crosses a fork (rule 7). CPU-bound Python runs in parallel. The
-  handler and its arguments are pickled: it must be a module-level function
-  (or a picklable callable such as a ``functools.partial`` of one), its
-  module is imported in each pool process, and a script must guard its entry
-  with ``if __name__ == "__main__":`` (as with :mod:`multiprocessing`). The
-  pool processes ignore SIGINT and SIGTERM: their owner decides when they
-  end, so a Ctrl-C or a process-group SIGTERM lets the request in hand
-  finish. A pool process that dies (a crash, SIGKILL) fails the request it
-  held with :class:`~concurrent.futures.process.BrokenProcessPool`; the
-  pool is rebuilt for the next request.
+  ``pool`` processes started with ``spawn`` (a fresh interpreter), never by
+  forking this process: no zmq context, socket or gevent hub crosses a fork
+  (rule 7). Not ``forkserver``: its server process dies of a SIGTERM sent to
+  the whole process group, and the pool counts that as the death of every
+  process it forked (BrokenProcessPool) while their requests still run.
+  CPU-bound Python runs in parallel. The handler and its arguments are
+  pickled: it must be a module-level function (or a picklable callable such
+  as a ``functools.partial`` of one), its module is imported in each pool
+  process, and a script must guard its entry with
+  ``if __name__ == "__main__":`` (as with :mod:`multiprocessing`). The pool
+  processes ignore SIGINT and SIGTERM: their owner decides when they end (a
+  SIGTERM to the whole process group lets the request in hand finish;
+  :meth:`Offload.close` kills a process still working), and they exit by
+  themselves when the owner dies without closing the pool. A pool process
+  that dies (a crash, SIGKILL) fails the request it held with
+  :class:`~concurrent.futures.process.BrokenProcessPool`; the pool is
+  rebuilt for the next request.
 
 Either way the calling greenlet waits green and gets the handler's reply, or
 its exception, back. The pools are made by :meth:`Offload.start`, in the
@@ -91,7 +96,7 @@ def _call_caught(handler: FrameHandler, body: list[bytes]) -> tuple[bool, Any]:
 
 def _child_init(owner: int) -> None:
     # the pool's owner ends its processes (shutdown, or SIGKILL when it must): a
-    # Ctrl-C or a SIGTERM to the whole process group lets the request in hand finish
+    # SIGTERM (or Ctrl-C) to the whole process group lets the owner decide
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_owner, args=(owner,), name="owner-watch", daemon=True).start()
@@ -99,8 +104,8 @@ def _child_init(owner: int) -> None:
 
 def _watch_owner(owner: int) -> None:
     # A pool process never sees EOF when its owner dies without a shutdown (SIGKILL,
-    # os._exit): it holds a write end of its own task pipe, and its parent is the
-    # forkserver. Left alone it would live on, and keep the forkserver alive too.
+    # os._exit): it holds a write end of its own task pipe. Left alone it would
+    # live on, an orphan waiting for work that never comes.
     while True:
         time.sleep(OWNER_CHECK)
         try:
@@ -122,8 +127,8 @@ def _name(handler: Any) -> str:
     return f"{mod}:{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
-def _start_method() -> str:
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+START_METHOD = "spawn"
+"""How pool processes start (see the module docstring: not fork, not forkserver)."""
 
 
 class Offload:
@@ -195,13 +200,13 @@ class Offload:
             self.log.info(
                 "offload.started",
                 pool=self.pool,
-                start_method=_start_method(),
+                start_method=START_METHOD,
                 pids=sorted(pids),
                 seconds=round(time.monotonic() - t0, 3),
             )
 
     def _new_executor(self) -> concurrent.futures.ProcessPoolExecutor:
-        ctx = multiprocessing.get_context(_start_method())
+        ctx = multiprocessing.get_context(START_METHOD)
         return concurrent.futures.ProcessPoolExecutor(
             max_workers=self.pool, mp_context=ctx, initializer=_child_init, initargs=(os.getpid(),)
         )
