@@ -230,6 +230,31 @@ class TestOffThehub:
             q.close()
 
 
+class TestInlinePool:
+    @pytest.mark.deadline(30)
+    def test_inline_pool_of_two_waits_green_side_by_side(self, ctx: Any) -> None:
+        """``offload=None, pool=2``: two handlers that wait green run at the same time."""
+        q = FakeQueue(ctx)
+        app = PPPWorkerService(
+            lambda body: gevent.sleep(0.5) or [body[0]], endpoint=q.endpoint, heartbeat=HB, pool=2
+        )
+        g = serve(app)
+        try:
+            a, b = q.ready(2)
+            t0 = time.monotonic()
+            q.request(a, b"1", b"c1")
+            q.request(b, b"2", b"c2")
+            assert sorted(r[-1] for r in q.replies(2)) == [b"1", b"2"]
+            assert time.monotonic() - t0 < 0.9  # one after the other: 1.0 s at least
+            app.stop()
+            q.until_left(2)
+            assert g.get(timeout=10) == 0
+        finally:
+            app.stop()
+            g.join(10)
+            q.close()
+
+
 class TestTutorialWorkers:
     @pytest.mark.deadline(30)
     def test_ppworker_squares_in_a_process_pool(self, ctx: Any) -> None:
