@@ -7,7 +7,8 @@ Plus the kill switch.
 (``secret_key``/``allowed_keys``, see :func:`greenzmq.core.auth.secure`) likewise.
 
 ``services.majordomo:worker(service="square", version="0.1")`` is a worker
-that squares integers (broker DEALER connect tcp://127.0.0.1:5555).
+that squares integers (broker DEALER connect tcp://127.0.0.1:5555);
+``offload="process", pool=2`` squares in two processes.
 """
 
 from __future__ import annotations
@@ -47,8 +48,14 @@ def worker(
     heartbeat: float = 2.5,
     reconnect: float = 1.0,
     reconnect_max: float = 32.0,
+    offload: str | None = None,
+    pool: int = 1,
 ) -> MDPWorkerService:
-    """Factory: a squaring worker, ``services.majordomo:worker(version="0.1")``."""
+    """Factory: a squaring worker, ``services.majordomo:worker(version="0.1")``.
+
+    ``offload="thread"`` or ``"process"`` (and ``pool=N``) as in
+    :class:`~greenzmq.patterns.mdp.MDPWorkerService`.
+    """
     return MDPWorkerService(
         service,
         answer,
@@ -57,6 +64,8 @@ def worker(
         reconnect=reconnect,
         reconnect_max=reconnect_max,
         name=f"mdpworker-{service}",
+        offload=offload,
+        pool=pool,
     )
 
 

@@ -3,7 +3,8 @@
 Replies ``j**2`` to an integer ``j``; to any other body it replies an error
 message and keeps serving. ``app`` waits on a GreenPoller; ``tasks_app`` gives
 the REP socket its own greenlet. Either way a request being answered when the
-stop comes is answered before the worker exits.
+stop comes is answered before the worker exits. ``services.worker:app(offload="thread")``
+(or ``"process"``) computes the answer off the hub (:mod:`greenzmq.core.offload`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import gevent
 
 from greenzmq import PollerListener, Service, SocketSpec, kill_spec
+from greenzmq.core.offload import Offload
 from greenzmq.core.tracing import SocketTracer
 
 from ._common import BACKEND, KILL, socket_tracer
@@ -41,9 +43,11 @@ class Worker(Service):
 
     specs = (SocketSpec("backend", "REP", connect=(BACKEND,)), kill_spec(KILL))
 
-    def __init__(self, mode: str = "poller") -> None:
+    def __init__(self, mode: str = "poller", offload: str | None = None) -> None:
         super().__init__(name="worker" if mode == "poller" else "worker-tasks")
         self.mode = mode
+        # REP answers one request at a time: one thread or process is enough
+        self.offload = Offload(answer, offload, 1)
         self.answered = 0
         self.mux: PollerListener | None = None
         self._idle = True
@@ -53,6 +57,7 @@ class Worker(Service):
     def setup(self) -> None:
         """The hop tracer (made once, not per request); poller mode: a listener over REP."""
         self._st = socket_tracer(self, "backend", "REP")
+        self.offload.start()  # here, in the serving process (after any fork)
         if self.mode == "poller":
             self.mux = PollerListener([self.socks["backend"]])
             self.stats.watch_mux(self.mux)  # read when a snapshot is taken: free otherwise
@@ -68,7 +73,7 @@ class Worker(Service):
         sock = self.socks["backend"]
         st = self._st
         key = st.hop("recv", frames) if st is not None else None
-        reply = answer(frames)
+        reply = self.offload(frames)
         sock.send_multipart(reply)
         if key is not None and st is not None:
             st.hop("send", reply, reply_to=key)
@@ -85,12 +90,15 @@ class Worker(Service):
 
     def run(self) -> None:
         """Answer requests until stopped."""
-        if self.mux is not None:
-            for _, frames in self.mux:
-                self._reply(frames)
-        else:
-            self._loop = self.spawn(self._serve_backend, name="backend")
-            self._loop.join()
+        try:
+            if self.mux is not None:
+                for _, frames in self.mux:
+                    self._reply(frames)
+            else:
+                self._loop = self.spawn(self._serve_backend, name="backend")
+                self._loop.join()
+        finally:
+            self.offload.close()
         self.log.info("worker.done", answered=self.answered)
 
 

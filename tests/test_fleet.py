@@ -17,7 +17,7 @@ from greenzmq.core.sockets import apply_endpoints
 from greenzmq.errors import ConfigError, RequestTimeout
 from greenzmq.patterns.lazypirate import LazyPirate
 from greenzmq.patterns.mdp import C_CLIENT02, FINAL02, MDPClient
-from greenzmq.patterns.ppp import PPPWorker
+from greenzmq.patterns.ppp import PPPWorker, PPPWorkerService
 
 from .helpers import ServiceProcess, green_wait_for
 
@@ -193,3 +193,58 @@ class TestWorkerOnTwoQueues:
             for s in (*qs, w.sock):
                 if s is not None:
                     s.close(linger=0)
+
+    @pytest.mark.deadline(60)
+    def test_a_pool_of_workers_on_two_queues(self, ctx: Any, endpoint: Any) -> None:
+        """``pool=2`` with two brokers: each of the two workers registers with each queue,
+        and both workers of one queue serve it at once (offload in threads)."""
+        be1, be2 = endpoint(), endpoint()
+        qs = [
+            ctx.build(SocketSpec(f"q{i}", "ROUTER", bind=(be,))) for i, be in enumerate((be1, be2))
+        ]
+        app = PPPWorkerService(
+            slow_echo, endpoint=[be1, be2], heartbeat=HB, offload="thread", pool=2
+        )
+        g = gevent.spawn(app.serve, {"kill": endpoint()}, install_signals=False)
+        try:
+            ids: list[set[bytes]] = []
+            for q in qs:
+                seen: set[bytes] = set()
+                with gevent.Timeout(10):
+                    while len(seen) < 2:
+                        wid, *rest = q.recv_multipart()
+                        if rest == [b"\x01"]:  # READY
+                            seen.add(wid)
+                ids.append(seen)
+            for wid in ids[0]:
+                qs[0].send_multipart([wid, b"client", b"", wid])
+            RAN.clear()
+            replies: set[bytes] = set()
+            with gevent.Timeout(10):
+                while len(replies) < 2:
+                    m = qs[0].recv_multipart()
+                    if len(m) > 2:
+                        assert m[1:3] == [b"client", b""]
+                        replies.add(m[3])
+            assert replies == {b"slow:" + w for w in ids[0]}
+            (s1, e1), (s2, e2) = RAN
+            assert max(s1, s2) < min(e1, e2), RAN  # side by side in two threads
+        finally:
+            app.stop()
+            assert g.get(timeout=10) == 0
+            for q in qs:
+                q.close(linger=0)
+        assert all(s.closed for s in app.socks.values())
+        for w in app.workers:
+            assert all(k.sock is None or k.sock.closed for k in w.links)
+
+
+RAN: list[tuple[float, float]] = []  # slow_echo's runs: (start, end)
+
+
+def slow_echo(body: list[bytes]) -> list[bytes]:
+    """Blocks its thread for 0.5 s (offload="thread"), then echoes."""
+    start = time.monotonic()
+    time.sleep(0.5)
+    RAN.append((start, time.monotonic()))
+    return [b"slow:" + body[0]]

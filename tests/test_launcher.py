@@ -313,6 +313,7 @@ class TestLiveness:
             assert 2 - 1 <= to["timestamp"] - acc["timestamp"] <= 2 + 1
             hub = p.wait_event("worker.hub_blocked", 1, pid=blocked)
             assert "time.sleep" in hub["stack"] or "_handle" in hub["stack"]
+            assert "offload='thread'" in hub["fix"]  # the log names the fix
             abort = p.wait_event("worker.abort", 3, pid=blocked)
             assert "_handle" in abort["stack"]
             wait_for(lambda: not alive(blocked), 3, "the blocked worker gone")

@@ -113,7 +113,14 @@ class TestKillSwitch:
 
 
 class TestWorker:
-    @pytest.mark.parametrize("spec", ["services.worker:app", "services.worker:tasks_app"])
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            "services.worker:app",
+            "services.worker:tasks_app",
+            "services.worker:app(offload='process')",
+        ],
+    )
     def test_survives_non_integer(
         self,
         spec: str,

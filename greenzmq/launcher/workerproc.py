@@ -55,6 +55,13 @@ if TYPE_CHECKING:
 
 __all__ = ["WorkerInfo", "WorkerProcess", "is_config_error", "main"]
 
+# what worker.hub_blocked advises: the usual culprit is a handler that computes or blocks
+# (greenzmq.core.offload runs it off the hub)
+BLOCKED_FIX = (
+    "nothing else runs while one greenlet computes or blocks (heartbeats, signals, other "
+    "requests): run such a handler with offload='thread' (or 'process' for parallel CPU work)"
+)
+
 # a stop for one of these is the master's (or the operator's): no "exit" line
 _STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGQUIT")
 
@@ -223,6 +230,7 @@ class WorkerProcess:
                     threshold=threshold,
                     greenlet=repr(event.greenlet),
                     stack="\n".join(str(x) for x in event.info),
+                    fix=BLOCKED_FIX,
                 )
 
         gevent.events.subscribers.append(on_event)

@@ -6,13 +6,16 @@ one on a fresh socket when its broker goes silent (the others keep serving),
 sends each reply back through the broker that sent the request, and runs the
 handler in its own greenlet; a protocol subclass says what the frames are
 (:class:`~greenzmq.patterns.ppp.PPPWorker`, :class:`~greenzmq.patterns.mdp.MDPWorker`).
-:class:`HeartbeatWorkerService` serves one as a :class:`~greenzmq.core.service.Service`.
+:class:`HeartbeatWorkerService` serves ``pool`` of them as a
+:class:`~greenzmq.core.service.Service`, their handler calls run inline, in
+threads or in processes (``offload``, :mod:`greenzmq.core.offload`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -22,6 +25,7 @@ import gevent.pool
 import zmq
 
 from ..core.endpoints import EndpointMap, Endpoints, endpoint_list
+from ..core.offload import Offload
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, apply_endpoints
@@ -198,7 +202,13 @@ class HeartbeatWorker:
         try:
             reply = [bytes(f) for f in self.handler(body)]
         except Exception as e:
-            self.log.error("worker.handler_failed", error=repr(e))
+            # the protocol's error reply; the worker keeps serving
+            self.log.error(
+                "worker.handler_failed",
+                error=repr(e),
+                # a pool process's traceback comes along as the __cause__
+                traceback="".join(traceback.format_exception(e)),
+            )
             reply = [b"error: " + type(e).__name__.encode()]
         self._done.append((envelope, reply, key))
         self.poller.wake()
@@ -348,12 +358,21 @@ class HeartbeatWorker:
 
 
 class HeartbeatWorkerService(Service):
-    """A service around one :class:`HeartbeatWorker`: its DEALER socket(s) and ``kill``.
+    """A service around ``pool`` heartbeat workers: their DEALER sockets and ``kill``.
 
     A protocol's service names its ``worker_class`` and its defaults
     (``default_endpoint``, ``default_socket``); ``endpoint`` (one address or
     a list: one per broker) and ``socket`` override them, and so does
-    ``--endpoint NAME=ADDR`` given once per broker.
+    ``--endpoint NAME=ADDR`` given once per broker. Each worker registers
+    with every broker.
+
+    ``offload`` says where the handler runs (:class:`~greenzmq.core.offload.Offload`):
+    ``None`` in the worker's greenlet (handlers that wait green), ``"thread"``
+    in a thread pool (blocking calls, CPU work: the hub keeps heartbeating),
+    ``"process"`` in a process pool (CPU-bound Python in parallel). ``pool``
+    requests are handled at once: that many protocol workers (sockets and
+    heartbeats each; a queue sees ``pool`` workers) share ``pool`` threads
+    or processes.
     """
 
     worker_class: type[HeartbeatWorker]
@@ -372,6 +391,8 @@ class HeartbeatWorkerService(Service):
         options: Mapping[int, Any] | None = None,
         name: str | None = None,
         socket: str | None = None,
+        offload: str | None = None,
+        pool: int = 1,
     ) -> None:
         endpoints = endpoint_list(endpoint or self.default_endpoint)
         socket = socket or self.default_socket
@@ -384,6 +405,9 @@ class HeartbeatWorkerService(Service):
         )
         self.socket_name = socket
         self.handler = handler
+        # an inline handler that holds the hub past one heartbeat interval is logged
+        self.offload = Offload(handler, offload, pool, warn_after=heartbeat)
+        self.pool = pool
         self.worker_args: dict[str, Any] = {
             "heartbeat": heartbeat,
             "liveness": liveness,
@@ -391,6 +415,7 @@ class HeartbeatWorkerService(Service):
             "reconnect_max": reconnect_max,
         }
         self.worker: HeartbeatWorker | None = None
+        self.workers: list[HeartbeatWorker] = []
         self._resolved: dict[str, SocketSpec] = {}
 
     def open(self, endpoints: EndpointMap | None = None) -> None:
@@ -404,16 +429,24 @@ class HeartbeatWorkerService(Service):
         first = self._resolved[self.socket_name]
         super().open({**(endpoints or {}), self.socket_name: first.endpoints[:1]})
 
-    def make_worker(self, **extra: Any) -> HeartbeatWorker:
-        """The worker object; ``extra`` goes to the worker class (MDP: service, version)."""
+    def make_worker(self, slot: int = 0, **extra: Any) -> HeartbeatWorker:
+        """The worker object for ``slot`` (0: the service's socket; others make their own).
+
+        ``extra`` goes to the worker class (MDP: service, version).
+        """
         assert self.ctx is not None
         name = self.socket_name
+        key = name if slot == 0 else f"{name}.{slot}"
+
+        def on_socket(sock: Socket) -> None:
+            self.socks[key] = sock  # close() closes the current socket
+
         return self.worker_class(
             self.ctx,
             self._resolved[name],
-            self.handler,
-            sock=self.socks[name],
-            on_socket=self._on_socket,
+            self.offload,
+            sock=self.socks[name] if slot == 0 else None,
+            on_socket=on_socket,
             on_answer=self.request_done,
             counters=self.stats.socket(name),
             tracer=self.tracer,
@@ -421,17 +454,25 @@ class HeartbeatWorkerService(Service):
             **extra,
         )
 
-    def _on_socket(self, sock: Socket) -> None:
-        self.socks[self.socket_name] = sock  # close() closes the current socket
-
     def on_stop(self) -> None:
-        """Let the worker finish its request and leave."""
-        if self.worker is not None:
-            self.worker.stop()
+        """Let the workers finish their requests and leave."""
+        for w in self.workers:
+            w.stop()
 
     def run(self) -> None:
-        """Serve until stopped."""
-        self.worker = self.make_worker()
-        if self.stopping.is_set():
-            self.worker.stop()
-        self.worker.run()
+        """Start the offload pool, serve until stopped, end the pool."""
+        self.offload.start()
+        try:
+            self.workers = [self.make_worker(slot) for slot in range(self.pool)]
+            self.worker = self.workers[0]
+            if self.stopping.is_set():
+                self.on_stop()
+            others = [
+                self.spawn(w.run, name=f"worker-{slot}")
+                for slot, w in enumerate(self.workers)
+                if slot
+            ]
+            self.worker.run()
+            gevent.joinall(others)
+        finally:
+            self.offload.close()

@@ -498,7 +498,8 @@ class MDPWorker(HeartbeatWorker):
 class MDPWorkerService(HeartbeatWorkerService):
     """A service around one :class:`MDPWorker`: sockets ``broker`` (DEALER) and ``kill``.
 
-    ``app = MDPWorkerService("echo", lambda body: body)`` is a complete worker.
+    ``app = MDPWorkerService("echo", lambda body: body)`` is a complete worker;
+    ``offload`` and ``pool`` as in :class:`~greenzmq.patterns._worker.HeartbeatWorkerService`.
     """
 
     name = "mdpworker"
@@ -517,6 +518,8 @@ class MDPWorkerService(HeartbeatWorkerService):
         reconnect_max: float = 32.0,
         options: Mapping[int, Any] | None = None,
         name: str | None = None,
+        offload: str | None = None,
+        pool: int = 1,
     ) -> None:
         super().__init__(
             handler,
@@ -528,9 +531,11 @@ class MDPWorkerService(HeartbeatWorkerService):
             options=options,
             name=name,
             socket="broker",
+            offload=offload,
+            pool=pool,
         )
         self.mdp_service = service
         self.version = _version(version)
 
-    def make_worker(self, **extra: Any) -> HeartbeatWorker:
-        return super().make_worker(service=self.mdp_service, version=self.version, **extra)
+    def make_worker(self, slot: int = 0, **extra: Any) -> HeartbeatWorker:
+        return super().make_worker(slot, service=self.mdp_service, version=self.version, **extra)

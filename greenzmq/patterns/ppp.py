@@ -39,7 +39,11 @@ Writing a worker takes a handler from request frames to reply frames::
     app = PPPWorkerService(lambda body: [body[0].upper()], endpoint="tcp://127.0.0.1:5556")
 
 The handler runs in its own greenlet while the socket's owner keeps
-heartbeating, so a slow handler is not mistaken for a dead worker.
+heartbeating, so a handler that waits green is not mistaken for a dead
+worker. One that computes (or blocks) for longer than a heartbeat interval
+stops the hub, heartbeats included: give it ``offload="thread"`` (or
+``"process"``, with ``pool=N``, for CPU-bound work in parallel), see
+:mod:`greenzmq.core.offload`.
 """
 
 from __future__ import annotations
@@ -113,7 +117,8 @@ class PPPWorkerService(HeartbeatWorkerService):
     """A service around one :class:`PPPWorker`: sockets ``backend`` (DEALER) and ``kill``.
 
     ``PPPWorkerService(handler, endpoint=..., heartbeat=..., liveness=...,
-    reconnect=..., reconnect_max=..., options=..., name=..., socket=...)``.
+    reconnect=..., reconnect_max=..., options=..., name=..., socket=...,
+    offload=None | "thread" | "process", pool=1)``.
     """
 
     name = "ppworker"
