@@ -44,8 +44,9 @@ setup(
             "six",
             "setproctitle>=1.3",
             "wheel",
-            # greenzmq trace --plot and bench --plot are tested, not skipped
-            "matplotlib>=3.5",
+            # matplotlib (the plot extra) is not here: it is half of a test
+            # environment's install time; tox's py311 adds it (extras = test, plot)
+            # and tests the plots there, the others test the one-line refusal
         ],
         "title": ["setproctitle>=1.3"],
         # greenzmq bench --plot PNG, greenzmq trace --plot PNG

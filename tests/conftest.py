@@ -36,7 +36,10 @@ def _deadline(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "deadline(seconds): per-test deadline")
-    config.addinivalue_line("markers", "slow: whole-system scenario (many processes)")
+    config.addinivalue_line(
+        "markers",
+        "slow: a scenario of seconds (processes, idle windows); tox runs it on py311 only",
+    )
 
 
 # Whole-system scenarios: many processes, seconds each. tox runs them on one

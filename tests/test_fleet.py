@@ -118,6 +118,7 @@ class TestClientFailover:
 
 
 class TestWorkerOnTwoQueues:
+    @pytest.mark.slow
     @pytest.mark.deadline(60)
     def test_one_queue_lost_and_back(self, service: Any, endpoint: Any, ctx: Any) -> None:
         """A worker on two queues serves both; SIGKILL one: the other link is untouched."""

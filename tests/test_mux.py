@@ -404,6 +404,7 @@ def _side_traffic(ctx: Any, endpoint: Callable[[], str]) -> tuple[list[Any], lis
     return [pull, sub], [push, pub]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["readers", "poller"])
 class TestReadAndReply:
     @pytest.mark.deadline(90)

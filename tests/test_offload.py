@@ -187,6 +187,7 @@ class TestOffThehub:
             g.join(10)
             q.close()
 
+    @pytest.mark.slow
     @pytest.mark.deadline(40)
     def test_process_pool_of_two_runs_two_requests_in_half_the_time(
         self, ctx: Any, tmp_path: Path

@@ -69,6 +69,7 @@ def test_unclean_exit(greenzmq_service):
 """
 
 
+@pytest.mark.slow
 class TestAsAUser:
     @pytest.mark.deadline(120)
     def test_installed_plugin_in_a_user_project(self, pytester: pytest.Pytester) -> None:

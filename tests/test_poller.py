@@ -267,6 +267,7 @@ def idle_poll(p: GreenPoller, timeout: float, seconds: float) -> tuple[int, floa
     return polls, time.process_time() - cpu0
 
 
+@pytest.mark.slow
 class TestIdle:
     """An idle poll parks: it wakes only for its fallback timer or its timeout."""
 

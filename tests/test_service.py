@@ -45,6 +45,7 @@ def endpoint_args(names: Any, endpoints: dict[str, str]) -> list[str]:
 
 class TestSignals:
     @pytest.mark.deadline(60)
+    @pytest.mark.slow
     def test_sigterm_exits_zero(
         self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
     ) -> None:
@@ -80,6 +81,7 @@ class TestSignals:
 
 
 class TestKillSwitch:
+    @pytest.mark.slow
     @pytest.mark.deadline(60)
     def test_stops_broker_workers_listeners_within_1s(
         self, service: Callable[..., ServiceProcess], endpoint: Callable[[], str]
@@ -547,6 +549,7 @@ class EchoN(Service):
             sock.send(sock.recv())
 
 
+@pytest.mark.slow
 class TestRepliesOutliveTheService:
     @pytest.mark.deadline(60)
     def test_replies_reach_a_peer_that_reads_late(

@@ -77,6 +77,7 @@ def _stop(*procs: ServiceProcess) -> None:
         assert p.wait(10) == 0, p.output()
 
 
+@pytest.mark.slow
 class TestAcrossProcesses:
     @pytest.mark.deadline(60)
     def test_requests_and_replies_join_by_key(
@@ -149,6 +150,7 @@ class TestAcrossProcesses:
         assert 0 < len(b_keys) < n, "sampling at 0.5 kept all or nothing"
 
 
+@pytest.mark.slow
 class TestCaseOneHops:
     @pytest.mark.deadline(60)
     def test_tasks_and_updates_join_by_key(
