@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -13,6 +12,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from greenzmq.tools.demo import read_events
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,21 +62,6 @@ def green_wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         gevent.sleep(delay)
         delay = min(delay * 2, 0.05)
-
-
-def read_events(path: Path) -> list[dict[str, Any]]:
-    """Every complete JSON line of a log file (a half-written last line is skipped)."""
-    out = []
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    for line in data.splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 class ServiceProcess:

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from .demo import read_events
+
 __all__ = ["HOSTS", "Fleet", "Net", "Proc", "kill_scenario", "unavailable"]
 
 HOSTS = {"a1": 1, "a2": 2, "b": 3, "c": 4}
@@ -179,19 +181,7 @@ class Proc:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The logged events called ``name``."""
-        found = []
-        try:
-            lines = self.log.read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
-        for line in lines:
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue  # a line still being written
-            if e.get("event") == name:
-                found.append(e)
-        return found
+        return [e for e in read_events(self.log) if e.get("event") == name]
 
     def output(self) -> str:
         """What it printed outside its log."""

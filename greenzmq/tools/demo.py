@@ -50,6 +50,21 @@ UPDATES = 5
 CLIENTS = (1, 2, 3)
 
 
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every complete JSON line of a process's log (a line still being written is skipped)."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 class DemoFailed(Exception):
     """Something was lost, wrong, or too slow."""
 
@@ -93,19 +108,7 @@ class Proc:
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The logged events called ``name``."""
-        found = []
-        try:
-            lines = self.log.read_bytes().splitlines()
-        except FileNotFoundError:
-            return []
-        for line in lines:
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue  # a line still being written
-            if e.get("event") == name:
-                found.append(e)
-        return found
+        return [e for e in read_events(self.log) if e.get("event") == name]
 
     def last(self, name: str) -> dict[str, Any] | None:
         """The last event called ``name``, if any."""
