@@ -33,6 +33,7 @@ import structlog
 __all__ = [
     "SocketTracer",
     "Tracer",
+    "body_key",
     "configure_logging",
     "get_logger",
     "message_key",
@@ -221,6 +222,23 @@ def message_key(frames: Sequence[bytes], *, routed: bool = False) -> str:
         return hashlib.blake2b(frames[start], digest_size=8).hexdigest()
     h = hashlib.blake2b(digest_size=8)
     for f in frames[start:]:
+        h.update(f)
+    return h.hexdigest()
+
+
+def body_key(body: Sequence[bytes]) -> str:
+    """The hop key of a message whose body (application frames, no envelope) is ``body``.
+
+    The same digest as :func:`message_key` of the whole message, for protocols
+    whose frames before the body are not one envelope (Majordomo: a header, a
+    command, a service name): each hop passes the body it parsed, so a request
+    has one key at the client, the broker and the worker. Every frame counts,
+    empty ones too.
+    """
+    if len(body) == 1:
+        return hashlib.blake2b(body[0], digest_size=8).hexdigest()
+    h = hashlib.blake2b(digest_size=8)
+    for f in body:
         h.update(f)
     return h.hexdigest()
 
