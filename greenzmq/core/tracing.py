@@ -18,6 +18,7 @@ the sample rate.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "body_key",
     "configure_logging",
     "get_logger",
+    "logging_configured",
     "message_key",
     "reopen_log_files",
 ]
@@ -84,6 +86,19 @@ class _ReopenableFile:
 
 _files: list[_ReopenableFile] = []
 _state: dict[str, Any] = {"level": logging.INFO, "sample": 1.0, "service": "greenzmq"}
+
+
+def _flush_log_files() -> None:
+    """Flush every log file at exit.
+
+    Hops are flushed on the next turn of the gevent loop, which a short
+    program (a client's script) may end before.
+    """
+    for f in _files:
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def reopen_log_files() -> None:
@@ -174,6 +189,8 @@ def configure_logging(
         out_file: Any
         if log_file:
             out_file = _ReopenableFile(log_file)
+            if not _files:
+                atexit.register(_flush_log_files)
             _files.append(out_file)
         else:
             out_file = (stream or sys.stderr).buffer  # type: ignore[union-attr]
@@ -192,6 +209,16 @@ def configure_logging(
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+def logging_configured() -> bool:
+    """Whether :func:`configure_logging` ran in this process.
+
+    A library object that traces on its own (a client) traces only then: in a
+    program that set up no logging, structlog's default would print every
+    hop to stdout.
+    """
+    return "processors" in _state
 
 
 def get_logger(**bound: Any) -> Any:

@@ -189,8 +189,12 @@ class PPPQueue(Service):
         if outcome == SENT:
             stats = self.stats
             stats.socket("backend").add_out(1, sum(map(len, msg)) if stats.detailed else 0)
-            if self._be_tr is not None and self._be_tr.on:
-                self._be_tr.hop("forward", job.body, dest=w.id.hex())
+            tr = self._be_tr
+            if tr is not None and tr.on:
+                # its own hop, apart from the frontend's recv: the time between
+                # them is the time the request waited for this worker (peer)
+                job.tries += 1
+                tr.hop("dispatch", msg, attempt=job.tries)
         return outcome
 
     def send_heartbeat(self, w: Worker) -> int:
@@ -258,6 +262,8 @@ class PPPQueue(Service):
             if isinstance(w, str):
                 self._drop("backend", m, w)  # forged, late or duplicate: never to the client
                 return
+            if be_tr.on:
+                be_tr.hop("recv", m)
             outcome = send(fe_raw, reply)
             if outcome == SENT:
                 self.counts["replies"] += 1
@@ -277,6 +283,8 @@ class PPPQueue(Service):
             if problem is not None:
                 self._drop("frontend", m, problem)
                 return
+            if fe_tr.on:
+                fe_tr.hop("recv", m)
             self.counts["requests"] += 1
             reason = eng.submit(pool, Job(m[0], b"", m))
             if reason is not None:
