@@ -204,23 +204,35 @@ class TestInProcess:
         assert at[("ppqueue", "recv")] - at[("test", "send")] >= 0.3
 
 
-CLIENT = """
+README = (ROOT / "README.md").read_text()
+README_CLIENT = re.compile(r"<!-- test_pattern_traces: the client.*?-->\n```python\n(.*?)```", re.S)
+README_TIMELINE = re.compile(r"<!-- test_pattern_traces: the hops.*?-->\n```text\n(.*?)```", re.S)
+
+MDP_CLIENT = """
 import sys
 from greenzmq.core.tracing import configure_logging
-from greenzmq.patterns.lazypirate import LazyPirate
 from greenzmq.patterns.mdp import MDPClient
 
-endpoint, log, kind = sys.argv[1:4]
-configure_logging("client", fmt="json", log_file=log)
-if kind == "ppp":
-    with LazyPirate(endpoint) as client:
-        for i in range(6, 11):
-            assert client.request(str(i).encode()) == [str(i * i).encode()]
-else:
-    with MDPClient(endpoint) as client:
-        for i in range(6, 11):
-            assert client.request("square", str(i).encode()) == [str(i * i).encode()]
+configure_logging("client", fmt="json", log_file=sys.argv[2])
+with MDPClient(sys.argv[1]) as client:
+    for i in range(6, 11):
+        assert client.request("square", str(i).encode()) == [str(i * i).encode()]
 """
+
+
+def client_code(kind: str, endpoint: str, log: Path) -> str:
+    """The README's Lazy Pirate client (its endpoint and log replaced), or a Majordomo one."""
+    if kind == "mdp":
+        code = MDP_CLIENT.replace("sys.argv[1]", repr(endpoint))
+        return code.replace("sys.argv[2]", repr(str(log)))
+    m = README_CLIENT.search(README)
+    assert m is not None, "README: the Lazy Pirate client of the Tracing section is missing"
+    code = m.group(1)
+    assert '"tcp://127.0.0.1:5555"' in code and '"client.log"' in code
+    return code.replace('"tcp://127.0.0.1:5555"', repr(endpoint)).replace(
+        '"client.log"', repr(str(log))
+    )
+
 
 TIMELINE_ROW = re.compile(r"\(\+[\d.]+\)\s+(\S+?)\[\d+\] (\S+) (\S+) (\S+) key=")
 
@@ -235,7 +247,7 @@ def trace(*args: str) -> str:
 def run_client(tmp_path: Path, endpoint: str, kind: str) -> str:
     log = tmp_path / f"{kind}-client.log"
     subprocess.run(
-        [sys.executable, "-c", CLIENT, endpoint, str(log), kind],
+        [sys.executable, "-c", client_code(kind, endpoint, log)],
         cwd=tmp_path, check=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     return str(log)
@@ -243,9 +255,6 @@ def run_client(tmp_path: Path, endpoint: str, kind: str) -> str:
 
 def rows(timeline: str) -> list[tuple[str, ...]]:
     return [m.groups() for m in TIMELINE_ROW.finditer(timeline)]
-
-
-README_PPP_TRACE = re.compile(r"```text\n(message [0-9a-f]+ -> reply .*?=> arrived)\n```", re.S)
 
 
 class TestGreenzmqTrace:
@@ -269,6 +278,7 @@ class TestGreenzmqTrace:
         out = trace(*logs)
         assert "40 hops, 5 messages: 5 arrived, 0 stopped" in out, out
         one = trace(*logs, "--key", body_key([b"8"]))
+        print(out, one, sep="\n")  # pytest -s: what the README's Tracing section shows
         expected = [
             ("client", "lazypirate", "DEALER", "send"),
             ("ppqueue", "frontend", "ROUTER", "recv"),
@@ -282,9 +292,10 @@ class TestGreenzmqTrace:
         assert rows(one) == expected, one
         assert one.rstrip().endswith("=> arrived")
         # the README's Tracing section shows such a timeline: the same hops in the same order
-        readme = README_PPP_TRACE.search((ROOT / "README.md").read_text())
+        readme = README_TIMELINE.search(README)
         assert readme is not None, "README: no PPP trace timeline in the Tracing section"
         assert rows(readme.group(1)) == expected
+        assert readme.group(1).rstrip().endswith("=> arrived")
 
     @pytest.mark.slow
     @pytest.mark.deadline(90)

@@ -138,8 +138,9 @@ class RetryingClient:
         key = body_key(body) if tr.on else None
         for attempt in range(1, self.retries + 1):
             sock = self.sock if self.sock is not None else self._fresh()
-            sock.send_multipart(msg)
             if key is not None:
+                # logged before the send, unlike other hops: a green send may
+                # switch greenlets, and the request's path starts here
                 tr.hop(
                     "send" if attempt == 1 else "retry",
                     body,
@@ -147,6 +148,7 @@ class RetryingClient:
                     attempt=attempt,
                     endpoint=self.endpoint,
                 )
+            sock.send_multipart(msg)
             try:
                 reply = receive(sock)
                 if key is not None:
