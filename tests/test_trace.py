@@ -192,6 +192,17 @@ class TestReliablePatterns:
         lat = hop_latencies(paths)
         assert lat[("client/lazypirate send", "client/lazypirate retry")] == [pytest.approx(0.3)]
 
+    def test_relay_logs_after_the_requester(self, tmp_path: Path) -> None:
+        """The queue logs its forward after the client logged the reply's receipt: one path."""
+        evs = ppp_request(0.0)
+        forward, recv = evs[-2], evs[-1]
+        forward["timestamp"], recv["timestamp"] = recv["timestamp"], forward["timestamp"]
+        (p,) = build_paths(load_hops([write(tmp_path / "a.log", evs)])[0])
+        assert [h.where for h in p.hops][-2:] == [
+            "ppqueue/frontend forward", "client/lazypirate recv",
+        ]  # fmt: skip
+        assert stopped(p) is None
+
     def test_request_without_reply_has_stopped(self, tmp_path: Path) -> None:
         """A retrying client's request that a DEALER worker took and never answered."""
         evs = ppp_request(0.0)[:4]

@@ -175,6 +175,7 @@ class _Group:
     hops: list[Hop] = dataclasses.field(default_factory=list)
     tries: list[int] = dataclasses.field(default_factory=list)  # per hop: the try it is part of
     places: set[tuple[int, str, str]] = dataclasses.field(default_factory=set)
+    stations: set[tuple[int, str]] = dataclasses.field(default_factory=set)  # (pid, service)
     receivers: set[int] = dataclasses.field(default_factory=set)
     reply_to: str | None = None
     sent: bool = False  # a message has one origin: one send
@@ -190,9 +191,14 @@ class _Group:
             return False  # one service forwards (receives, ...) one message once
         if h.op == "send" and (self.sent or h.pid in self.receivers):
             return False  # a second origin, or sent again after receiving: a new message
-        # a reply's own late hop (its sender logs after the requester got it)
-        # still belongs to it; anything else after the reply arrived is new
-        return not self.done or (h.reply_to is not None and h.reply_to == self.reply_to)
+        # a reply's own late hop (its sender, or a relay it passed, logs after
+        # the requester got it) still belongs to it; anything else after the
+        # reply arrived is new
+        return (
+            not self.done
+            or (h.reply_to is not None and h.reply_to == self.reply_to)
+            or (h.pid, h.service) in self.stations
+        )
 
     def add(self, h: Hop) -> None:
         if _again(h) and self.hops:
@@ -203,6 +209,7 @@ class _Group:
         self.hops.append(h)
         self.tries.append(self.try_no)
         self.places.add((h.pid, h.service, h.op))
+        self.stations.add((h.pid, h.service))
         if h.reply_to is not None:
             self.reply_to = h.reply_to
         self.sent = self.sent or h.op in ("send", "retry")
