@@ -109,7 +109,7 @@ class TestInProcess:
         try:
             q = ppp(greenzmq_service)
             ppp_worker(greenzmq_service, q)
-            with LazyPirate([hole_ep, q.endpoints["frontend"]], timeout=0.3, retries=2) as c:
+            with LazyPirate([hole_ep, q.endpoints["frontend"]], timeout=1.0, retries=2) as c:
                 assert c.request(b"abc") == [b"ABC"]
         finally:
             hole.close(linger=0)
@@ -128,7 +128,7 @@ class TestInProcess:
     ) -> None:
         """A worker that takes the request and dies: the queue's dispatch to the next worker
         is on the same path, with attempt 2."""
-        q = ppp(greenzmq_service, heartbeat=0.2, liveness=2)
+        q = ppp(greenzmq_service, heartbeat=0.3, liveness=2)
         queue = q.service
 
         def takes_one_and_dies() -> list[bytes]:
@@ -148,7 +148,7 @@ class TestInProcess:
 
         fake = gevent.spawn(takes_one_and_dies)
         green_wait_for(lambda: queue.engine and len(queue.engine.workers) == 1, 10, "fake worker")
-        ppp_worker(greenzmq_service, q, heartbeat=0.2)
+        ppp_worker(greenzmq_service, q, heartbeat=0.3)
         green_wait_for(lambda: len(queue.engine.workers) == 2, 10, "real worker")
         with LazyPirate(q.endpoints["frontend"], timeout=5, retries=1) as c:
             assert c.request(b"abc") == [b"ABC"]

@@ -2,14 +2,18 @@
 
 Every hop is one event named ``hop``: ``recv`` from a socket, ``put`` into and
 ``take`` from a queue, ``send``, the broker's ``forward``, and ``drop`` (with
-``reason``). Fields: ``timestamp``, ``service``, ``pid``, ``socket``,
-``sock_type``, ``op``, ``frames``, ``bytes``, ``peer``, ``key`` and
-``reply_to`` where a reply is paired with its request.
+``reason``); the reliable patterns add a queue's ``dispatch`` to a worker and
+a client's ``retry``, both with ``attempt``. Fields: ``timestamp``,
+``service``, ``pid``, ``socket``, ``sock_type``, ``op``, ``frames``,
+``bytes``, ``peer``, ``key`` and ``reply_to`` where a reply is paired with
+its request.
 
 ``key`` is a digest of the body frames (the frames after the envelope), so the
 same message has the same key at every hop in every process without anything
-added to the wire. Sampling is decided from the key too, so a sampled message
-is sampled in every process it crosses.
+added to the wire. Protocols with frames of their own around the body
+(Majordomo) pass the key of the body they parsed (:func:`body_key`).
+Sampling is decided from the key too, so a sampled message is sampled in
+every process it crosses.
 
 Cost (rule 10): with ``trace_sample=0`` a hop site is one attribute test
 (``if tr.on``); ``hop()`` itself is never called. Drops are logged whatever

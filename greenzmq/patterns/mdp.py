@@ -46,6 +46,14 @@ client and served round-robin, so one flooding client cannot starve the
 others. Every malformed message is logged as a drop with its reason.
 Stopping, it refuses new requests (a logged drop, "broker stopping") and
 forwards the replies of busy workers for up to ``drain_timeout`` seconds.
+
+Hops (when tracing is on) are keyed over the body, not the protocol frames,
+so client, broker and worker log one request under one key: the broker logs
+a request's ``recv`` and its ``dispatch`` to a worker apart (the wait for a
+worker between them; ``attempt`` 2, 3, ... after a worker holding it was
+lost), the reply's ``recv`` and its ``forward`` to the client (the broker's
+own ``mmi.*`` answers: ``send``). Heartbeats, READYs and PARTIAL replies are
+not hops.
 """
 
 from __future__ import annotations

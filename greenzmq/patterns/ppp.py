@@ -27,6 +27,13 @@ be busy or dead. Here workers announce themselves instead:
 * Stopping (SIGTERM, kill switch), the queue reads no new requests but
   still hands out the ones it holds and forwards replies, for up to
   ``drain_timeout`` seconds.
+* Hops (when tracing is on): the queue logs a request's ``recv`` on the
+  frontend and its ``dispatch`` to a worker on the backend (``attempt`` 2, 3,
+  ... after the worker holding it was lost), the reply's ``recv`` on the
+  backend and its ``forward`` on the frontend; a request waiting for an idle
+  worker waits before the ``recv`` (backpressure). With the worker's and a
+  :class:`~greenzmq.patterns.lazypirate.LazyPirate` client's hops,
+  ``greenzmq trace`` joins one request into one path.
 * Leaving (SIGTERM, kill switch): the worker finishes the request it holds,
   sends ``DISCONNECT`` (``0x03``, a greenzmq extension to RFC 6), answers
   anything the queue had already sent it, and exits when the queue

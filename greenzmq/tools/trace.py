@@ -9,18 +9,24 @@ number of processes and joins them into one path per message:
   which the process that pairs them (a worker's send, a client's recv) logs.
 
 Messages with identical bodies share a key. When such messages follow one
-another they are told apart (a message has one send, its origin; a process
+another they are told apart (a message has one send, its origin; a service
 forwards or receives one message once; a process that received a body and
 sends it again sends a new message; a reply that reached its requester is
-done); identical bodies in flight at the same time cannot be told apart.
+done); identical bodies in flight at the same time cannot be told apart. A
+``retry`` (a client's next try) and a ``dispatch`` with ``attempt`` 2 or more
+(a queue's, after the worker holding the request was lost) send the same
+message again: its next try, on the same path.
 Hops are logged just after the socket operation, so a fast receiver may log
-before its sender: a path is ordered by op (send, forward, recv, put, take),
-then time, and the time at a hop is never negative.
+before its sender: within a try, the services a path passed are ordered by
+the earliest op each logged (send, forward/dispatch, recv, put, take), then
+by time, each service's own hops in time order; the time at a hop is never
+negative.
 
 The default report gives per-hop latency percentiles and counts (time from one
 hop of a path to the next), and lists the messages whose path stops: the last
-hop seen is a send, forward, put or drop, or a recv on a REP/ROUTER socket that
-got no reply. ``--key K`` prints the timeline of the message(s) with key K.
+hop seen is a send, retry, forward, dispatch, put or drop, a recv on a
+REP/ROUTER socket that got no reply, or a retrying client's request
+(LazyPirate, MDPClient) with no reply. ``--key K`` prints the timeline of the message(s) with key K.
 ``--slowest N`` lists the slowest paths with their slowest hop; ``--otlp``,
 ``--chrome`` and ``--plot`` write the paths as OpenTelemetry spans, a
 Chrome/Perfetto timeline and a latency plot (:mod:`greenzmq.tools.trace_formats`).
