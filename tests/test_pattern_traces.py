@@ -99,6 +99,28 @@ class TestInProcess:
         assert keys == {body_key([b"abc"]), body_key([b"ABC"])}
 
     @pytest.mark.deadline(60)
+    def test_mdp_request_dropped_by_the_broker_ends_its_path(
+        self, greenzmq_service: Any, greenzmq_hops: Any, ctx: Any
+    ) -> None:
+        """A request the broker refuses (its client's queue is full) ends its path with the drop,
+        under the body's key."""
+        b = greenzmq_service(MDPBroker(heartbeat=0.5, client_queue=1))
+        client = ctx.socket(zmq.DEALER)
+        try:
+            client.connect(b.endpoints["broker"])
+            # no worker: the first waits, the second is one too many
+            for body in (b"first", b"second"):
+                client.send_multipart([b"", b"MDPC02", b"\x02", b"none", body])
+            drop = greenzmq_hops.wait(op="drop", service="majordomo")
+        finally:
+            client.close(linger=0)
+        assert drop["key"] == body_key([b"second"]) and drop["reason"] == "client queue full"
+        assert greenzmq_hops.path([b"second"]) == [
+            ("majordomo", "broker", "recv"),
+            ("majordomo", "broker", "drop"),
+        ]
+
+    @pytest.mark.deadline(60)
     def test_failover_retry_is_a_hop_with_its_attempt(
         self, greenzmq_service: Any, greenzmq_hops: Any, zmq_endpoint: Any, ctx: Any
     ) -> None:

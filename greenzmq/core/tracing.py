@@ -434,14 +434,18 @@ class SocketTracer:
         writer.write(orjson.dumps(ev, default=str, option=orjson.OPT_APPEND_NEWLINE))
         return key
 
-    def drop(self, frames: Sequence[bytes], reason: str, **extra: Any) -> None:
+    def drop(
+        self, frames: Sequence[bytes], reason: str, *, key: str | None = None, **extra: Any
+    ) -> None:
         """Log a dropped message with its reason, whatever the sample rate.
 
-        Rate-limited per socket and reason (:class:`Tracer`): past the burst a
-        drop is counted into one ``drops_suppressed`` line instead.
+        ``key``: the message's hop key, if not the one of ``frames`` (a body
+        parsed out of protocol frames, :func:`body_key`). Rate-limited per
+        socket and reason (:class:`Tracer`): past the burst a drop is counted
+        into one ``drops_suppressed`` line instead.
         """
         if not self._parent.drop_allowed(self._name, reason):
             return
-        self._log.warning(
-            "hop", **self._fields("drop", frames, self.key(frames)), reason=reason, **extra
-        )
+        if key is None:
+            key = self.key(frames)
+        self._log.warning("hop", **self._fields("drop", frames, key), reason=reason, **extra)

@@ -184,11 +184,12 @@ class MDPBroker(Service):
             self._drop(msg, "peer full" if outcome == FULL else "unknown peer")
         return outcome
 
-    def _drop(self, frames: list[bytes], reason: str) -> None:
+    def _drop(self, frames: list[bytes], reason: str, body: list[bytes] | None = None) -> None:
+        """Count and log a drop; ``body``: a parsed request's (its key: on the request's path)."""
         assert self._tr is not None
         self.drops[reason] += 1
         self.stats.socket("broker").drop(reason)
-        self._tr.drop(frames, reason)
+        self._tr.drop(frames, reason, key=None if body is None else body_key(body))
 
     def _to_client(
         self, job: Job, body: list[bytes], partial: bool = False, op: str = "forward"
@@ -228,7 +229,8 @@ class MDPBroker(Service):
 
     def drop_job(self, job: Job, reason: str) -> None:
         """Log a queued request the engine dropped."""
-        self._drop([job.client, b"", _CLIENT_HEADER[job.version], job.service, *job.body], reason)
+        msg = [job.client, b"", _CLIENT_HEADER[job.version], job.service, *job.body]
+        self._drop(msg, reason, job.body)
 
     # -- workers ------------------------------------------------------------
     def _from_worker(self, m: list[bytes], version: int) -> None:
@@ -342,11 +344,11 @@ class MDPBroker(Service):
             return
         pool = eng.pool(service)
         if pool is None:
-            self._drop(m, "too many services")
+            self._drop(m, "too many services", body)
             return
         reason = eng.submit(pool, job)
         if reason is not None:
-            self._drop(m, reason)
+            self._drop(m, reason, body)
             eng.tidy(pool)
 
     def _handle(self, m: list[bytes]) -> None:
