@@ -286,9 +286,9 @@ class TestGreenzmqTrace:
     ) -> None:
         """Queue, worker and client as processes, `greenzmq trace` over their logs: every request
         arrived, each on one path through the three; the README shows this run's timeline."""
-        q = greenzmq_service("greenzmq.services.ppqueue:make(heartbeat=0.5)", process=True)
+        q = greenzmq_service("greenzmq.services.ppqueue:app", process=True)  # as in the README
         w = greenzmq_service(
-            "greenzmq.services.ppworker:app(heartbeat=0.5)",
+            "greenzmq.services.ppworker:app",
             {"backend": q.endpoints["backend"]},
             process=True,
         )
