@@ -23,12 +23,14 @@ class TestFixtures:
         greenzmq_service("services.worker:app", {"backend": broker.endpoints["backend"]})
         with LazyPirate(broker.endpoints["frontend"], timeout=5, retries=1) as c:
             assert c.request(b"7") == [b"49"]
-        greenzmq_hops.wait(op="send", service="worker")
+        greenzmq_hops.wait(op="recv", service="test")  # the client's (this process's) last hop
         assert greenzmq_hops.path([b"7"]) == [
+            ("test", "lazypirate", "send"),
             ("broker", "frontend", "forward"),
             ("worker", "backend", "recv"),
             ("worker", "backend", "send"),
             ("broker", "backend", "forward"),
+            ("test", "lazypirate", "recv"),
         ]
         assert zmq_endpoint("ipc").startswith("ipc:///")
 

@@ -142,6 +142,75 @@ class TestPaths:
         assert lat[("client/frontend send", "broker/frontend forward")] == [0.0] * 20
 
 
+def ppp_request(t: float, *, retry: bool = False, key: str = K, reply: str = R) -> list[Any]:
+    """A LazyPirate request through a PPP queue (pids: client 10, queue 20, worker 30),
+    logged the way processes race: the queue's recv before the client's send, the
+    worker's recv before the queue's dispatch. ``retry``: the first try went to a
+    broker that never answered."""
+    ms = 1e-3
+    c, q, w = ("client", 10, "lazypirate", "DEALER"), ("ppqueue", 20), ("ppworker", 30)
+    evs = [hop(t, key, "send", *c, attempt=1)]
+    if retry:
+        t += 300 * ms
+        evs.append(hop(t, key, "retry", *c, attempt=2))
+    evs += [
+        hop(t + 0.05 * ms, key, "recv", *q, "frontend", "ROUTER"),
+        hop(t + 0.40 * ms, key, "recv", *w, "backend", "DEALER"),
+        hop(t + 0.41 * ms, key, "dispatch", *q, "backend", "ROUTER", attempt=1),
+        hop(t + 0.80 * ms, reply, "send", *w, "backend", "DEALER", reply_to=key),
+        hop(t + 0.90 * ms, reply, "recv", *q, "backend", "ROUTER"),
+        hop(t + 0.95 * ms, reply, "forward", *q, "frontend", "ROUTER"),
+        hop(t + 1.20 * ms, reply, "recv", *c, reply_to=key),
+    ]
+    return evs
+
+
+class TestReliablePatterns:
+    def test_queue_hops_in_causal_order(self, tmp_path: Path) -> None:
+        """Receive before dispatch in the queue, the client's send first, whatever the log
+        order across processes."""
+        (p,) = build_paths(load_hops([write(tmp_path / "a.log", ppp_request(0.0))])[0])
+        assert [h.where for h in p.hops] == [
+            "client/lazypirate send", "ppqueue/frontend recv", "ppqueue/backend dispatch",
+            "ppworker/backend recv", "ppworker/backend send", "ppqueue/backend recv",
+            "ppqueue/frontend forward", "client/lazypirate recv",
+        ]  # fmt: skip
+        assert stopped(p) is None
+
+    def test_retry_is_on_the_same_path(self, tmp_path: Path) -> None:
+        """A retry (attempt 2) and the hops after it join the first try's path."""
+        evs = ppp_request(0.0, retry=True) + ppp_request(1.0)  # the same body again, later
+        paths = build_paths(load_hops([write(tmp_path / "a.log", evs)])[0])
+        assert len(paths) == 2
+        first = paths[0]
+        assert [h.where for h in first.hops][:3] == [
+            "client/lazypirate send", "client/lazypirate retry", "ppqueue/frontend recv",
+        ]  # fmt: skip
+        assert first.hops[1].extra["attempt"] == 2
+        assert len(first.hops) == 9 and stopped(first) is None
+        assert len(paths[1].hops) == 8 and stopped(paths[1]) is None
+        lat = hop_latencies(paths)
+        assert lat[("client/lazypirate send", "client/lazypirate retry")] == [pytest.approx(0.3)]
+
+    def test_relay_logs_after_the_requester(self, tmp_path: Path) -> None:
+        """The queue logs its forward after the client logged the reply's receipt: one path."""
+        evs = ppp_request(0.0)
+        forward, recv = evs[-2], evs[-1]
+        forward["timestamp"], recv["timestamp"] = recv["timestamp"], forward["timestamp"]
+        (p,) = build_paths(load_hops([write(tmp_path / "a.log", evs)])[0])
+        assert [h.where for h in p.hops][-2:] == [
+            "ppqueue/frontend forward", "client/lazypirate recv",
+        ]  # fmt: skip
+        assert stopped(p) is None
+
+    def test_request_without_reply_has_stopped(self, tmp_path: Path) -> None:
+        """A retrying client's request that a DEALER worker took and never answered."""
+        evs = ppp_request(0.0)[:4]
+        (p,) = build_paths(load_hops([write(tmp_path / "a.log", evs)])[0])
+        assert p.last.where == "ppworker/backend recv"
+        assert stopped(p) == "no reply after recv at ppworker/backend"
+
+
 class TestStopped:
     def test_lost_after_forward(self, tmp_path: Path) -> None:
         """A request the broker forwarded that no worker logged is listed with its last hop."""

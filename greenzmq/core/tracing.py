@@ -2,14 +2,18 @@
 
 Every hop is one event named ``hop``: ``recv`` from a socket, ``put`` into and
 ``take`` from a queue, ``send``, the broker's ``forward``, and ``drop`` (with
-``reason``). Fields: ``timestamp``, ``service``, ``pid``, ``socket``,
-``sock_type``, ``op``, ``frames``, ``bytes``, ``peer``, ``key`` and
-``reply_to`` where a reply is paired with its request.
+``reason``); the reliable patterns add a queue's ``dispatch`` to a worker and
+a client's ``retry``, both with ``attempt``. Fields: ``timestamp``,
+``service``, ``pid``, ``socket``, ``sock_type``, ``op``, ``frames``,
+``bytes``, ``peer``, ``key`` and ``reply_to`` where a reply is paired with
+its request.
 
 ``key`` is a digest of the body frames (the frames after the envelope), so the
 same message has the same key at every hop in every process without anything
-added to the wire. Sampling is decided from the key too, so a sampled message
-is sampled in every process it crosses.
+added to the wire. Protocols with frames of their own around the body
+(Majordomo) pass the key of the body they parsed (:func:`body_key`).
+Sampling is decided from the key too, so a sampled message is sampled in
+every process it crosses.
 
 Cost (rule 10): with ``trace_sample=0`` a hop site is one attribute test
 (``if tr.on``); ``hop()`` itself is never called. Drops are logged whatever
@@ -18,6 +22,7 @@ the sample rate.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
@@ -33,8 +38,10 @@ import structlog
 __all__ = [
     "SocketTracer",
     "Tracer",
+    "body_key",
     "configure_logging",
     "get_logger",
+    "logging_configured",
     "message_key",
     "reopen_log_files",
 ]
@@ -83,6 +90,19 @@ class _ReopenableFile:
 
 _files: list[_ReopenableFile] = []
 _state: dict[str, Any] = {"level": logging.INFO, "sample": 1.0, "service": "greenzmq"}
+
+
+def _flush_log_files() -> None:
+    """Flush every log file at exit.
+
+    Hops are flushed on the next turn of the gevent loop, which a short
+    program (a client's script) may end before.
+    """
+    for f in _files:
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def reopen_log_files() -> None:
@@ -173,6 +193,8 @@ def configure_logging(
         out_file: Any
         if log_file:
             out_file = _ReopenableFile(log_file)
+            if not _files:
+                atexit.register(_flush_log_files)
             _files.append(out_file)
         else:
             out_file = (stream or sys.stderr).buffer  # type: ignore[union-attr]
@@ -191,6 +213,16 @@ def configure_logging(
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
+
+
+def logging_configured() -> bool:
+    """Whether :func:`configure_logging` ran in this process.
+
+    A library object that traces on its own (a client) traces only then: in a
+    program that set up no logging, structlog's default would print every
+    hop to stdout.
+    """
+    return "processors" in _state
 
 
 def get_logger(**bound: Any) -> Any:
@@ -221,6 +253,23 @@ def message_key(frames: Sequence[bytes], *, routed: bool = False) -> str:
         return hashlib.blake2b(frames[start], digest_size=8).hexdigest()
     h = hashlib.blake2b(digest_size=8)
     for f in frames[start:]:
+        h.update(f)
+    return h.hexdigest()
+
+
+def body_key(body: Sequence[bytes]) -> str:
+    """The hop key of a message whose body (application frames, no envelope) is ``body``.
+
+    The same digest as :func:`message_key` of the whole message, for protocols
+    whose frames before the body are not one envelope (Majordomo: a header, a
+    command, a service name): each hop passes the body it parsed, so a request
+    has one key at the client, the broker and the worker. Every frame counts,
+    empty ones too.
+    """
+    if len(body) == 1:
+        return hashlib.blake2b(body[0], digest_size=8).hexdigest()
+    h = hashlib.blake2b(digest_size=8)
+    for f in body:
         h.update(f)
     return h.hexdigest()
 
@@ -385,14 +434,18 @@ class SocketTracer:
         writer.write(orjson.dumps(ev, default=str, option=orjson.OPT_APPEND_NEWLINE))
         return key
 
-    def drop(self, frames: Sequence[bytes], reason: str, **extra: Any) -> None:
+    def drop(
+        self, frames: Sequence[bytes], reason: str, *, key: str | None = None, **extra: Any
+    ) -> None:
         """Log a dropped message with its reason, whatever the sample rate.
 
-        Rate-limited per socket and reason (:class:`Tracer`): past the burst a
-        drop is counted into one ``drops_suppressed`` line instead.
+        ``key``: the message's hop key, if not the one of ``frames`` (a body
+        parsed out of protocol frames, :func:`body_key`). Rate-limited per
+        socket and reason (:class:`Tracer`): past the burst a drop is counted
+        into one ``drops_suppressed`` line instead.
         """
         if not self._parent.drop_allowed(self._name, reason):
             return
-        self._log.warning(
-            "hop", **self._fields("drop", frames, self.key(frames)), reason=reason, **extra
-        )
+        if key is None:
+            key = self.key(frames)
+        self._log.warning("hop", **self._fields("drop", frames, key), reason=reason, **extra)

@@ -57,7 +57,7 @@ _GAUGED_SERVICES = 64  # services with their own pending gauge; the total counts
 class Job:
     """One client request: who asked (``client``, its routing id), for what, in which version."""
 
-    __slots__ = ("at", "body", "client", "service", "streamed", "version")
+    __slots__ = ("at", "body", "client", "service", "streamed", "tries", "version")
 
     def __init__(self, client: bytes, service: bytes, body: list[bytes], version: int = 0) -> None:
         # accepted: its age decides whether it is still worth running, and its
@@ -70,6 +70,9 @@ class Job:
         # partial replies already forwarded to the client (MDP/0.2): a worker
         # that takes the request over after another one's death replays them
         self.streamed = 0
+        # handed to a worker so far (counted by a codec that traces: a dispatch
+        # hop's attempt number; a second one follows a worker's loss)
+        self.tries = 0
 
 
 class Worker:
@@ -412,8 +415,10 @@ class Engine:
                 self.dispatch(p)  # it may have been passed over as a ghost
         if beat and w.job is not None:
             w.beats_job += 1
-            if w.beats_job >= 2:
+            if w.beats_job >= 2 and not w.beats_busy:
                 w.beats_busy = True
+                # once per worker: from now on it is expired like an idle one
+                self.log.info(f"{self.prefix}.worker_beats_busy", worker=wid.hex())
         return w
 
     def _revive(self, wid: bytes) -> Worker | None:

@@ -30,7 +30,7 @@ from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, apply_endpoints
 from ..core.stats import SocketCounters
-from ..core.tracing import SocketTracer, Tracer, get_logger
+from ..core.tracing import SocketTracer, Tracer, body_key, get_logger
 from ._send import SENT, recv_bytes, send
 
 __all__ = ["Handler", "HeartbeatWorker", "HeartbeatWorkerService", "Parsed"]
@@ -228,7 +228,8 @@ class HeartbeatWorker:
                 if self.on_answer is not None:
                     self.on_answer()
                 if self.trace.on:
-                    self.trace.hop("send", msg, reply_to=key)
+                    # keyed over the body: the broker's frames around it differ at every hop
+                    self.trace.hop("send", msg, key=body_key(reply), reply_to=key)
             else:
                 self.trace.drop(msg, "queue not reachable")
             self._busy = None
@@ -259,7 +260,7 @@ class HeartbeatWorker:
             return
         kind, envelope, body = parsed
         if kind == "request":
-            key = self.trace.hop("recv", frames) if self.trace.on else None
+            key = self.trace.hop("recv", frames, key=body_key(body)) if self.trace.on else None
             routed = _Routed(envelope)
             routed.link = link
             self._start(routed, body, key)

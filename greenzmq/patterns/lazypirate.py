@@ -25,6 +25,12 @@ if it carries the current request's id: a stray, duplicate or forged reply
 is dropped with a logged reason (``lazypirate.stale_reply``), never taken as
 the answer to the next request (libzmq's own REQ_CORRELATE would drop it
 silently).
+
+Hops (:mod:`greenzmq.core.tracing`, when the program configured logging):
+``send`` (``attempt=1``), ``retry`` for each later try (``attempt=N`` and the
+``endpoint`` it went to) and ``recv`` of the reply (``reply_to`` the
+request), keyed over the request's and the reply's body frames, so
+``greenzmq trace`` joins them with the queue's and the worker's hops.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import gevent
 
 from ..core.endpoints import Endpoints, endpoint_list
 from ..core.sockets import Context, Socket, SocketSpec
-from ..core.tracing import get_logger
+from ..core.tracing import SocketTracer, Tracer, body_key, get_logger, logging_configured
 from ..errors import RequestTimeout
 
 __all__ = ["LazyPirate", "RetryingClient"]
@@ -57,6 +63,9 @@ class RetryingClient:
     With several endpoints (brokers) the socket connects to one at a time: a
     timeout moves the next try to the next one, and a reply keeps the client
     on the broker that gave it (the zguide's Freelance model).
+
+    ``tracer`` logs the hops (default: the process's, if it configured
+    logging; none otherwise, so a plain script prints nothing).
     """
 
     def __init__(
@@ -68,6 +77,7 @@ class RetryingClient:
         retries: int,
         ctx: Context | None,
         client: str,
+        tracer: Tracer | None = None,
     ) -> None:
         # checked before a context is made: nothing to clean up on a bad setting
         if timeout <= 0:
@@ -90,6 +100,9 @@ class RetryingClient:
         self.resent = 0
         #: times a timeout moved the client to another broker
         self.failovers = 0
+        if tracer is None:
+            tracer = Tracer() if logging_configured() else Tracer(sample=0.0)
+        self.trace: SocketTracer = tracer.for_socket(spec.name, "DEALER")
 
     @property
     def endpoint(self) -> str:
@@ -111,14 +124,36 @@ class RetryingClient:
         return self.sock
 
     def _exchange(
-        self, msg: list[bytes], receive: Callable[[Socket], list[bytes]], failure: str
+        self,
+        msg: list[bytes],
+        receive: Callable[[Socket], list[bytes]],
+        failure: str,
+        body: Sequence[bytes] = (),
     ) -> list[bytes]:
-        """Send ``msg`` and return ``receive(sock)``; RequestTimeout(``failure``) at the end."""
+        """Send ``msg`` and return ``receive(sock)``; RequestTimeout(``failure``) at the end.
+
+        ``body``: the request's application frames, the hops' key.
+        """
+        tr = self.trace
+        key = body_key(body) if tr.on else None
         for attempt in range(1, self.retries + 1):
             sock = self.sock if self.sock is not None else self._fresh()
+            if key is not None:
+                # logged before the send, unlike other hops: a green send may
+                # switch greenlets, and the request's path starts here
+                tr.hop(
+                    "send" if attempt == 1 else "retry",
+                    body,
+                    key=key,
+                    attempt=attempt,
+                    endpoint=self.endpoint,
+                )
             sock.send_multipart(msg)
             try:
-                return receive(sock)
+                reply = receive(sock)
+                if key is not None:
+                    tr.hop("recv", reply, key=body_key(reply), reply_to=key)
+                return reply
             except gevent.Timeout:
                 # The socket may still be owed this reply (REQ is stuck waiting
                 # for it): only a fresh socket can send again without mistaking
@@ -158,6 +193,7 @@ class LazyPirate(RetryingClient):
     ``options`` are extra socket options applied to every socket it opens (for
     example the CURVE client keys from :func:`greenzmq.core.auth.client_options`).
     The client is used by one greenlet at a time, like the socket it owns.
+    ``tracer``: see :class:`RetryingClient`.
     """
 
     def __init__(
@@ -169,11 +205,14 @@ class LazyPirate(RetryingClient):
         ctx: Context | None = None,
         options: Mapping[int, Any] | None = None,
         name: str = "lazypirate",
+        tracer: Tracer | None = None,
     ) -> None:
         spec = SocketSpec(
             name, "DEALER", connect=endpoint_list(endpoint), options=dict(options or {})
         )
-        super().__init__(endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client=name)
+        super().__init__(
+            endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client=name, tracer=tracer
+        )
         #: replies dropped because they did not answer the request in hand
         self.stale = 0
         # request ids: 4 bytes like REQ_CORRELATE's, from a random start (a
@@ -217,4 +256,5 @@ class LazyPirate(RetryingClient):
             self._receive,
             f"no reply from {self.where} after {self.retries} "
             f"tr{'y' if self.retries == 1 else 'ies'} of {self.timeout} s each",
+            msg,
         )

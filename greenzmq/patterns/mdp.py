@@ -46,6 +46,14 @@ client and served round-robin, so one flooding client cannot starve the
 others. Every malformed message is logged as a drop with its reason.
 Stopping, it refuses new requests (a logged drop, "broker stopping") and
 forwards the replies of busy workers for up to ``drain_timeout`` seconds.
+
+Hops (when tracing is on) are keyed over the body, not the protocol frames,
+so client, broker and worker log one request under one key: the broker logs
+a request's ``recv`` and its ``dispatch`` to a worker apart (the wait for a
+worker between them; ``attempt`` 2, 3, ... after a worker holding it was
+lost), the reply's ``recv`` and its ``forward`` to the client (the broker's
+own ``mmi.*`` answers: ``send``). Heartbeats, READYs and PARTIAL replies are
+not hops.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from ..core.endpoints import Endpoints, endpoint_list
 from ..core.poller import GreenPoller
 from ..core.service import Service, kill_spec
 from ..core.sockets import Context, Socket, SocketSpec, with_maxmsgsize
-from ..core.tracing import SocketTracer
+from ..core.tracing import SocketTracer, Tracer, body_key
 from ._engine import Engine, Job, Worker
 from ._send import FULL, SENT, send
 from ._worker import Handler, HeartbeatWorker, HeartbeatWorkerService, Parsed
@@ -172,31 +180,44 @@ class MDPBroker(Service):
         outcome = send(self._raw, msg)
         if outcome == SENT:
             self._count.add_out(1, sum(map(len, msg)) if self.stats.detailed else 0)
-            if self._tr.on:
-                self._tr.hop("send", msg)
         elif log_drop:
             self._drop(msg, "peer full" if outcome == FULL else "unknown peer")
         return outcome
 
-    def _drop(self, frames: list[bytes], reason: str) -> None:
+    def _drop(self, frames: list[bytes], reason: str, body: list[bytes] | None = None) -> None:
+        """Count and log a drop; ``body``: a parsed request's (its key: on the request's path)."""
         assert self._tr is not None
         self.drops[reason] += 1
         self.stats.socket("broker").drop(reason)
-        self._tr.drop(frames, reason)
+        self._tr.drop(frames, reason, key=None if body is None else body_key(body))
 
-    def _to_client(self, job: Job, body: list[bytes], partial: bool = False) -> None:
+    def _to_client(
+        self, job: Job, body: list[bytes], partial: bool = False, op: str = "forward"
+    ) -> None:
+        """Send a reply to ``job``'s client; ``op`` names its hop (``send``: the broker's own)."""
         if job.version == 1:
             msg = [job.client, b"", C_CLIENT01, job.service, *body]
         else:
             msg = [job.client, b"", C_CLIENT02, PARTIAL02 if partial else FINAL02, *body]
         if self._send(msg) == SENT and not partial:
             self.counts["replies"] += 1
+            tr = self._tr
+            if tr is not None and tr.on:
+                # a PARTIAL is not a hop: the path ends with the FINAL the client returns
+                reply_to = body_key(job.body) if op == "send" else None
+                tr.hop(op, msg, key=body_key(body), reply_to=reply_to)
 
     # -- the codec the engine sends through ----------------------------------
     def send_request(self, w: Worker, job: Job) -> int:
         """Hand ``job`` to worker ``w`` (a failure is not a drop: the engine requeues it)."""
         msg = [w.id, b"", _WORKER_HEADER[w.version], REQUEST, job.client, b"", *job.body]
-        return self._send(msg, log_drop=False)
+        outcome = self._send(msg, log_drop=False)
+        tr = self._tr
+        if outcome == SENT and tr is not None and tr.on:
+            # apart from the client's recv: the time between is the wait for a worker
+            job.tries += 1
+            tr.hop("dispatch", msg, key=body_key(job.body), attempt=job.tries)
+        return outcome
 
     def send_heartbeat(self, w: Worker) -> int:
         """Heartbeat worker ``w``."""
@@ -208,7 +229,8 @@ class MDPBroker(Service):
 
     def drop_job(self, job: Job, reason: str) -> None:
         """Log a queued request the engine dropped."""
-        self._drop([job.client, b"", _CLIENT_HEADER[job.version], job.service, *job.body], reason)
+        msg = [job.client, b"", _CLIENT_HEADER[job.version], job.service, *job.body]
+        self._drop(msg, reason, job.body)
 
     # -- workers ------------------------------------------------------------
     def _from_worker(self, m: list[bytes], version: int) -> None:
@@ -265,6 +287,9 @@ class MDPBroker(Service):
             self._drop(m, "reply to no request of this worker")
             return
         body = rest[2:]
+        tr = self._tr
+        if tr is not None and tr.on and not (version == 2 and cmd == PARTIAL02):
+            tr.hop("recv", m, key=body_key(body))  # the worker's reply, keyed over its body
         if version == 2 and cmd == PARTIAL02:
             if job.version == 2:
                 # a request taken over from a worker that died mid-stream: its
@@ -304,21 +329,26 @@ class MDPBroker(Service):
             return
         job = Job(m[0], service, body, version)
         self.counts["requests"] += 1
+        tr = self._tr
+        if tr is not None and tr.on:
+            # keyed over the body, not the protocol frames: the same key as at
+            # the client and the worker, whose frames around it differ
+            tr.hop("recv", m, key=body_key(body))
         if service.startswith(b"mmi."):
             if service == b"mmi.service":
                 known = body and eng.pools.get(body[0])
                 code = b"200" if known and known.workers else b"404"
             else:
                 code = b"501"
-            self._to_client(job, [code])
+            self._to_client(job, [code], op="send")
             return
         pool = eng.pool(service)
         if pool is None:
-            self._drop(m, "too many services")
+            self._drop(m, "too many services", body)
             return
         reason = eng.submit(pool, job)
         if reason is not None:
-            self._drop(m, reason)
+            self._drop(m, reason, body)
             eng.tidy(pool)
 
     def _handle(self, m: list[bytes]) -> None:
@@ -342,7 +372,7 @@ class MDPBroker(Service):
         sock = self.socks["broker"]
         sock.claim()
         assert self.tracer is not None
-        self._tr = tr = self.tracer.for_socket("broker", "ROUTER")
+        self._tr = self.tracer.for_socket("broker", "ROUTER")
         self._raw = sock.raw
         count = self.stats.socket("broker")
         eng = self.engine = Engine(
@@ -365,17 +395,12 @@ class MDPBroker(Service):
         eng.watch(self.stats)
         poller = self._poller = GreenPoller(persistent=True)
 
-        def handle(m: list[bytes]) -> None:
-            if tr.on:
-                tr.hop("recv", m)
-            self._handle(m)
-
         def on_drain() -> None:
             # graceful stop: refuse new requests, forward the replies of busy workers
             self._draining = True
             self.log.info("mdp.draining", busy=eng.busy())
 
-        eng.loop(poller, [(sock, handle, None, count)], self.stopping, self.drain_timeout,
+        eng.loop(poller, [(sock, self._handle, None, count)], self.stopping, self.drain_timeout,
                  batch=self.batch, in_flight=eng.busy, on_drain=on_drain)  # fmt: skip
         self.log.info(
             "mdp.stats",
@@ -394,6 +419,9 @@ class MDPClient(RetryingClient):
     ``timeout`` seconds it raises :class:`~greenzmq.errors.RequestTimeout`.
     ``endpoint`` may list several brokers: a timeout moves the next try to
     the next one (the zguide's Freelance model, one broker at a time).
+    Its hops (``send``, ``retry``, ``recv``; ``tracer`` as in
+    :class:`~greenzmq.patterns.lazypirate.RetryingClient`) are keyed over the
+    body, as the broker's and the worker's are.
     """
 
     def __init__(
@@ -405,12 +433,15 @@ class MDPClient(RetryingClient):
         retries: int = 3,
         ctx: Context | None = None,
         options: Mapping[int, Any] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.version = _version(version)
         spec = SocketSpec(
             "mdpclient", "DEALER", connect=endpoint_list(endpoint), options=dict(options or {})
         )
-        super().__init__(endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client="mdp")
+        super().__init__(
+            endpoint, spec, timeout=timeout, retries=retries, ctx=ctx, client="mdp", tracer=tracer
+        )
 
     def _timed_out(self, attempt: int) -> None:
         self.log.warning("mdp.client_timeout", endpoint=self.endpoint, attempt=attempt)
@@ -451,6 +482,7 @@ class MDPClient(RetryingClient):
             lambda sock: self._receive(sock, name, header),
             f"no reply from {name.decode(errors='replace')!r} at {self.where} after "
             f"{self.retries} tries of {self.timeout} s each",
+            body,
         )
 
 

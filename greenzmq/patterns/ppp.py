@@ -27,6 +27,13 @@ be busy or dead. Here workers announce themselves instead:
 * Stopping (SIGTERM, kill switch), the queue reads no new requests but
   still hands out the ones it holds and forwards replies, for up to
   ``drain_timeout`` seconds.
+* Hops (when tracing is on): the queue logs a request's ``recv`` on the
+  frontend and its ``dispatch`` to a worker on the backend (``attempt`` 2, 3,
+  ... after the worker holding it was lost), the reply's ``recv`` on the
+  backend and its ``forward`` on the frontend; a request waiting for an idle
+  worker waits before the ``recv`` (backpressure). With the worker's and a
+  :class:`~greenzmq.patterns.lazypirate.LazyPirate` client's hops,
+  ``greenzmq trace`` joins one request into one path.
 * Leaving (SIGTERM, kill switch): the worker finishes the request it holds,
   sends ``DISCONNECT`` (``0x03``, a greenzmq extension to RFC 6), answers
   anything the queue had already sent it, and exits when the queue
@@ -189,8 +196,12 @@ class PPPQueue(Service):
         if outcome == SENT:
             stats = self.stats
             stats.socket("backend").add_out(1, sum(map(len, msg)) if stats.detailed else 0)
-            if self._be_tr is not None and self._be_tr.on:
-                self._be_tr.hop("forward", job.body, dest=w.id.hex())
+            tr = self._be_tr
+            if tr is not None and tr.on:
+                # its own hop, apart from the frontend's recv: the time between
+                # them is the time the request waited for this worker (peer)
+                job.tries += 1
+                tr.hop("dispatch", msg, attempt=job.tries)
         return outcome
 
     def send_heartbeat(self, w: Worker) -> int:
@@ -258,6 +269,8 @@ class PPPQueue(Service):
             if isinstance(w, str):
                 self._drop("backend", m, w)  # forged, late or duplicate: never to the client
                 return
+            if be_tr.on:
+                be_tr.hop("recv", m)
             outcome = send(fe_raw, reply)
             if outcome == SENT:
                 self.counts["replies"] += 1
@@ -277,6 +290,8 @@ class PPPQueue(Service):
             if problem is not None:
                 self._drop("frontend", m, problem)
                 return
+            if fe_tr.on:
+                fe_tr.hop("recv", m)
             self.counts["requests"] += 1
             reason = eng.submit(pool, Job(m[0], b"", m))
             if reason is not None:

@@ -9,18 +9,24 @@ number of processes and joins them into one path per message:
   which the process that pairs them (a worker's send, a client's recv) logs.
 
 Messages with identical bodies share a key. When such messages follow one
-another they are told apart (a message has one send, its origin; a process
+another they are told apart (a message has one send, its origin; a service
 forwards or receives one message once; a process that received a body and
 sends it again sends a new message; a reply that reached its requester is
-done); identical bodies in flight at the same time cannot be told apart.
+done); identical bodies in flight at the same time cannot be told apart. A
+``retry`` (a client's next try) and a ``dispatch`` with ``attempt`` 2 or more
+(a queue's, after the worker holding the request was lost) send the same
+message again: its next try, on the same path.
 Hops are logged just after the socket operation, so a fast receiver may log
-before its sender: a path is ordered by op (send, forward, recv, put, take),
-then time, and the time at a hop is never negative.
+before its sender: within a try, the services a path passed are ordered by
+the earliest op each logged (send, forward/dispatch, recv, put, take), then
+by time, each service's own hops in time order; the time at a hop is never
+negative.
 
 The default report gives per-hop latency percentiles and counts (time from one
 hop of a path to the next), and lists the messages whose path stops: the last
-hop seen is a send, forward, put or drop, or a recv on a REP/ROUTER socket that
-got no reply. ``--key K`` prints the timeline of the message(s) with key K.
+hop seen is a send, retry, forward, dispatch, put or drop, a recv on a
+REP/ROUTER socket that got no reply, or a retrying client's request
+(LazyPirate, MDPClient) with no reply. ``--key K`` prints the timeline of the message(s) with key K.
 ``--slowest N`` lists the slowest paths with their slowest hop; ``--otlp``,
 ``--chrome`` and ``--plot`` write the paths as OpenTelemetry spans, a
 Chrome/Perfetto timeline and a latency plot (:mod:`greenzmq.tools.trace_formats`).
@@ -43,11 +49,13 @@ from ..cli import plain
 __all__ = ["Hop", "Path", "build_paths", "hop_latencies", "load_hops", "main", "stopped"]
 
 # a path whose last hop is one of these was not seen arriving anywhere
-_UNFINISHED_OPS = frozenset({"send", "forward", "put", "drop"})
+_UNFINISHED_OPS = frozenset({"send", "retry", "forward", "dispatch", "put", "drop"})
 # a request taken by one of these expects a reply
 _REPLYING_TYPES = frozenset({"REP", "ROUTER"})
 # where each op sits on a message's way through the processes
-_RANK = {"send": 0, "forward": 1, "drop": 1, "recv": 2, "put": 3, "take": 4}
+_RANK = {
+    "send": 0, "retry": 0, "forward": 1, "dispatch": 1, "drop": 1, "recv": 2, "put": 3, "take": 4,
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,36 +165,66 @@ def load_hops(paths: Iterable[str]) -> tuple[list[Hop], int]:
     return hops, skipped
 
 
+def _attempt(h: Hop) -> int:
+    """The try a hop belongs to: its ``attempt`` field (a client's, a queue's dispatch), else 1."""
+    a = h.extra.get("attempt")
+    return a if isinstance(a, int) and not isinstance(a, bool) else 1
+
+
+def _again(h: Hop) -> bool:
+    """A hop that sends the message once more: a client's retry, a queue's next dispatch."""
+    return h.op == "retry" or _attempt(h) > 1
+
+
 @dataclasses.dataclass
 class _Group:
     hops: list[Hop] = dataclasses.field(default_factory=list)
-    places: set[tuple[int, str]] = dataclasses.field(default_factory=set)
+    tries: list[int] = dataclasses.field(default_factory=list)  # per hop: the try it is part of
+    places: set[tuple[int, str, str]] = dataclasses.field(default_factory=set)
+    stations: set[tuple[int, str]] = dataclasses.field(default_factory=set)  # (pid, service)
     receivers: set[int] = dataclasses.field(default_factory=set)
     reply_to: str | None = None
     sent: bool = False  # a message has one origin: one send
     done: bool = False  # a reply reached its requester
+    try_no: int = 1
 
     def takes(self, h: Hop) -> bool:
-        if (h.pid, h.op) in self.places:
-            return False  # one process forwards (receives, ...) one message once
+        if _again(h):
+            # the same request sent again (after a timeout, or to the next
+            # worker): one path, unless it was answered already
+            return bool(self.hops) and not self.done
+        if (h.pid, h.service, h.op) in self.places:
+            return False  # one service forwards (receives, ...) one message once
         if h.op == "send" and (self.sent or h.pid in self.receivers):
             return False  # a second origin, or sent again after receiving: a new message
-        # a reply's own late hop (its sender logs after the requester got it)
-        # still belongs to it; anything else after the reply arrived is new
-        return not self.done or (h.reply_to is not None and h.reply_to == self.reply_to)
+        # a reply's own late hop (its sender, or a relay it passed, logs after
+        # the requester got it) still belongs to it; anything else after the
+        # reply arrived is new
+        return (
+            not self.done
+            or (h.reply_to is not None and h.reply_to == self.reply_to)
+            or (h.pid, h.service) in self.stations
+        )
 
     def add(self, h: Hop) -> None:
+        if _again(h) and self.hops:
+            # a new try: its hops may pass the same services again
+            self.try_no += 1
+            self.places.clear()
+            self.receivers.clear()
         self.hops.append(h)
-        self.places.add((h.pid, h.op))
+        self.tries.append(self.try_no)
+        self.places.add((h.pid, h.service, h.op))
+        self.stations.add((h.pid, h.service))
         if h.reply_to is not None:
             self.reply_to = h.reply_to
-        self.sent = self.sent or h.op == "send"
+        self.sent = self.sent or h.op in ("send", "retry")
         if h.op in ("recv", "take"):
             self.receivers.add(h.pid)
             self.done = self.done or h.reply_to is not None
 
 
-def _segments(hops: Sequence[Hop]) -> list[list[Hop]]:
+def _segments(hops: Sequence[Hop]) -> list[_Group]:
     """Hops grouped by key, one group per message (see :meth:`_Group.takes`).
 
     Processes log a hop just after the socket operation, so the timestamps of
@@ -194,12 +232,12 @@ def _segments(hops: Sequence[Hop]) -> list[list[Hop]]:
     a receiver that logs before its sender.
     """
     groups: dict[str, _Group] = {}
-    segs: list[list[Hop]] = []
+    segs: list[_Group] = []
     for h in hops:
         g = groups.get(h.key)
         if g is None or not g.takes(h):
             g = groups[h.key] = _Group()
-            segs.append(g.hops)
+            segs.append(g)
         g.add(h)
     return segs
 
@@ -209,17 +247,17 @@ def build_paths(hops: Sequence[Hop]) -> list[Path]:
     segs = _segments(hops)
     by_key: dict[str, list[int]] = defaultdict(list)
     for i, seg in enumerate(segs):
-        by_key[seg[0].key].append(i)
+        by_key[seg.hops[0].key].append(i)
     parent: dict[int, int] = {}
     child: dict[int, int] = {}
     for i, seg in enumerate(segs):
-        req = next((h.reply_to for h in seg if h.reply_to), None)
+        req = next((h.reply_to for h in seg.hops if h.reply_to), None)
         if req is None:
             continue
-        start = seg[0].ts
+        start = seg.hops[0].ts
         # the latest earlier segment of the request's key that has no reply yet
         for j in reversed(by_key.get(req, [])):
-            if j != i and j not in child and segs[j][0].ts <= start:
+            if j != i and j not in child and segs[j].hops[0].ts <= start:
                 parent[i], child[j] = j, i
                 break
     paths = []
@@ -227,24 +265,37 @@ def build_paths(hops: Sequence[Hop]) -> list[Path]:
         if i in parent:
             continue  # reached from its request
         hops_ = _causal(seg)
-        keys = [seg[0].key]
+        keys = [seg.hops[0].key]
         j = i
         while j in child:
             j = child[j]
             hops_.extend(_causal(segs[j]))
-            keys.append(segs[j][0].key)
+            keys.append(segs[j].hops[0].key)
         paths.append(Path(hops_, keys))
     return paths
 
 
-def _causal(seg: list[Hop]) -> list[Hop]:
-    """A segment's hops in the order the message took them.
+def _causal(seg: _Group) -> list[Hop]:
+    """A segment's hops in the order the message took them, try after try.
 
     Processes log a hop right after the socket operation, so a fast receiver
-    can log before its sender: order by op (send, forward/drop, recv, put,
-    take), then time.
+    can log before its sender: within one try, the services the message
+    passed are ordered by the earliest op each logged (send, forward/dispatch/
+    drop, recv, put, take: an origin first, a relay before the one it hands
+    to), then by time; the hops of one service stay in their own time order
+    (a queue's recv before its dispatch).
     """
-    return sorted(seg, key=lambda h: (_RANK.get(h.op, 1), h.ts))
+    out: list[Hop] = []
+    by_try: dict[int, dict[tuple[int, str], list[Hop]]] = {}
+    for h, t in zip(seg.hops, seg.tries, strict=True):
+        by_try.setdefault(t, {}).setdefault((h.pid, h.service), []).append(h)
+    for t in sorted(by_try):
+        stations = sorted(
+            by_try[t].values(), key=lambda hs: (min(_RANK.get(h.op, 1) for h in hs), hs[0].ts)
+        )
+        for hs in stations:
+            out.extend(hs)  # logged in time order by one service
+    return out
 
 
 def stopped(path: Path) -> str | None:
@@ -254,8 +305,12 @@ def stopped(path: Path) -> str | None:
         return f"dropped: {last.extra.get('reason', '?')}"
     if last.op in _UNFINISHED_OPS:
         return f"not seen after {last.op}"
-    if last.sock_type in _REPLYING_TYPES and len(path.keys) == 1 and last.reply_to is None:
-        return f"no reply after {last.op} on {last.sock_type}"
+    if len(path.keys) == 1:
+        if last.sock_type in _REPLYING_TYPES and last.reply_to is None:
+            return f"no reply after {last.op} on {last.sock_type}"
+        if path.hops[0].op in ("send", "retry") and "attempt" in path.hops[0].extra:
+            # a retrying client's request (LazyPirate, MDPClient): it waits for a reply
+            return f"no reply after {last.op} at {last.service}/{last.socket}"
     return None
 
 
@@ -325,7 +380,9 @@ def timeline(path: Path) -> list[str]:
     for h in path.hops:
         prev = min(prev, h.ts)  # the time at this hop is never negative (see hop_latencies)
         details = " ".join(
-            f"{k}={h.extra[k]}" for k in ("peer", "dest", "reason", "source") if k in h.extra
+            f"{k}={h.extra[k]}"
+            for k in ("attempt", "peer", "dest", "reason", "source")
+            if k in h.extra
         )
         rt = f" reply_to={h.reply_to}" if h.reply_to else ""
         out.append(
