@@ -1,0 +1,252 @@
+"""The caller's side: ``client.add(1, 2)`` through a Majordomo broker, or straight in-process."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from ..core.endpoints import Endpoints
+from ..core.sockets import Context
+from ..errors import RemoteError
+from ..patterns.mdp import BROKER, MDPClient
+from ._dispatch import END, ERR, MORE, OK, Dispatcher
+from .codec import Codec, get_codec
+
+__all__ = ["Caller", "Client", "LocalClient", "Stream"]
+
+
+class Caller:
+    """What both clients share: attribute calls, the wire format, streams.
+
+    ``caller.add(1, 2, z=3)`` calls ``add`` with the caller's default
+    ``timeout``; :meth:`call` takes the arguments as values and a ``timeout``
+    of its own (so a method's own keyword named ``timeout`` is no problem). A
+    generator method returns a :class:`Stream`. A remote exception is raised
+    as :class:`~greenzmq.errors.RemoteError` (its subclass for the type name).
+    """
+
+    def __init__(self, codec: str | bytes | Codec = "msgpack", window: int = 64) -> None:
+        self.codec = get_codec(codec)
+        self.window = window
+        self.timeout: float | None = None
+
+    def _request(self, service: str, frames: list[bytes], timeout: float | None) -> list[bytes]:
+        """Send one request to ``service``, return the reply frames (each client's transport)."""
+        raise NotImplementedError
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else time.time() + timeout
+
+    def call(
+        self,
+        method: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call ``method(*args, **kwargs)``; its result, or a :class:`Stream` if it streams.
+
+        ``timeout`` (seconds; default the client's): past it
+        :class:`~greenzmq.errors.RequestTimeout` is raised, and the request
+        carries the deadline, so a service that gets it late does not run it.
+        """
+        t = self.timeout if timeout is None else timeout
+        payload = [method, list(args), dict(kwargs or {}), self._deadline(t), self.window]
+        reply = self._request(self._service(), [self.codec.name, self.codec.dumps(payload)], t)
+        return self._result(reply, t)
+
+    def methods(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
+        """The methods: ``name``, ``signature``, ``doc``, ``stream`` (True: it streams)."""
+        return list(self.call("_describe", timeout=timeout))
+
+    def _service(self) -> str:
+        raise NotImplementedError
+
+    def _result(self, reply: list[bytes], timeout: float | None) -> Any:
+        if len(reply) < 3:
+            raise RemoteError.named("BadReply")(f"expected 3 frames or more, got {len(reply)}")
+        codec = get_codec(reply[0])
+        status = reply[1]
+        if status == OK:
+            return codec.loads(reply[2])
+        if status == ERR:
+            name, message, tb = codec.loads(reply[2])
+            raise RemoteError.named(str(name))(str(message), str(tb))
+        if status in (MORE, END):
+            service, sid = codec.loads(reply[2])
+            return Stream(self, str(service), str(sid), reply[3:], status == END, timeout)
+        raise RemoteError.named("BadReply")(f"unknown status {status[:16]!r}")
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Method(self, name)
+
+    def close(self) -> None:
+        """Release the transport (the socket of a :class:`Client`)."""
+
+    def __enter__(self) -> Caller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Method:
+    """``caller.name``: calling it calls the remote method."""
+
+    def __init__(self, caller: Caller, name: str) -> None:
+        self.caller, self.name = caller, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.caller.call(self.name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<remote method {self.name}>"
+
+
+class Stream(Iterator[Any]):
+    """The items of a generator method, fetched a chunk at a time as they are consumed.
+
+    The next chunk (up to the client's ``window`` items) is asked for when
+    the last one is used up, so the remote generator runs at most one chunk
+    ahead of this iterator. A remote exception in the generator is raised
+    here, after the items made before it. :meth:`close` (or leaving a
+    ``with`` block) ends the remote generator early.
+    """
+
+    def __init__(
+        self,
+        caller: Caller,
+        service: str,
+        sid: str,
+        items: list[bytes],
+        ended: bool,
+        timeout: float | None,
+    ) -> None:
+        self.caller, self.service, self.sid = caller, service, sid
+        self.timeout = timeout
+        self.ended = ended
+        self._items: deque[bytes] = deque(items)
+        #: chunks fetched after the first reply
+        self.fetched = 0
+
+    def __next__(self) -> Any:
+        while not self._items:
+            if self.ended:
+                raise StopIteration
+            self._fetch()
+        return self.caller.codec.loads(self._items.popleft())
+
+    def _ask(self, method: str, args: list[Any]) -> list[bytes]:
+        c = self.caller
+        payload: list[Any] = [method, args, {}, c._deadline(self.timeout), None]
+        return c._request(self.service, [c.codec.name, c.codec.dumps(payload)], self.timeout)
+
+    def _fetch(self) -> None:
+        reply = self._ask("_next", [self.sid, self.caller.window])
+        self.fetched += 1
+        try:
+            more = self.caller._result(reply, self.timeout)
+        except BaseException:
+            self.ended = True
+            raise
+        assert isinstance(more, Stream)
+        self._items.extend(more._items)
+        self.ended = more.ended
+
+    def close(self) -> None:
+        """End the remote generator (nothing to do once it finished)."""
+        if not self.ended:
+            self.ended = True
+            self._items.clear()
+            self._ask("_close", [self.sid])
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client(Caller):
+    """Call ``service``'s methods through a Majordomo broker (or several: failover).
+
+    ``Client("Calculator", "tcp://127.0.0.1:5555").add(1, 2)``. A call is
+    sent once by default (``retries=1``: a method need not be idempotent);
+    give ``retries`` (at least one per broker) for idempotent ones to fail
+    over between brokers. ``options``: socket options (e.g. CURVE client
+    keys from :func:`greenzmq.core.auth.client_options`). One greenlet at a
+    time uses a client, like the socket it owns.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        broker: Endpoints = BROKER,
+        *,
+        timeout: float = 10.0,
+        retries: int = 1,
+        codec: str | bytes | Codec = "msgpack",
+        window: int = 64,
+        ctx: Context | None = None,
+        options: Mapping[int, Any] | None = None,
+    ) -> None:
+        super().__init__(codec, window)
+        self.service = service
+        self.timeout = timeout
+        self.mdp = MDPClient(
+            broker, version=2, timeout=timeout, retries=retries, ctx=ctx, options=options
+        )
+
+    def _service(self) -> str:
+        return self.service
+
+    def _request(self, service: str, frames: list[bytes], timeout: float | None) -> list[bytes]:
+        mdp = self.mdp
+        default = mdp.timeout
+        mdp.timeout = timeout or default
+        try:
+            return mdp.request(service, *frames)
+        finally:
+            mdp.timeout = default
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        t = timeout or self.mdp.timeout
+        return time.time() + t * self.mdp.retries
+
+    def close(self) -> None:
+        """Close the socket (and the context, if the client made it)."""
+        self.mdp.close()
+
+
+class LocalClient(Caller):
+    """Call ``obj``'s methods in this process through the same dispatcher and codec.
+
+    No sockets: a test sees what a remote caller sees (values through the
+    codec, exceptions as :class:`~greenzmq.errors.RemoteError`, streams
+    chunk by chunk). ``obj`` may be a class: it is instantiated.
+    """
+
+    def __init__(
+        self, obj: Any, *, codec: str | bytes | Codec = "msgpack", window: int = 64
+    ) -> None:
+        super().__init__(codec, window)
+        if isinstance(obj, type):
+            obj = obj()
+        self.dispatcher = Dispatcher(obj, window=window)
+        self.dispatcher.stream_service = "local"
+
+    @property
+    def obj(self) -> Any:
+        """The object whose methods are called."""
+        return self.dispatcher.obj
+
+    def _service(self) -> str:
+        return type(self.dispatcher.obj).__name__
+
+    def _request(self, service: str, frames: list[bytes], timeout: float | None) -> list[bytes]:
+        return self.dispatcher(frames)

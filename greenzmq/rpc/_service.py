@@ -1,0 +1,140 @@
+"""The service side: an object's public methods as a Majordomo service."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, overload
+
+import gevent
+
+from ..core.endpoints import Endpoints
+from ..patterns._worker import HeartbeatWorkerService
+from ..patterns.mdp import BROKER, MDPWorkerService
+from ._dispatch import Dispatcher
+
+__all__ = ["RPCService", "service"]
+
+T = TypeVar("T", bound=type)
+
+
+class RPCService(MDPWorkerService):
+    """Serve ``obj``'s public methods as the Majordomo service ``service`` (default: class name).
+
+    Sockets: ``broker`` (a DEALER per broker: ``endpoint`` may list several;
+    ``--endpoint broker=ADDR`` under the launcher) and ``kill``. Everything
+    of :class:`~greenzmq.patterns.mdp.MDPWorkerService` applies: heartbeats,
+    several brokers, ``offload``/``pool``, CURVE ``options``, tracing and
+    stats. Generator methods stream (``window`` items a chunk at most, see
+    :mod:`greenzmq.rpc._dispatch`) through one more worker registered as the
+    private service ``SERVICE.~ID`` (the stream's follow-up requests must
+    reach the process holding the generator); with ``offload="process"``
+    they are refused (a generator cannot leave its pool process).
+    """
+
+    name = "rpc"
+
+    def __init__(
+        self,
+        obj: Any,
+        *,
+        service: str | None = None,
+        endpoint: Endpoints = BROKER,
+        window: int = 64,
+        stream_idle: float = 60.0,
+        version: int | str = 2,
+        heartbeat: float = 2.5,
+        liveness: int = 3,
+        reconnect: float = 1.0,
+        reconnect_max: float = 32.0,
+        options: Mapping[int, Any] | None = None,
+        name: str | None = None,
+        offload: str | None = None,
+        pool: int = 1,
+    ) -> None:
+        svc = service or type(obj).__name__
+        self.dispatcher = Dispatcher(
+            obj, window=window, stream_idle=stream_idle, streaming=offload != "process"
+        )
+        super().__init__(
+            svc,
+            self.dispatcher,
+            endpoint=endpoint,
+            version=version,
+            heartbeat=heartbeat,
+            liveness=liveness,
+            reconnect=reconnect,
+            reconnect_max=reconnect_max,
+            options=options,
+            name=name or f"rpc.{svc}",
+            offload=offload,
+            pool=pool,
+        )
+        self.obj = obj
+
+    @property
+    def service(self) -> str:
+        """The Majordomo service name callers use."""
+        s = self.mdp_service
+        return s.decode() if isinstance(s, bytes) else s
+
+    def run(self) -> None:
+        """Serve ``pool`` workers, plus the stream worker when streaming is on."""
+        self.offload.start()
+        try:
+            self.workers = [self.make_worker(slot) for slot in range(self.pool)]
+            if self.dispatcher.streaming:
+                # a name only this process serves: a stream's generator lives here
+                private = f"{self.service}.~{uuid.uuid4().hex[:12]}"
+                self.dispatcher.stream_service = private
+                self.workers.append(
+                    HeartbeatWorkerService.make_worker(
+                        self, self.pool, service=private, version=self.version
+                    )
+                )
+            self.worker = self.workers[0]
+            if self.stopping.is_set():
+                self.on_stop()
+            others = [
+                self.spawn(w.run, name=f"worker-{slot}")
+                for slot, w in enumerate(self.workers)
+                if slot
+            ]
+            self.worker.run()
+            gevent.joinall(others)
+        finally:
+            self.offload.close()
+
+
+class _Launch:
+    """``Cls.__greenzmq_service__()``: how the launcher serves a class marked by :func:`service`.
+
+    On the class it makes an instance (``greenzmq mod:Calculator``); on an
+    instance (``greenzmq 'mod:Calculator(2)'``) it serves that one.
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    def __get__(self, inst: Any, owner: type) -> Callable[[], RPCService]:
+        return lambda: RPCService(owner() if inst is None else inst, **self.options)
+
+
+@overload
+def service(cls: T, /) -> T: ...
+@overload
+def service(**options: Any) -> Callable[[T], T]: ...
+def service(cls: Any = None, /, **options: Any) -> Any:
+    """Mark a plain class as an RPC app: ``greenzmq mymodule:Calculator`` serves it.
+
+    ``@rpc.service`` or ``@rpc.service(offload="thread", pool=4, window=16)``
+    (options of :class:`RPCService`). The class is left as it is (tests
+    still make plain instances); it gains only ``__greenzmq_service__``,
+    which the launcher calls to get the service.
+    """
+
+    def mark(c: T) -> T:
+        setattr(c, "__greenzmq_service__", _Launch(dict(options)))  # noqa: B010 (a dunder hook)
+        return c
+
+    return mark(cls) if cls is not None else mark

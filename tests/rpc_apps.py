@@ -1,0 +1,56 @@
+"""RPC services for tests/test_rpc.py (launcher processes import them from the repo root)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+
+from greenzmq import rpc
+
+
+@rpc.service
+class Calculator:
+    """Arithmetic, remotely."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.produced = 0  # items made by count(): the backpressure test reads it
+
+    def add(self, a: Any, b: Any = 0) -> Any:
+        """a + b."""
+        self.calls += 1
+        return a + b
+
+    def div(self, a: float, b: float) -> float:
+        """a / b."""
+        self.calls += 1
+        return a / b
+
+    def echo(self, value: Any) -> Any:
+        """The value itself (round trips)."""
+        return value
+
+    def count(self, n: int | None = None, fail_at: int | None = None) -> Iterator[int]:
+        """0, 1, 2... (n of them; None: without end), raising ValueError at ``fail_at``."""
+        i = 0
+        while n is None or i < n:
+            if i == fail_at:
+                raise ValueError(f"no {i}")
+            self.produced += 1
+            yield i
+            i += 1
+
+    def nap(self, seconds: float) -> float:
+        """Sleep green ``seconds``, return them."""
+        self.calls += 1
+        gevent.sleep(seconds)
+        return seconds
+
+    def opaque(self) -> object:
+        """A value no codec carries."""
+        return object()
+
+    def _private(self) -> None:
+        """Not exposed."""
