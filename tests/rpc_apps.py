@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,6 +48,10 @@ class Calculator:
         self.calls += 1
         gevent.sleep(seconds)
         return seconds
+
+    def pid(self) -> int:
+        """The serving process's id."""
+        return os.getpid()
 
     def opaque(self) -> object:
         """A value no codec carries."""

@@ -9,9 +9,11 @@ processes.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
+import gevent.subprocess
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +22,7 @@ from greenzmq import rpc
 from greenzmq.errors import GreenZMQError, RemoteError
 from greenzmq.patterns.mdp import MDPBroker
 
+from .helpers import ROOT, green_wait_for
 from .rpc_apps import Calculator
 
 Env = tuple[Any, Any, rpc.Client]
@@ -166,3 +169,47 @@ class TestLocalClient:
     def test_round_trip_property(self, value: Any) -> None:
         """Any msgpack-able value of bytes, str, numbers, lists and dicts comes back equal."""
         assert rpc.LocalClient(Calculator).echo(value) == value
+
+
+def cli(*args: str) -> Any:
+    """``python -m greenzmq ARGS`` (green: the test's in-process broker keeps serving)."""
+    return gevent.subprocess.run(
+        [sys.executable, "-m", "greenzmq", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+class TestProcesses:
+    @pytest.mark.deadline(90)
+    def test_launcher_and_greenzmq_call(self, greenzmq_service: Any) -> None:
+        """``greenzmq tests.rpc_apps:Calculator -w 2 --endpoint broker=...`` serves from two
+        processes; ``greenzmq call`` prints the result as JSON (exit 0), a remote error in
+        one line (exit 1), refuses a bad argument (exit 2), lists the methods."""
+        # both in processes: the fixture's teardown waits for a process without yielding,
+        # and an in-process broker would not be there to see the workers leave
+        broker = greenzmq_service("greenzmq.services.majordomo:app", process=True)
+        ep = broker.endpoints["broker"]
+        greenzmq_service(
+            "tests.rpc_apps:Calculator", {"broker": ep}, process=True, args=["-w", "2"]
+        )
+        with rpc.Client("Calculator", ep, timeout=10) as calc:
+            pids: set[int] = set()
+            green_wait_for(lambda: pids.add(calc.pid()) or len(pids) == 2, 20, "two workers")
+        ok = cli("call", "--broker", ep, "Calculator", "add", "1", "b=2")
+        assert (ok.returncode, ok.stdout) == (0, "3\n"), ok.stderr
+        assert cli("call", "--broker", ep, "Calculator", "echo", '{"a": [1, "x"]}').stdout == (
+            '{"a": [1, "x"]}\n'
+        )
+        assert cli("call", "--broker", ep, "Calculator", "count", "3").stdout == "0\n1\n2\n"
+        err = cli("call", "--broker", ep, "Calculator", "div", "1", "0")
+        assert err.returncode == 1
+        assert err.stderr == "greenzmq call: ZeroDivisionError: division by zero\n"
+        bad = cli("call", "--broker", ep, "Calculator", "add", "one")
+        assert bad.returncode == 2 and "'one' is not a JSON literal" in bad.stderr
+        listed = cli("call", "--broker", ep, "--list", "Calculator")
+        assert listed.returncode == 0
+        assert "add(a: 'Any', b: 'Any' = 0) -> 'Any'\n    a + b.\n" in listed.stdout
+        assert "count(n: 'int | None' = None, fail_at: 'int | None' = None)" in listed.stdout
+        assert "[stream]" in listed.stdout and "_private" not in listed.stdout
+        gone = cli("call", "--broker", ep, "--timeout", "0.3", "Nobody", "x")
+        assert gone.returncode == 1 and "no reply from 'Nobody'" in gone.stderr
