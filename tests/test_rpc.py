@@ -13,13 +13,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 import gevent.subprocess
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from greenzmq import rpc
-from greenzmq.errors import GreenZMQError, RemoteError
+from greenzmq.errors import GreenZMQError, RemoteError, RequestTimeout
 from greenzmq.patterns.mdp import MDPBroker
 
 from .helpers import ROOT, green_wait_for
@@ -139,6 +140,142 @@ class TestErrors:
             calc.call("_private")
         with pytest.raises(AttributeError):
             calc._private  # noqa: B018 (a private name is never a remote method)
+
+
+def produced(svc: Any) -> int:
+    return int(svc.service.obj.produced)
+
+
+class TestStreams:
+    @pytest.mark.deadline(30)
+    def test_a_generator_streams_in_chunks(self, served: Callable[..., Env]) -> None:
+        """Items come in order, window by window, and the stream ends with the generator."""
+        broker, svc, _ = served()
+        with rpc.Client("Calculator", broker.endpoints["broker"], window=4) as calc:
+            stream = calc.count(10)
+            assert isinstance(stream, rpc.Stream)
+            assert list(stream) == list(range(10))
+            assert stream.fetched == 2  # 4 in the first reply, then 4 and 2
+        assert svc.service.dispatcher.open_streams == 0
+
+    @pytest.mark.deadline(30)
+    def test_backpressure_a_slow_consumer_holds_the_worker(
+        self, served: Callable[..., Env]
+    ) -> None:
+        """An endless generator runs one window ahead of its consumer, no further, however
+        long the consumer dawdles; the service's window caps a greedy client's."""
+        broker, svc, _ = served(window=8)
+        with rpc.Client("Calculator", broker.endpoints["broker"], window=4) as calc:
+            stream = calc.count()  # never ends
+            for expected in range(10):
+                assert next(stream) == expected
+                gevent.sleep(0.01)
+            gevent.sleep(0.3)  # time the worker would use to run ahead, were it free to
+            assert produced(svc) == 12  # 10 consumed, rounded up to the window of 4
+            stream.close()
+        greedy = rpc.Client("Calculator", broker.endpoints["broker"], window=1000)
+        with greedy, greedy.count() as stream:
+            assert next(stream) == 0
+            gevent.sleep(0.3)
+            assert produced(svc) == 12 + 8  # the service's window, not the client's
+        green_wait_for(lambda: svc.service.dispatcher.open_streams == 0, 5, "streams closed")
+
+    @pytest.mark.deadline(30)
+    def test_an_error_mid_stream(self, served: Callable[..., Env]) -> None:
+        """The items made before a generator's exception arrive, then the RemoteError."""
+        broker, svc, _ = served()
+        for window in (3, 8):  # the error in a later chunk, or in the first one's wake
+            with rpc.Client("Calculator", broker.endpoints["broker"], window=window) as calc:
+                got = []
+                with pytest.raises(RemoteError.named("ValueError"), match="no 5"):
+                    for item in calc.count(10, fail_at=5):
+                        got.append(item)
+                assert got == [0, 1, 2, 3, 4]
+        assert svc.service.dispatcher.open_streams == 0
+
+    @pytest.mark.deadline(30)
+    def test_close_and_idle_streams(self, served: Callable[..., Env]) -> None:
+        """close() ends the remote generator; one nobody asks for expires after stream_idle."""
+        _, svc, calc = served(stream_idle=0.2)
+        d = svc.service.dispatcher
+        with calc.count() as stream:
+            next(stream)
+            assert d.open_streams == 1
+        assert d.open_streams == 0
+        abandoned = calc.count()
+        assert d.open_streams == 1
+        gevent.sleep(0.3)
+        assert calc.add(1, 1) == 2  # any request sweeps the idle streams
+        assert d.open_streams == 0
+        with pytest.raises(RemoteError.named("LookupError"), match="finished or expired"):
+            list(abandoned)
+
+    @pytest.mark.deadline(30)
+    def test_streams_with_offload_thread(self, served: Callable[..., Env]) -> None:
+        """offload="thread": the generator runs in the pool's threads, chunk by chunk."""
+        broker, _, _ = served(offload="thread", pool=2)
+        with rpc.Client("Calculator", broker.endpoints["broker"], window=3) as calc:
+            assert list(calc.count(7)) == list(range(7))
+            assert calc.add(2, 3) == 5
+
+    def test_no_streams_from_a_process_pool(self) -> None:
+        """A generator cannot outlive a pool process's call: refused, with the fix named."""
+        d = rpc.Dispatcher(Calculator(), streaming=False)
+        payload = rpc.MSGPACK.dumps(["count", [3], {}, None, None])
+        reply = d([b"msgpack", payload])
+        assert reply[1] == b"err"
+        assert "streams need offload=None or 'thread'" in rpc.MSGPACK.loads(reply[2])[1]
+
+
+class TestIntrospection:
+    @pytest.mark.deadline(30)
+    def test_methods_signatures_and_docstrings(self, served: Callable[..., Env]) -> None:
+        """methods(): the public methods, their signatures, docstrings and stream flags."""
+        _, _, calc = served()
+        found = {m["name"]: m for m in calc.methods()}
+        assert sorted(found) == ["add", "count", "div", "echo", "nap", "opaque", "pid"]
+        assert found["add"] == {
+            "name": "add",
+            "signature": "(a: 'Any', b: 'Any' = 0) -> 'Any'",
+            "doc": "a + b.",
+            "stream": False,
+        }
+        assert found["count"]["stream"] is True
+        assert rpc.LocalClient(Calculator).methods() == calc.methods()
+
+
+class TestDeadlines:
+    @pytest.mark.deadline(30)
+    def test_the_broker_drops_a_request_past_its_expiry(self, served: Callable[..., Env]) -> None:
+        """The caller times out; the broker's request expiry (service_timeouts) drops the
+        queued request instead of dispatching it to the worker when it frees up."""
+        broker, svc, calc = served(broker={"service_timeouts": {"Calculator": 0.3}})
+        ep = broker.endpoints["broker"]
+        with rpc.Client("Calculator", ep, timeout=5) as other:
+            busy = gevent.spawn(other.nap, 1.0)
+            green_wait_for(lambda: svc.service.obj.calls == 1, 5, "the worker busy")
+            with pytest.raises(RequestTimeout, match="no reply from 'Calculator'"):
+                calc.call("add", (1, 2), timeout=0.3)
+            assert busy.get(timeout=5) == 1.0
+        b = broker.service
+        green_wait_for(lambda: b.counts["requests timed out"] == 1, 5, "the expiry")
+        assert b.drops["request timed out waiting for a worker"] == 1
+        assert svc.service.obj.calls == 1  # only the nap ran
+        assert svc.service.dispatcher.expired == 0  # the worker never saw it
+
+    @pytest.mark.deadline(30)
+    def test_a_late_request_is_not_run(self, served: Callable[..., Env]) -> None:
+        """Without a broker expiry, the worker that gets a call past its deadline skips it."""
+        broker, svc, calc = served()
+        with rpc.Client("Calculator", broker.endpoints["broker"], timeout=5) as other:
+            busy = gevent.spawn(other.nap, 0.6)
+            green_wait_for(lambda: svc.service.obj.calls == 1, 5, "the worker busy")
+            with pytest.raises(RequestTimeout):
+                calc.call("add", (1, 2), timeout=0.2)
+            busy.get(timeout=5)
+        green_wait_for(lambda: svc.service.dispatcher.expired == 1, 5, "the late call skipped")
+        assert svc.service.obj.calls == 1
+        assert calc.add(1, 2) == 3  # the client goes on, on a fresh socket
 
 
 class TestLocalClient:
