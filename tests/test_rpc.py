@@ -8,6 +8,7 @@ processes.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -140,6 +141,19 @@ class TestErrors:
             calc.call("_private")
         with pytest.raises(AttributeError):
             calc._private  # noqa: B018 (a private name is never a remote method)
+
+
+def cli_module(module: str, *args: str) -> Any:
+    """``python -m MODULE ARGS`` (green: a broker in the test's process keeps serving)."""
+    return gevent.subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def cli(*args: str) -> Any:
+    """``python -m greenzmq ARGS``."""
+    return cli_module("greenzmq", *args)
 
 
 def produced(svc: Any) -> int:
@@ -278,6 +292,39 @@ class TestDeadlines:
         assert calc.add(1, 2) == 3  # the client goes on, on a fresh socket
 
 
+class TestBenchmark:
+    @pytest.mark.slow
+    @pytest.mark.deadline(120)
+    def test_the_rpc_benchmark_runs(self) -> None:
+        """The benchmark times raw MDP and RPC echo calls in one run and gives their ratio."""
+        r = cli_module("greenzmq.tools.benchmarks.rpc", "-n", "50", "-r", "1", "--json")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert set(out["us_per_call"]) >= {"mdp", "rpc"}
+        assert out["rpc_x_mdp"] == round(out["us_per_call"]["rpc"] / out["us_per_call"]["mdp"], 2)
+
+
+class TestPluginClient:
+    @pytest.mark.deadline(30)
+    def test_direct_and_through_a_broker(self, greenzmq_rpc: Any, greenzmq_service: Any) -> None:
+        """greenzmq_rpc(obj) calls in-process through the codec; greenzmq_rpc(name,
+        broker=...) through a broker (an endpoint or the broker's running service)."""
+        direct = greenzmq_rpc(Calculator())
+        assert direct.add(2, b=3) == 5
+        assert direct.echo((1, b"x")) == [1, b"x"]  # the codec's view of a tuple
+        with pytest.raises(RemoteError.named("ZeroDivisionError")):
+            direct.div(1, 0)
+        assert direct.obj.calls == 2
+        broker = greenzmq_service(MDPBroker())
+        greenzmq_service(rpc.RPCService(Calculator(), endpoint=broker.endpoints["broker"]))
+        remote = greenzmq_rpc("Calculator", broker, timeout=5)
+        assert remote.add(2, b=3) == 5
+        assert list(remote.count(3)) == [0, 1, 2]
+        assert greenzmq_rpc("Calculator", broker.endpoints["broker"]).pid() == remote.pid()
+        with pytest.raises(TypeError, match="needs broker"):
+            greenzmq_rpc("Calculator")
+
+
 class TestLocalClient:
     def test_same_semantics_without_sockets(self) -> None:
         """LocalClient calls through the codec: values, errors and streams as a remote caller."""
@@ -306,14 +353,6 @@ class TestLocalClient:
     def test_round_trip_property(self, value: Any) -> None:
         """Any msgpack-able value of bytes, str, numbers, lists and dicts comes back equal."""
         assert rpc.LocalClient(Calculator).echo(value) == value
-
-
-def cli(*args: str) -> Any:
-    """``python -m greenzmq ARGS`` (green: the test's in-process broker keeps serving)."""
-    return gevent.subprocess.run(
-        [sys.executable, "-m", "greenzmq", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
 
 
 class TestProcesses:
