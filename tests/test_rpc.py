@@ -292,6 +292,49 @@ class TestDeadlines:
         assert calc.add(1, 2) == 3  # the client goes on, on a fresh socket
 
 
+class TestMajordomoForFree:
+    @pytest.mark.deadline(60)
+    def test_several_brokers_offload_and_failover(self, greenzmq_service: Any) -> None:
+        """A service on two brokers (offload="thread", pool=2) answers through either,
+        streams through either, and a client that knows both fails over when one stops."""
+        b1, b2 = greenzmq_service(MDPBroker()), greenzmq_service(MDPBroker())
+        eps = [b1.endpoints["broker"], b2.endpoints["broker"]]
+        # heartbeat 0.2: leaving, the workers wait 0.6 s, not 7.5, for the stopped b1's goodbye
+        svc = rpc.RPCService(Calculator(), endpoint=eps, offload="thread", pool=2, heartbeat=0.2)
+        greenzmq_service(svc)
+        for ep in eps:
+            with rpc.Client("Calculator", ep, timeout=5, window=2) as calc:
+                assert calc.add(1, 2) == 3
+                assert list(calc.count(5)) == [0, 1, 2, 3, 4]
+        with rpc.Client("Calculator", eps, timeout=1, retries=2) as calc:
+            assert calc.add(1, 1) == 2  # through b1, the first listed
+            b1.stop()
+            assert calc.add(2, 2) == 4  # b1 silent for 1 s: the second try goes to b2
+            assert calc.mdp.failovers == 1
+
+    @pytest.mark.deadline(60)
+    def test_curve(self, greenzmq_service: Any, tmp_path: Any) -> None:
+        """A CURVE broker: the service and a client with keys are served; one without is not."""
+        from greenzmq.core.auth import client_options, generate_keys, secure
+
+        keys = {n: generate_keys(tmp_path, n) for n in ("server", "worker", "client")}
+        allowed = tmp_path / "allowed"
+        allowed.mkdir()
+        for n in ("worker", "client"):
+            (allowed / f"{n}.key").write_bytes(keys[n][0].read_bytes())
+        broker = MDPBroker()
+        secure(broker, secret_key=keys["server"][1], allowed_keys=allowed, sockets=("broker",))
+        ep = greenzmq_service(broker).endpoints["broker"]
+        server_pub = keys["server"][0]
+        worker = client_options(server_pub, keys["worker"][1])
+        greenzmq_service(rpc.RPCService(Calculator(), endpoint=ep, options=worker))
+        opts = client_options(server_pub, keys["client"][1])
+        with rpc.Client("Calculator", ep, timeout=5, options=opts) as calc:
+            assert calc.add(b"se", b"cure") == b"secure"
+        with rpc.Client("Calculator", ep, timeout=0.3) as plain, pytest.raises(RequestTimeout):
+            plain.add(1, 2)
+
+
 class TestBenchmark:
     @pytest.mark.slow
     @pytest.mark.deadline(120)
