@@ -378,7 +378,7 @@ class TestLocalClient:
             calc.div(1, 0)
         assert list(calc.count(3)) == [0, 1, 2]
 
-    @settings(max_examples=60, deadline=None)
+    @settings(max_examples=40, deadline=None)
     @given(
         st.recursive(
             st.none()
@@ -399,6 +399,7 @@ class TestLocalClient:
 
 
 class TestProcesses:
+    @pytest.mark.slow
     @pytest.mark.deadline(90)
     def test_launcher_and_greenzmq_call(self, greenzmq_service: Any) -> None:
         """``greenzmq tests.rpc_apps:Calculator -w 2 --endpoint broker=...`` serves from two
