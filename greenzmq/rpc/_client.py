@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from ..core.endpoints import Endpoints
 from ..core.sockets import Context
@@ -16,6 +16,8 @@ from .codec import Codec, get_codec
 
 __all__ = ["Caller", "Client", "LocalClient", "Stream"]
 
+_C = TypeVar("_C", bound="Caller")
+
 
 class Caller:
     """What both clients share: attribute calls, the wire format, streams.
@@ -25,6 +27,8 @@ class Caller:
     of its own (so a method's own keyword named ``timeout`` is no problem). A
     generator method returns a :class:`Stream`. A remote exception is raised
     as :class:`~greenzmq.errors.RemoteError` (its subclass for the type name).
+    A remote method named like one of the client's own attributes (``call``,
+    ``methods``, ``close``, ``timeout``...) is reached with :meth:`call`.
     """
 
     def __init__(self, codec: str | bytes | Codec = "msgpack", window: int = 64) -> None:
@@ -88,7 +92,7 @@ class Caller:
     def close(self) -> None:
         """Release the transport (the socket of a :class:`Client`)."""
 
-    def __enter__(self) -> Caller:
+    def __enter__(self: _C) -> _C:
         return self
 
     def __exit__(self, *exc: object) -> None:
