@@ -17,6 +17,8 @@ from typing import Any
 import gevent
 import gevent.subprocess
 import pytest
+import zmq
+import zmq.green
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -231,6 +233,33 @@ class TestStreams:
         with rpc.Client("Calculator", broker.endpoints["broker"], window=3) as calc:
             assert list(calc.count(7)) == list(range(7))
             assert calc.add(2, 3) == 5
+
+    @pytest.mark.deadline(30)
+    @pytest.mark.parametrize("offload", [None, "thread"])
+    def test_items_travel_as_mdp02_partial_replies(
+        self, served: Callable[..., Env], offload: str | None
+    ) -> None:
+        """On the wire each item is one MDP/0.2 PARTIAL reply, the chunk's FINAL says what
+        comes next: seen by a raw DEALER speaking MDP/0.2 to the broker."""
+        broker, _, _ = served(offload=offload)
+        ctx = zmq.green.Context()
+        sock = ctx.socket(zmq.DEALER)
+        try:
+            sock.connect(broker.endpoints["broker"])
+            call = rpc.MSGPACK.dumps(["count", [5], {}, None, 3])  # a window of 3
+            sock.send_multipart([b"", b"MDPC02", b"\x02", b"Calculator", b"msgpack", call])
+            replies = []
+            with gevent.Timeout(10):
+                while not replies or replies[-1][2] != b"\x04":  # until the FINAL
+                    replies.append(sock.recv_multipart())
+        finally:
+            sock.close(linger=0)
+            ctx.term()
+        assert [r[:3] for r in replies] == [[b"", b"MDPC02", b"\x03"]] * 3 + [
+            [b"", b"MDPC02", b"\x04"]
+        ]
+        assert [rpc.MSGPACK.loads(r[3]) for r in replies[:3]] == [0, 1, 2]
+        assert replies[-1][3:5] == [b"msgpack", b"more"]
 
     def test_no_streams_from_a_process_pool(self) -> None:
         """A generator cannot outlive a pool process's call: refused, with the fix named."""

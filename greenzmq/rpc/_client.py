@@ -12,7 +12,7 @@ from ..core.sockets import Context
 from ..errors import RemoteError
 from ..patterns.mdp import BROKER, MDPClient
 from ._dispatch import END, ERR, MORE, OK, Dispatcher
-from .codec import Codec, get_codec
+from .codec import CODECS, Codec, get_codec
 
 __all__ = ["Caller", "Client", "LocalClient", "Stream"]
 
@@ -72,16 +72,20 @@ class Caller:
     def _result(self, reply: list[bytes], timeout: float | None) -> Any:
         if len(reply) < 3:
             raise RemoteError.named("BadReply")(f"expected 3 frames or more, got {len(reply)}")
-        codec = get_codec(reply[0])
-        status = reply[1]
+        if reply[0] in CODECS:
+            head, items = reply[:3], reply[3:]
+        else:  # a stream's items came first, as PARTIAL replies (an item is never a codec name)
+            head, items = reply[-3:], reply[:-3]
+        codec = get_codec(head[0])
+        status = head[1]
         if status == OK:
-            return codec.loads(reply[2])
+            return codec.loads(head[2])
         if status == ERR:
-            name, message, tb = codec.loads(reply[2])
+            name, message, tb = codec.loads(head[2])
             raise RemoteError.named(str(name))(str(message), str(tb))
         if status in (MORE, END):
-            service, sid = codec.loads(reply[2])
-            return Stream(self, str(service), str(sid), reply[3:], status == END, timeout)
+            service, sid = codec.loads(head[2])
+            return Stream(self, str(service), str(sid), items, status == END, timeout)
         raise RemoteError.named("BadReply")(f"unknown status {status[:16]!r}")
 
     def __getattr__(self, name: str) -> _Method:

@@ -163,7 +163,7 @@ class Dispatcher:
             except (IndexError, TypeError, ValueError):
                 return self._error(codec, "BadRequest", f"{method} takes [stream id, n]")
             if method == "_next":
-                return self._next(codec, sid, n)
+                return self._next(codec, sid, n, getattr(body, "emit", None))
             self._close(sid)
             return [codec.name, OK, codec.dumps(None)]
         fn = self.methods.get(method) if isinstance(method, str) else None
@@ -177,7 +177,7 @@ class Dispatcher:
         except Exception as e:
             return self._failed(codec, method, e)
         if inspect.isgenerator(result):
-            return self._start(codec, method, result, window)
+            return self._start(codec, method, result, window, getattr(body, "emit", None))
         try:
             return [codec.name, OK, codec.dumps(result)]
         except TypeError as e:
@@ -195,7 +195,12 @@ class Dispatcher:
 
     # -- streams ---------------------------------------------------------------
     def _start(
-        self, codec: Codec, method: str, gen: Generator[Any, Any, Any], window: Any
+        self,
+        codec: Codec,
+        method: str,
+        gen: Generator[Any, Any, Any],
+        window: Any,
+        emit: Callable[[list[bytes]], None] | None,
     ) -> list[bytes]:
         if not self.streaming:
             gen.close()
@@ -206,9 +211,16 @@ class Dispatcher:
         with self._lock:
             self._streams[sid] = _Stream(gen, codec)
         n = int(window) if isinstance(window, int) and window > 0 else self.window
-        return self._next(codec, sid, n, method)
+        return self._next(codec, sid, n, emit, method)
 
-    def _next(self, codec: Codec, sid: str, n: int, method: str = "_next") -> list[bytes]:
+    def _next(
+        self,
+        codec: Codec,
+        sid: str,
+        n: int,
+        emit: Callable[[list[bytes]], None] | None,
+        method: str = "_next",
+    ) -> list[bytes]:
         with self._lock:
             st = self._streams.get(sid)
         if st is None:
@@ -217,14 +229,20 @@ class Dispatcher:
             self._close(sid)
             return self._failed(codec, method, st.failed)
         items: list[bytes] = []
+        sent = 0
         end = False
         try:
             for _ in range(max(1, min(n, self.window))):
-                items.append(codec.dumps(next(st.gen)))
+                item = codec.dumps(next(st.gen))
+                if emit is None:
+                    items.append(item)
+                else:  # an MDP/0.2 PARTIAL reply, on its way now
+                    emit([item])
+                sent += 1
         except StopIteration:
             end = True
         except Exception as e:
-            if not items:
+            if not sent:
                 self._close(sid)
                 return self._failed(codec, method, e)
             st.failed = e  # the items made before it go out first; the error with the next chunk

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
@@ -10,12 +13,61 @@ import gevent
 
 from ..core.endpoints import Endpoints
 from ..patterns._worker import HeartbeatWorkerService
-from ..patterns.mdp import BROKER, MDPWorkerService
+from ..patterns.mdp import BROKER, PARTIAL02, MDPWorker, MDPWorkerService
 from ._dispatch import Dispatcher
 
-__all__ = ["RPCService", "service"]
+__all__ = ["RPCService", "RPCWorker", "service"]
 
 T = TypeVar("T", bound=type)
+
+
+class _Body(list[bytes]):
+    """Request frames that carry how to send a PARTIAL reply to them.
+
+    They reach the dispatcher as the plain frames list, inline or through a
+    thread pool (``offload="thread"`` hands the same object over).
+    """
+
+    emit: Callable[[list[bytes]], None]
+
+
+class RPCWorker(MDPWorker):
+    """An MDP/0.2 worker whose handler may send PARTIAL replies while it runs.
+
+    The dispatcher sends a stream's items this way, each as it is made. The
+    handler (its greenlet, or a pool thread) only queues them; this worker's
+    loop, the sockets' owner, sends them (rule 1), before the request's FINAL.
+    """
+
+    def __init__(self, *args: Any, partials: bool = True, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        #: False: the frames go as they are (a process pool pickles them)
+        self.partials = partials and self.version == 2
+        self._partials: deque[tuple[list[bytes], list[bytes]]] = deque()
+        self._hub = gevent.get_hub()
+        self._thread = threading.get_ident()
+
+    def _work(self, envelope: list[bytes], body: list[bytes], key: str | None) -> None:
+        if self.partials:
+            carrying = _Body(body)
+            carrying.emit = functools.partial(self._emit, envelope)
+            body = carrying
+        super()._work(envelope, body, key)
+
+    def _emit(self, envelope: list[bytes], frames: list[bytes]) -> None:
+        self._partials.append((envelope, frames))
+        if threading.get_ident() == self._thread:
+            self.poller.wake()
+        else:  # a pool thread: the wake-up must run in the hub's own thread
+            self._hub.loop.run_callback_threadsafe(self.poller.wake)
+
+    def _flush(self) -> None:
+        while self._partials:  # a request's partials were queued before its final
+            envelope, frames = self._partials.popleft()
+            msg = [b"", self.header, PARTIAL02, *envelope, b"", *frames]
+            if not self._send(msg, getattr(envelope, "link", None)):
+                self.trace.drop(msg, "queue not reachable")
+        super()._flush()
 
 
 class RPCService(MDPWorkerService):
@@ -33,6 +85,7 @@ class RPCService(MDPWorkerService):
     """
 
     name = "rpc"
+    worker_class = RPCWorker
 
     def __init__(
         self,
@@ -72,6 +125,11 @@ class RPCService(MDPWorkerService):
         )
         self.obj = obj
 
+    def make_worker(self, slot: int = 0, **extra: Any) -> Any:
+        """An :class:`RPCWorker` (PARTIAL replies unless a process pool runs the methods)."""
+        extra.setdefault("partials", self.dispatcher.streaming)
+        return super().make_worker(slot, **extra)
+
     @property
     def service(self) -> str:
         """The Majordomo service name callers use."""
@@ -89,7 +147,7 @@ class RPCService(MDPWorkerService):
                 self.dispatcher.stream_service = private
                 self.workers.append(
                     HeartbeatWorkerService.make_worker(
-                        self, self.pool, service=private, version=self.version
+                        self, self.pool, service=private, version=self.version, partials=True
                     )
                 )
             self.worker = self.workers[0]
