@@ -7,8 +7,11 @@ The frames (each value one frame in the request's codec, :mod:`greenzmq.rpc.code
   (None: none), ``window`` the most items the caller wants in a stream's
   first chunk (None: the service's).
 * reply: ``[codec, "ok", result]``, ``[codec, "err", [type name, message,
-  traceback]]``, or a stream chunk ``[codec, "more" | "end", [stream
-  service, stream id], item, item...]``.
+  traceback]]``, or a stream chunk: each item one MDP/0.2 PARTIAL reply
+  ``[item]``, sent as the generator makes it, then the FINAL ``[codec,
+  "more" | "end", [stream service, stream id]]``. Where no PARTIAL can be
+  sent (an MDP/0.1 worker, a process pool, :class:`~greenzmq.rpc.LocalClient`)
+  the items follow in the FINAL: ``[codec, "more" | "end", ref, item...]``.
 
 A generator method streams: the first reply carries up to ``window`` items
 and where to ask for the next ones (``more``). The generator is kept here and

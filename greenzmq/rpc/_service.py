@@ -77,8 +77,9 @@ class RPCService(MDPWorkerService):
     ``--endpoint broker=ADDR`` under the launcher) and ``kill``. Everything
     of :class:`~greenzmq.patterns.mdp.MDPWorkerService` applies: heartbeats,
     several brokers, ``offload``/``pool``, CURVE ``options``, tracing and
-    stats. Generator methods stream (``window`` items a chunk at most, see
-    :mod:`greenzmq.rpc._dispatch`) through one more worker registered as the
+    stats. Generator methods stream (``window`` items a chunk at most, each
+    an MDP/0.2 PARTIAL reply, see :mod:`greenzmq.rpc._dispatch`; its
+    workers are :class:`RPCWorker`) through one more worker registered as the
     private service ``SERVICE.~ID`` (the stream's follow-up requests must
     reach the process holding the generator); with ``offload="process"``
     they are refused (a generator cannot leave its pool process).
