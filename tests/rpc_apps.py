@@ -33,12 +33,17 @@ class Calculator:
         """The value itself (round trips)."""
         return value
 
-    def count(self, n: int | None = None, fail_at: int | None = None) -> Iterator[int]:
-        """0, 1, 2... (n of them; None: without end), raising ValueError at ``fail_at``."""
+    def count(
+        self, n: int | None = None, fail_at: int | None = None, delay: float = 0.0
+    ) -> Iterator[int]:
+        """0, 1, 2... (n of them; None: without end), raising ValueError at ``fail_at``;
+        ``delay`` seconds (green) before each item."""
         i = 0
         while n is None or i < n:
             if i == fail_at:
                 raise ValueError(f"no {i}")
+            if delay:
+                gevent.sleep(delay)
             self.produced += 1
             yield i
             i += 1

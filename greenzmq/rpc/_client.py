@@ -7,10 +7,12 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
+import gevent
+
 from ..core.endpoints import Endpoints
-from ..core.sockets import Context
-from ..errors import RemoteError
-from ..patterns.mdp import BROKER, MDPClient
+from ..core.sockets import Context, Socket
+from ..errors import RemoteError, RequestTimeout
+from ..patterns.mdp import BROKER, C_CLIENT02, FINAL02, PARTIAL02, REQUEST, MDPClient
 from ._dispatch import END, ERR, MORE, OK, Dispatcher
 from .codec import CODECS, Codec, get_codec
 
@@ -35,10 +37,26 @@ class Caller:
         self.codec = get_codec(codec)
         self.window = window
         self.timeout: float | None = None
+        self._open: Stream | None = None  # a stream whose chunk is still arriving
 
     def _request(self, service: str, frames: list[bytes], timeout: float | None) -> list[bytes]:
-        """Send one request to ``service``, return the reply frames (each client's transport)."""
+        """Send one request to ``service``, return the whole reply's frames (the transport)."""
         raise NotImplementedError
+
+    def _first(
+        self, service: str, frames: list[bytes], timeout: float | None
+    ) -> tuple[list[bytes], bool]:
+        """Send one request; its first reply message's frames, and whether it was the last."""
+        return self._request(service, frames, timeout), True
+
+    def _more(self, timeout: float | None) -> tuple[list[bytes], bool]:
+        """The next message of the reply :meth:`_first` began, and whether it is the last."""
+        raise NotImplementedError
+
+    def _settle(self) -> None:
+        """Read the rest of an open stream chunk (into its buffer) before the next request."""
+        if self._open is not None:
+            self._open._drain()
 
     def _deadline(self, timeout: float | None) -> float | None:
         return None if timeout is None else time.time() + timeout
@@ -59,8 +77,13 @@ class Caller:
         """
         t = self.timeout if timeout is None else timeout
         payload = [method, list(args), dict(kwargs or {}), self._deadline(t), self.window]
-        reply = self._request(self._service(), [self.codec.name, self.codec.dumps(payload)], t)
-        return self._result(reply, t)
+        frames = [self.codec.name, self.codec.dumps(payload)]
+        self._settle()
+        first, final = self._first(self._service(), frames, t)
+        if final:
+            return self._result(first, t)
+        # a PARTIAL: a stream's first item; the FINAL ending its chunk comes later
+        return Stream(self, "", "", first, False, t, reading=True)
 
     def methods(self, *, timeout: float | None = None) -> list[dict[str, Any]]:
         """The methods: ``name``, ``signature``, ``doc``, ``stream`` (True: it streams)."""
@@ -119,11 +142,14 @@ class _Method:
 class Stream(Iterator[Any]):
     """The items of a generator method, fetched a chunk at a time as they are consumed.
 
-    The next chunk (up to the client's ``window`` items) is asked for when
-    the last one is used up, so the remote generator runs at most one chunk
-    ahead of this iterator. A remote exception in the generator is raised
-    here, after the items made before it. :meth:`close` (or leaving a
-    ``with`` block) ends the remote generator early.
+    Each item is yielded as soon as its PARTIAL reply arrives; the next chunk
+    (up to the client's ``window`` items) is asked for when the last one is
+    used up, so the remote generator runs at most one chunk ahead of this
+    iterator. ``timeout`` bounds each wait for an item. A remote exception in
+    the generator is raised here, after the items made before it.
+    :meth:`close` (or leaving a ``with`` block) ends the remote generator
+    early. Another call on the same client while a chunk is arriving first
+    reads the chunk's rest into this stream's buffer (a window at most).
     """
 
     def __init__(
@@ -134,44 +160,89 @@ class Stream(Iterator[Any]):
         items: list[bytes],
         ended: bool,
         timeout: float | None,
+        *,
+        reading: bool = False,
     ) -> None:
         self.caller, self.service, self.sid = caller, service, sid
         self.timeout = timeout
         self.ended = ended
         self._items: deque[bytes] = deque(items)
+        self._reading = reading  # a chunk's FINAL is still to come
+        if reading:
+            caller._open = self
         #: chunks fetched after the first reply
         self.fetched = 0
 
     def __next__(self) -> Any:
         while not self._items:
-            if self.ended:
+            if self._reading:
+                self._part()
+            elif self.ended:
                 raise StopIteration
-            self._fetch()
+            else:
+                self._fetch()
         return self.caller.codec.loads(self._items.popleft())
 
-    def _ask(self, method: str, args: list[Any]) -> list[bytes]:
-        c = self.caller
-        payload: list[Any] = [method, args, {}, c._deadline(self.timeout), None]
-        return c._request(self.service, [c.codec.name, c.codec.dumps(payload)], self.timeout)
-
-    def _fetch(self) -> None:
-        reply = self._ask("_next", [self.sid, self.caller.window])
-        self.fetched += 1
+    def _adopt(self, reply: list[bytes]) -> None:
+        """Take a chunk's FINAL (or a whole chunk): where to ask next, whether it ended."""
         try:
             more = self.caller._result(reply, self.timeout)
         except BaseException:
             self.ended = True
             raise
         assert isinstance(more, Stream)
+        if more.sid:
+            self.service, self.sid = more.service, more.sid
         self._items.extend(more._items)
         self.ended = more.ended
 
+    def _part(self) -> None:
+        """Read the next message of the chunk in flight."""
+        try:
+            frames, final = self.caller._more(self.timeout)
+        except BaseException:
+            self._reading, self.ended, self.caller._open = False, True, None
+            raise
+        if not final:
+            self._items.extend(frames)
+            return
+        self._reading, self.caller._open = False, None
+        self._adopt(frames)
+
+    def _drain(self) -> None:
+        while self._reading:
+            self._part()
+
+    def _ask(self, method: str, args: list[Any]) -> tuple[list[bytes], bool]:
+        c = self.caller
+        c._settle()
+        payload: list[Any] = [method, args, {}, c._deadline(self.timeout), None]
+        return c._first(self.service, [c.codec.name, c.codec.dumps(payload)], self.timeout)
+
+    def _fetch(self) -> None:
+        try:
+            first, final = self._ask("_next", [self.sid, self.caller.window])
+        except BaseException:
+            self.ended = True
+            raise
+        self.fetched += 1
+        if final:
+            self._adopt(first)
+        else:
+            self._items.extend(first)
+            self._reading, self.caller._open = True, self
+
     def close(self) -> None:
         """End the remote generator (nothing to do once it finished)."""
-        if not self.ended:
-            self.ended = True
+        try:
+            self._drain()
+        finally:
+            if not self.ended:
+                self.ended = True
+                _, final = self._ask("_close", [self.sid])
+                while not final:  # never for _close; keeps the socket in step regardless
+                    _, final = self.caller._more(self.timeout)
             self._items.clear()
-            self._ask("_close", [self.sid])
 
     def __enter__(self) -> Stream:
         return self
@@ -221,6 +292,53 @@ class Client(Caller):
             return mdp.request(service, *frames)
         finally:
             mdp.timeout = default
+
+    def _one(self, sock: Socket) -> list[bytes]:
+        """The next MDP/0.2 reply message: ``[PARTIAL|FINAL, body...]``, skipping bad ones."""
+        while True:
+            with gevent.Timeout(self.mdp.timeout):
+                r = sock.recv_multipart()
+            if len(r) >= 3 and r[0] == b"" and r[1] == C_CLIENT02 and r[2] in (PARTIAL02, FINAL02):
+                return r[2:]
+            self.mdp.log.warning("mdp.client_bad_reply", frames=len(r))
+
+    def _first(
+        self, service: str, frames: list[bytes], timeout: float | None
+    ) -> tuple[list[bytes], bool]:
+        mdp = self.mdp
+        default = mdp.timeout
+        mdp.timeout = timeout or default
+        msg = [b"", C_CLIENT02, REQUEST, service.encode(), *frames]
+        failure = (
+            f"no reply from {service!r} at {mdp.where} after {mdp.retries} tries of "
+            f"{mdp.timeout} s each"
+        )
+        try:
+            # MDPClient's retries and broker failover, reading one message, not the whole reply
+            r = mdp._exchange(msg, self._one, failure)
+        finally:
+            mdp.timeout = default
+        return r[1:], r[0] == FINAL02
+
+    def _more(self, timeout: float | None) -> tuple[list[bytes], bool]:
+        mdp = self.mdp
+        sock = mdp.sock
+        if sock is None:
+            raise RequestTimeout("the stream's socket was closed")
+        default = mdp.timeout
+        mdp.timeout = timeout or default
+        try:
+            r = self._one(sock)
+        except gevent.Timeout:
+            # the rest may still come: only a fresh socket cannot mistake it for a reply
+            sock.close(linger=0)
+            mdp.sock = None
+            raise RequestTimeout(
+                f"the stream stalled: nothing from the service for {mdp.timeout} s"
+            ) from None
+        finally:
+            mdp.timeout = default
+        return r[1:], r[0] == FINAL02
 
     def _deadline(self, timeout: float | None) -> float | None:
         t = timeout or self.mdp.timeout
