@@ -29,7 +29,7 @@ from __future__ import annotations
 from ..errors import RemoteError, RequestTimeout
 from ._client import Caller, Client, LocalClient, Stream
 from ._dispatch import Dispatcher, describe, public_methods
-from ._service import RPCService, service
+from ._service import RPCService, RPCWorker, service
 from .codec import JSON, MSGPACK, Codec, get_codec
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "Dispatcher",
     "LocalClient",
     "RPCService",
+    "RPCWorker",
     "RemoteError",
     "RequestTimeout",
     "Stream",
