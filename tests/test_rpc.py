@@ -165,9 +165,11 @@ def produced(svc: Any) -> int:
 
 class TestStreams:
     @pytest.mark.deadline(30)
-    def test_a_generator_streams_in_chunks(self, served: Callable[..., Env]) -> None:
-        """Items come in order, window by window, and the stream ends with the generator."""
-        broker, svc, _ = served()
+    @pytest.mark.parametrize("version", ["0.2", "0.1"])
+    def test_a_generator_streams_in_chunks(self, served: Callable[..., Env], version: str) -> None:
+        """Items come in order, window by window, and the stream ends with the generator
+        (from an MDP/0.1 worker too, which has no PARTIAL: a chunk comes in its one reply)."""
+        broker, svc, _ = served(version=version)
         with rpc.Client("Calculator", broker.endpoints["broker"], window=4) as calc:
             stream = calc.count(10)
             assert isinstance(stream, rpc.Stream)
