@@ -48,6 +48,12 @@ class Calculator:
             yield i
             i += 1
 
+    def ticks(self, delays: list[float]) -> Iterator[int]:
+        """0, 1, 2..., each after its delay (seconds, green)."""
+        for i, d in enumerate(delays):
+            gevent.sleep(d)
+            yield i
+
     def nap(self, seconds: float) -> float:
         """Sleep green ``seconds``, return them."""
         self.calls += 1

@@ -253,6 +253,23 @@ class TestStreams:
         assert list(stream) == [1, 2]
 
     @pytest.mark.deadline(30)
+    def test_a_stalled_stream(self, greenzmq_service: Any) -> None:
+        """A stream silent past the timeout raises RequestTimeout, the stream's own error
+        even when another call on the client read ahead and met it; the client goes on."""
+        broker = greenzmq_service(MDPBroker())
+        ep = broker.endpoints["broker"]
+        greenzmq_service(rpc.RPCService(Calculator(), endpoint=ep, pool=2))
+        with rpc.Client("Calculator", ep, timeout=0.5) as calc:
+            stream = calc.ticks([0, 2.0, 0])
+            assert next(stream) == 0
+            assert calc.add(1, 2) == 3  # it waits 0.5 s for the stream's chunk, then goes on
+            with pytest.raises(RequestTimeout, match="the stream stalled"):
+                next(stream)
+            with pytest.raises(StopIteration):
+                next(stream)
+            assert calc.add(2, 2) == 4
+
+    @pytest.mark.deadline(30)
     @pytest.mark.parametrize("offload", [None, "thread"])
     def test_items_travel_as_mdp02_partial_replies(
         self, served: Callable[..., Env], offload: str | None
@@ -294,7 +311,7 @@ class TestIntrospection:
         """methods(): the public methods, their signatures, docstrings and stream flags."""
         _, _, calc = served()
         found = {m["name"]: m for m in calc.methods()}
-        assert sorted(found) == ["add", "count", "div", "echo", "nap", "opaque", "pid"]
+        assert sorted(found) == ["add", "count", "div", "echo", "nap", "opaque", "pid", "ticks"]
         assert found["add"] == {
             "name": "add",
             "signature": "(a: 'Any', b: 'Any' = 0) -> 'Any'",

@@ -11,7 +11,7 @@ import gevent
 
 from ..core.endpoints import Endpoints
 from ..core.sockets import Context, Socket
-from ..errors import RemoteError, RequestTimeout
+from ..errors import GreenZMQError, RemoteError, RequestTimeout
 from ..patterns.mdp import BROKER, C_CLIENT02, FINAL02, PARTIAL02, REQUEST, MDPClient
 from ._dispatch import END, ERR, MORE, OK, Dispatcher
 from .codec import CODECS, Codec, get_codec
@@ -54,9 +54,17 @@ class Caller:
         raise NotImplementedError
 
     def _settle(self) -> None:
-        """Read the rest of an open stream chunk (into its buffer) before the next request."""
-        if self._open is not None:
-            self._open._drain()
+        """Read the rest of an open stream chunk (into its buffer) before the next request.
+
+        A failure there (a stall, a remote error) belongs to that stream: it is
+        raised when the stream gets to it, not by the call that is starting.
+        """
+        s = self._open
+        if s is not None:
+            try:
+                s._drain()
+            except GreenZMQError as e:
+                s._failure = e
 
     def _deadline(self, timeout: float | None) -> float | None:
         return None if timeout is None else time.time() + timeout
@@ -76,9 +84,9 @@ class Caller:
         carries the deadline, so a service that gets it late does not run it.
         """
         t = self.timeout if timeout is None else timeout
+        self._settle()  # first: the deadline counts from the sending
         payload = [method, list(args), dict(kwargs or {}), self._deadline(t), self.window]
         frames = [self.codec.name, self.codec.dumps(payload)]
-        self._settle()
         first, final = self._first(self._service(), frames, t)
         if final:
             return self._result(first, t)
@@ -168,6 +176,7 @@ class Stream(Iterator[Any]):
         self.ended = ended
         self._items: deque[bytes] = deque(items)
         self._reading = reading  # a chunk's FINAL is still to come
+        self._failure: GreenZMQError | None = None  # met while another call read ahead
         if reading:
             caller._open = self
         #: chunks fetched after the first reply
@@ -175,6 +184,9 @@ class Stream(Iterator[Any]):
 
     def __next__(self) -> Any:
         while not self._items:
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
             if self._reading:
                 self._part()
             elif self.ended:
@@ -283,15 +295,6 @@ class Client(Caller):
 
     def _service(self) -> str:
         return self.service
-
-    def _request(self, service: str, frames: list[bytes], timeout: float | None) -> list[bytes]:
-        mdp = self.mdp
-        default = mdp.timeout
-        mdp.timeout = timeout or default
-        try:
-            return mdp.request(service, *frames)
-        finally:
-            mdp.timeout = default
 
     def _one(self, sock: Socket) -> list[bytes]:
         """The next MDP/0.2 reply message: ``[PARTIAL|FINAL, body...]``, skipping bad ones."""
