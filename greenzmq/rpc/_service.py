@@ -67,6 +67,8 @@ class RPCWorker(MDPWorker):
             msg = [b"", self.header, PARTIAL02, *envelope, b"", *frames]
             if not self._send(msg, getattr(envelope, "link", None)):
                 self.trace.drop(msg, "queue not reachable")
+            elif self.trace.on:
+                self.trace.hop("send", msg)
         super()._flush()
 
 
