@@ -70,3 +70,15 @@ class Calculator:
 
     def _private(self) -> None:
         """Not exposed."""
+
+
+@rpc.service(service="Calc", window=8, offload="thread", pool=2)
+class Tuned:
+    """A class marked with options."""
+
+    def __init__(self, base: int = 0) -> None:
+        self.base = base
+
+    def add(self, a: int) -> int:
+        """base + a."""
+        return self.base + a

@@ -399,6 +399,43 @@ class TestMajordomoForFree:
             plain.add(1, 2)
 
 
+class TestLaunchable:
+    def test_the_launcher_serves_a_marked_class(self) -> None:
+        """@rpc.service leaves the class plain; the launcher's as_service makes the service:
+        from the class (an instance made), a factory spec (that instance), with options."""
+        from greenzmq.launcher.appspec import as_service, load_app
+
+        from .rpc_apps import Tuned
+
+        assert Calculator().add(1, 2) == 3  # still a plain class
+        svc = as_service(load_app("tests.rpc_apps:Calculator"))
+        assert isinstance(svc, rpc.RPCService) and isinstance(svc.obj, Calculator)
+        assert (svc.service, svc.socket_name, svc.name) == (
+            "Calculator",
+            "broker",
+            "rpc.Calculator",
+        )
+        tuned = as_service(load_app("tests.rpc_apps:Tuned(5)"))
+        assert isinstance(tuned.obj, Tuned) and tuned.obj.base == 5
+        assert (tuned.service, tuned.dispatcher.window, tuned.pool) == ("Calc", 8, 2)
+        assert tuned.offload.mode == "thread"
+
+
+class TestCallArguments:
+    def test_json_literals_and_keywords(self) -> None:
+        """ARGS are JSON literals, NAME=JSON a keyword; a bad one is named (exit 2 upstream)."""
+        from greenzmq.tools.call import parse_args
+
+        assert parse_args(["1", '"a=b"', "[1, {}]", "x=null", "y=-2.5"]) == (
+            [1, "a=b", [1, {}]],
+            {"x": None, "y": -2.5},
+        )
+        with pytest.raises(ValueError, match="'one' is not a JSON literal"):
+            parse_args(["one"])
+        with pytest.raises(ValueError, match="positional argument '2' after a keyword"):
+            parse_args(["x=1", "2"])
+
+
 class TestBenchmark:
     @pytest.mark.slow
     @pytest.mark.deadline(120)
