@@ -17,6 +17,7 @@ from .errors import (
     ConfigError,
     GreenZMQError,
     ReaderError,
+    RemoteError,
     RequestTimeout,
     SocketBusyError,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "PollerListener",
     "ReaderError",
     "Readers",
+    "RemoteError",
     "RequestTimeout",
     "Service",
     "Socket",

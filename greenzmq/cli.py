@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "stats": "greenzmq.tools.stats",
     "health": "greenzmq.tools.health",
     "mmi": "greenzmq.tools.mmi",
+    "call": "greenzmq.tools.call",
 }
 
 

@@ -6,6 +6,7 @@ those under ``if TYPE_CHECKING:`` included):
 
 - ``core`` (the green runtime) imports only ``core`` and ``errors``, at any level.
 - ``patterns`` imports only ``core``, ``patterns`` and ``errors``, at any level.
+- ``rpc`` sits on ``patterns``: it imports only ``core``, ``patterns``, ``rpc`` and ``errors``.
 - ``launcher`` never imports ``patterns`` or ``tools``. At module level it
   imports only ``launcher``, ``errors`` and the stdlib-only part of ``core``
   (:data:`FORK_SAFE_CORE`): the master forks, so its modules must not bring
@@ -123,6 +124,7 @@ def layer(module: str) -> str:
 ONLY = {
     "core": {"core", "errors"},
     "patterns": {"core", "patterns", "errors"},
+    "rpc": {"core", "patterns", "rpc", "errors"},
     "errors": set(),
 }
 

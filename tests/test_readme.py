@@ -61,6 +61,24 @@ class TestReadme:
         assert r.returncode == 0, r.stdout + r.stderr
         assert "3 passed" in r.stdout
 
+    @pytest.mark.deadline(120)
+    def test_rpc_example(self, tmp_path: Path) -> None:
+        """ "RPC services": the Calculator, its client and its tests (direct, through a
+        broker, launched with two workers) pass with the installed plugin alone."""
+        for mod in ("calculator", "calc_client", "test_calculator"):
+            (tmp_path / f"{mod}.py").write_text(MODULES[mod])
+        r = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_calculator.py"],
+            cwd=tmp_path,
+            env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}"),
+            capture_output=True,
+            text=True,
+            timeout=110,
+            check=False,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "3 passed" in r.stdout
+
     def test_echo_service_example(self, tmp_path: Path) -> None:
         """The README's echo service answers over tcp and exits 0 on SIGTERM."""
         (tmp_path / "echoapp.py").write_text(MODULES["echoapp"])

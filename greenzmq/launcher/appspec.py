@@ -159,13 +159,21 @@ def load_app(spec: str | AppSpec) -> Any:
 
 
 def as_service(obj: Any, name: str | None = None) -> Any:
-    """Turn a loaded app into a Service: an instance, a Service class, or a plain callable."""
+    """Turn a loaded app into a Service: an instance, a Service class, or a plain callable.
+
+    An object with a ``__greenzmq_service__()`` hook says how to serve it (a
+    class marked with :func:`greenzmq.rpc.service` does), so the launcher
+    need not know its kind.
+    """
     from ..core.service import CallableService, Service
 
     if isinstance(obj, Service):
         return obj
     if isinstance(obj, type) and issubclass(obj, Service):
         return obj()
+    hook = getattr(obj, "__greenzmq_service__", None)
+    if hook is not None:
+        return hook()
     if callable(obj):
         return CallableService(obj, name=name)
     raise AppImportError(f"app {obj!r} is neither a greenzmq Service nor a callable")

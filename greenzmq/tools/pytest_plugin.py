@@ -15,6 +15,14 @@ a project needs; the fixtures:
   master says ``READY=1`` over ``NOTIFY_SOCKET`` (sd_notify: every worker has
   booted). At teardown every service is stopped (SIGTERM for a launcher) and
   the test fails if one did not exit 0.
+* ``greenzmq_rpc(target, broker=None, *, timeout=10.0, codec="msgpack",
+  window=64)``: an RPC test client (:mod:`greenzmq.rpc`). ``target`` an
+  object or a class: its methods are called in this process, through the
+  codec and the service's dispatcher (:class:`~greenzmq.rpc.LocalClient`:
+  values, errors and streams as a remote caller sees them, no sockets);
+  ``target`` a service name and ``broker`` an endpoint (or the
+  ``greenzmq_service`` of a broker): through that broker
+  (:class:`~greenzmq.rpc.Client`). Closed at teardown.
 * ``greenzmq_hops``: the hop events of the services the fixtures started
   (in-process ones log JSON to a file of the test's), with ``path(key)``:
   the ``(service, socket, op)`` a message and its reply took, in order.
@@ -327,6 +335,39 @@ def greenzmq_hops(tmp_path: Path) -> Hops:
     log = tmp_path / "greenzmq-hops.log"
     configure_logging("test", fmt="json", log_file=str(log), trace_sample=1.0)
     return Hops(log)
+
+
+@pytest.fixture
+def greenzmq_rpc() -> Iterator[Callable[..., Any]]:
+    """An RPC test client, direct or through a broker (see the module docstring)."""
+    clients: list[Any] = []
+
+    def connect(
+        target: Any,
+        broker: str | RunningService | None = None,
+        *,
+        timeout: float = 10.0,
+        codec: str = "msgpack",
+        window: int = 64,
+    ) -> Any:
+        from .. import rpc
+
+        client: Any
+        if broker is None:
+            if isinstance(target, str):
+                raise TypeError("greenzmq_rpc(SERVICE_NAME) needs broker=ENDPOINT")
+            client = rpc.LocalClient(target, codec=codec, window=window)
+        else:
+            if not isinstance(target, str):
+                raise TypeError("greenzmq_rpc(..., broker=...) takes the service's name")
+            ep = broker.endpoints["broker"] if isinstance(broker, RunningService) else broker
+            client = rpc.Client(target, ep, timeout=timeout, codec=codec, window=window)
+        clients.append(client)
+        return client
+
+    yield connect
+    for c in clients:
+        c.close()
 
 
 @pytest.fixture
