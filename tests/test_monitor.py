@@ -1,0 +1,309 @@
+"""Connection events: socket monitors log who connected, who left and who failed the handshake.
+
+Real CURVE servers on free tcp ports; the clients are plain pyzmq sockets in
+their own context (their own I/O thread), some with a fixed source port
+(libzmq's ``tcp://SRC;DEST`` syntax) so the test knows the address the
+server must report.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pytest
+import zmq
+
+from greenzmq import Service, SocketSpec
+from greenzmq.core.auth import client_options, generate_keys, secure
+from greenzmq.core.monitor import SocketMonitor
+
+from .helpers import green_wait_for
+
+Events = Callable[..., list[dict[str, Any]]]
+
+
+class Idle(Service):
+    """A service whose sockets only exist: the monitor is what is under test."""
+
+    def run(self) -> None:
+        self.stopping.wait()
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports that were free a moment ago."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("keys")
+    for name in ("server", "client", "stranger", "fake"):
+        generate_keys(d, name)
+    allowed = tmp_path_factory.mktemp("allowed")
+    (allowed / "client.key").write_bytes((d / "client.key").read_bytes())
+    return {"dir": d, "allowed": allowed}
+
+
+@pytest.fixture
+def plain_ctx() -> Iterator[zmq.Context[Any]]:
+    """A plain pyzmq context for the clients (its own I/O thread, like another process)."""
+    c: zmq.Context[Any] = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def serve(svc: Service, endpoints: dict[str, str] | None = None) -> gevent.Greenlet[..., Any]:
+    g = gevent.spawn(svc.serve, endpoints, install_signals=False)
+    green_wait_for(lambda: svc.socks or g.dead, 10, "the service's sockets")
+    assert not g.dead, g.exception
+    return g
+
+
+def stop(svc: Service, g: gevent.Greenlet[..., Any]) -> None:
+    svc.stop()
+    assert g.get(timeout=10) == 0
+
+
+def secured(keys: dict[str, Path], port: int, *, monitor: bool | None = True) -> Idle:
+    svc = Idle(
+        name="vault",
+        specs=[SocketSpec("frontend", "ROUTER", bind=(f"tcp://127.0.0.1:{port}",))],
+        monitor=monitor,
+    )
+    return secure(
+        svc,
+        secret_key=keys["dir"] / "server.key_secret",
+        allowed_keys=keys["allowed"],
+        sockets=["frontend"],
+    )  # type: ignore[return-value]
+
+
+def connect_from(
+    ctx: zmq.Context[Any], src: int, port: int, options: dict[int, Any] | None = None
+) -> zmq.Socket[Any]:
+    """A DEALER connecting from 127.0.0.1:``src`` to the server's ``port``."""
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    # one attempt is what the test looks at; no reconnect from the same source port
+    s.setsockopt(zmq.RECONNECT_IVL, 60_000)
+    for opt, val in (options or {}).items():
+        s.setsockopt(opt, val)
+    s.connect(f"tcp://127.0.0.1:{src};127.0.0.1:{port}")
+    return s
+
+
+class TestHandshakeFailures:
+    @pytest.mark.deadline(30)
+    def test_wrong_server_key_plaintext_and_stranger_are_logged_with_address(
+        self, keys: dict[str, Path], logs: Any, plain_ctx: zmq.Context[Any]
+    ) -> None:
+        """Three clients the CURVE server refuses, each logged with its own 127.0.0.1:PORT.
+
+        A client that encrypts for the wrong server key and a plaintext client
+        fail in libzmq's handshake, before the ZAP handler is asked: only the
+        monitor sees them. A client whose key is not allowed is refused by the
+        ZAP handler (status 400): ``auth.refused`` and the monitor both say so.
+        """
+        events = logs()
+        port, wrong_src, plain_src, stranger_src, ok_src = free_ports(5)
+        svc = secured(keys, port)
+        g = serve(svc)
+        d = keys["dir"]
+        wrong = client_options(d / "fake.key", d / "client.key_secret")
+        stranger = client_options(d / "server.key", d / "stranger.key_secret")
+        allowed = client_options(d / "server.key", d / "client.key_secret")
+        socks = []
+        try:
+            socks.append(connect_from(plain_ctx, wrong_src, port, wrong))
+            socks.append(connect_from(plain_ctx, plain_src, port))
+            socks.append(connect_from(plain_ctx, stranger_src, port, stranger))
+            socks.append(connect_from(plain_ctx, ok_src, port, allowed))
+
+            def failed(src: int) -> list[dict[str, Any]]:
+                return events("socket.handshake_failed", address=f"127.0.0.1:{src}")
+
+            green_wait_for(
+                lambda: failed(wrong_src) and failed(plain_src) and failed(stranger_src),
+                10,
+                "three handshake failures with their addresses",
+            )
+            (w,) = failed(wrong_src)
+            assert w["socket"] == "frontend" and w["reason"] == "protocol"
+            assert w["error"] == "ZMTP_CRYPTOGRAPHIC" and w["level"] == "warning"
+            (p,) = failed(plain_src)
+            assert p["reason"] == "protocol" and p["error"] == "ZMTP_MECHANISM_MISMATCH"
+            (st,) = failed(stranger_src)
+            assert st["reason"] == "auth" and st["code"] == 400
+            # the ZAP handler's own line (libzmq gives it the IP only)
+            assert events("auth.refused", address="127.0.0.1")
+
+            def counts() -> dict[str, int]:
+                c = svc.stats.snapshot()["sockets"]["frontend"].get("connections", {})
+                return dict(c)
+
+            green_wait_for(
+                lambda: counts().get("handshake_succeeded") == 1, 10, "the allowed handshake"
+            )
+            assert events("socket.accepted", address=f"127.0.0.1:{ok_src}")
+            assert not failed(ok_src)
+            assert counts()["handshake_failed"] == 3 and counts()["accepted"] == 4
+        finally:
+            for s in socks:
+                s.close(0)
+            stop(svc, g)
+
+
+class TestConnections:
+    @pytest.mark.deadline(30)
+    def test_connect_accept_disconnect_logged_and_counted(
+        self, logs: Any, plain_ctx: zmq.Context[Any], endpoint: Callable[[], str]
+    ) -> None:
+        """A connect socket logs its peer coming and going; a bind socket its client's address."""
+        events = logs()
+        up, (bind_port, src) = endpoint(), free_ports(2)
+        peer = plain_ctx.socket(zmq.ROUTER)
+        peer.setsockopt(zmq.LINGER, 0)
+        peer.bind(up)
+        svc = Idle(
+            name="links",
+            specs=[
+                SocketSpec("upstream", "DEALER", connect=(up,)),
+                SocketSpec("clients", "ROUTER", bind=(f"tcp://127.0.0.1:{bind_port}",)),
+            ],
+            monitor=True,
+        )
+        g = serve(svc)
+        client = None
+        try:
+            green_wait_for(
+                lambda: events("socket.connected", socket="upstream", address=up), 10, "connected"
+            )
+            client = connect_from(plain_ctx, src, bind_port)
+            addr = f"127.0.0.1:{src}"
+            green_wait_for(
+                lambda: events("socket.accepted", socket="clients", address=addr), 10, "accepted"
+            )
+            client.close(0)
+            peer.close(0)
+            green_wait_for(
+                lambda: events("socket.disconnected", socket="clients", address=addr)
+                and events("socket.disconnected", socket="upstream", address=up),
+                10,
+                "both disconnects",
+            )
+            snap = svc.stats.snapshot()["sockets"]
+            assert snap["upstream"]["connections"]["connected"] == 1
+            assert snap["upstream"]["connections"]["disconnected"] >= 1
+            assert snap["clients"]["connections"]["accepted"] == 1
+            assert snap["clients"]["connections"]["disconnected"] == 1
+            (ev,) = events("socket.accepted", socket="clients")
+            assert ev["service"] == "links" and ev["sock_type"] == "ROUTER"
+            assert ev["endpoint"] == f"tcp://127.0.0.1:{bind_port}"
+        finally:
+            if client is not None:
+                client.close(0)
+            peer.close(0)
+            stop(svc, g)
+
+    @pytest.mark.deadline(30)
+    def test_off_by_default(
+        self, logs: Any, plain_ctx: zmq.Context[Any], endpoint: Callable[[], str]
+    ) -> None:
+        """No monitor asked for: no monitor socket, no greenlet, no event, no count."""
+        events = logs()
+        ep = endpoint()
+        svc = Idle(name="quiet", specs=[SocketSpec("clients", "ROUTER", bind=(ep,))])
+        g = serve(svc)
+        client = plain_ctx.socket(zmq.REQ)
+        client.setsockopt(zmq.LINGER, 0)
+        try:
+            assert svc.socks["clients"].peer_watch is None
+            assert os.environ.get("GREENZMQ_STATS") is None
+            client.connect(ep)
+            client.send(b"hello")
+            green_wait_for(
+                lambda: svc.socks["clients"].raw.poll(0) or None, 10, "the request to arrive"
+            )
+            assert not [e for e in events() if str(e.get("event", "")).startswith("socket.")]
+            assert "connections" not in svc.stats.snapshot()["sockets"]["clients"]
+            assert not [gr for gr in svc.group if (gr.name or "").startswith("monitor:")]
+        finally:
+            client.close(0)
+            stop(svc, g)
+
+    @pytest.mark.deadline(30)
+    def test_reconnect_loop_does_not_flood_the_log(
+        self,
+        keys: dict[str, Path],
+        logs: Any,
+        plain_ctx: zmq.Context[Any],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Plaintext clients hammering a CURVE socket: every one counted, a few lines logged."""
+        events = logs()
+        (port,) = free_ports(1)
+        svc = secured(keys, port)
+        monkeypatch.setattr(SocketMonitor, "burst", 5)
+        g = serve(svc)
+        n = 30
+        socks = []
+        try:
+            for _ in range(n):
+                s = plain_ctx.socket(zmq.DEALER)
+                s.setsockopt(zmq.LINGER, 0)
+                s.setsockopt(zmq.RECONNECT_IVL, 60_000)
+                s.connect(f"tcp://127.0.0.1:{port}")
+                socks.append(s)
+
+            def failures() -> int:
+                c = svc.stats.snapshot()["sockets"]["frontend"].get("connections", {})
+                return int(c.get("handshake_failed", 0))
+
+            green_wait_for(lambda: failures() >= n, 15, f"{n} handshake failures counted")
+        finally:
+            for s in socks:
+                s.close(0)
+            stop(svc, g)  # closing reports what the window held back
+        logged = events("socket.handshake_failed")
+        assert 1 <= len(logged) <= 5
+        held = sum(e["count"] for e in events("socket.events_suppressed", event="handshake_failed"))
+        assert len(logged) + held == failures_total(svc)
+
+
+def failures_total(svc: Service) -> int:
+    return int(svc.stats.snapshot()["sockets"]["frontend"]["connections"]["handshake_failed"])
+
+
+class TestBindFailed:
+    @pytest.mark.deadline(20)
+    def test_a_bind_at_run_time_that_fails_is_logged(
+        self, logs: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """A service that binds one more endpoint while it runs: the failure is an event too."""
+        events = logs()
+        taken = socket.create_server(("127.0.0.1", 0))
+        busy = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        svc = Idle(name="late", specs=[SocketSpec("clients", "ROUTER", bind=(endpoint(),))])
+        svc.monitor = True
+        g = serve(svc)
+        try:
+            with pytest.raises(zmq.ZMQError):
+                svc.socks["clients"].bind(busy)
+            ev = green_wait_for(lambda: events("socket.bind_failed", endpoint=busy), 10, "event")
+            assert ev[0]["error"] == "EADDRINUSE" and ev[0]["level"] == "error"
+            assert svc.stats.snapshot()["sockets"]["clients"]["connections"]["bind_failed"] == 1
+        finally:
+            taken.close()
+            stop(svc, g)
