@@ -126,24 +126,28 @@ class TestHandshakeFailures:
         allowed = client_options(d / "server.key", d / "client.key_secret")
         socks = []
         try:
-            socks.append(connect_from(plain_ctx, wrong_src, port, wrong))
-            socks.append(connect_from(plain_ctx, plain_src, port))
-            socks.append(connect_from(plain_ctx, stranger_src, port, stranger))
-            socks.append(connect_from(plain_ctx, ok_src, port, allowed))
-
             def failed(src: int) -> list[dict[str, Any]]:
                 return events("socket.handshake_failed", address=f"127.0.0.1:{src}")
 
-            green_wait_for(
-                lambda: failed(wrong_src) and failed(plain_src) and failed(stranger_src),
-                10,
-                "three handshake failures with their addresses",
-            )
+            # one at a time: two connections that both fail before the monitor's
+            # greenlet reads their events can be told apart by IP only
+            for src, opts in ((wrong_src, wrong), (plain_src, None), (stranger_src, stranger)):
+                socks.append(connect_from(plain_ctx, src, port, opts))
+                try:
+                    green_wait_for(lambda src=src: failed(src), 10, f"the failure of :{src}")
+                except AssertionError as e:
+                    seen = [e for e in events() if str(e["event"]).startswith("socket.")]
+                    raise AssertionError(f"{e}; logged: {seen}") from None
+            socks.append(connect_from(plain_ctx, ok_src, port, allowed))
             (w,) = failed(wrong_src)
             assert w["socket"] == "frontend" and w["reason"] == "protocol"
             assert w["error"] == "ZMTP_CRYPTOGRAPHIC" and w["level"] == "warning"
             (p,) = failed(plain_src)
-            assert p["reason"] == "protocol" and p["error"] == "ZMTP_MECHANISM_MISMATCH"
+            # both ends see the mechanism mismatch: the client may hang up first
+            # (ECONNRESET, EPIPE: the socket error libzmq met)
+            assert p["reason"] == "no_detail" or (
+                p["reason"] == "protocol" and p["error"] == "ZMTP_MECHANISM_MISMATCH"
+            ), p
             (st,) = failed(stranger_src)
             assert st["reason"] == "auth" and st["code"] == 400
             # the ZAP handler's own line (libzmq gives it the IP only)
@@ -278,7 +282,7 @@ class TestConnections:
             stop(svc, g)  # closing reports what the window held back
         logged = events("socket.handshake_failed")
         assert 1 <= len(logged) <= 5
-        held = sum(e["count"] for e in events("socket.events_suppressed", event="handshake_failed"))
+        held = sum(e["count"] for e in events("socket.events_suppressed", kind="handshake_failed"))
         assert len(logged) + held == failures_total(svc)
 
 
@@ -301,9 +305,23 @@ class TestBindFailed:
         try:
             with pytest.raises(zmq.ZMQError):
                 svc.socks["clients"].bind(busy)
-            ev = green_wait_for(lambda: events("socket.bind_failed", endpoint=busy), 10, "event")
+            # libzmq names the endpoint without its transport here
+            where = busy.removeprefix("tcp://")
+            ev = green_wait_for(lambda: events("socket.bind_failed", endpoint=where), 10, "event")
             assert ev[0]["error"] == "EADDRINUSE" and ev[0]["level"] == "error"
             assert svc.stats.snapshot()["sockets"]["clients"]["connections"]["bind_failed"] == 1
         finally:
             taken.close()
             stop(svc, g)
+
+    def test_a_monitored_bind_says_why_it_failed(self, ctx: Any) -> None:
+        """libzmq leaves EAGAIN after a monitored bind fails; the error still says why."""
+        taken = socket.create_server(("127.0.0.1", 0))
+        busy = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        try:
+            ctx.monitor_events = True
+            with pytest.raises(zmq.ZMQError, match="Address already in use") as err:
+                ctx.build(SocketSpec("clients", "ROUTER", bind=(busy,)))
+            assert err.value.errno == zmq.EADDRINUSE
+        finally:
+            taken.close()

@@ -107,6 +107,9 @@ class SocketSpec:
     router_mandatory: bool | None = None
     maxmsgsize: int = -1
     options: Mapping[int, Any] = dataclasses.field(default_factory=dict)
+    # log and count this socket's connection events (core.monitor); None: as the
+    # service says (Service(monitor=...), the launcher's --monitor)
+    monitor: bool | None = None
 
     def __post_init__(self) -> None:
         socket_type(self.type)
@@ -351,6 +354,8 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
     _socket_class = Socket
     #: monitor the connections of connecting sockets (``greenzmq health`` reads them)
     monitor_peers = False
+    #: log and count the connection events of sockets whose spec leaves it open
+    monitor_events = False
 
     def build(self, spec: SocketSpec) -> Socket:
         """Create, configure, bind and connect the socket ``spec`` describes.
@@ -383,12 +388,22 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
             if kind == zmq.SUB:
                 for topic in spec.subscribe:
                     sock.setsockopt(zmq.SUBSCRIBE, topic)
-            if self.monitor_peers and spec.connect:
-                from .stats import watch_peers
+            events = self.monitor_events if spec.monitor is None else spec.monitor
+            if events or (self.monitor_peers and spec.connect):
+                from .monitor import attach_monitor
 
-                # before connecting: an event before the monitor is read is lost
-                watch_peers(self, sock, tuple(spec.connect))
-            attach_endpoints(sock, spec)
+                # before binding and connecting: an event before the monitor is
+                # connected is lost
+                attach_monitor(self, sock, spec.connect, events=events)
+            try:
+                attach_endpoints(sock, spec)
+            except zmq.ZMQError as e:
+                # libzmq 4.3 sends a monitored socket's bind_failed event before
+                # returning, and the send leaves EAGAIN in errno: the event has
+                # the real error
+                if e.errno == zmq.EAGAIN and sock.peer_watch is not None:
+                    raise sock.peer_watch.bind_error(e) from None
+                raise
         except BaseException:
             if sock.peer_watch is not None:
                 sock.peer_watch.monitor.close(0)
