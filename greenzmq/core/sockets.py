@@ -340,9 +340,11 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
         return int(super().poll(timeout, flags))
 
     def close(self, linger: int | None = None) -> None:
-        """Close (idempotent); the raw shadow goes with it."""
+        """Close (idempotent); the raw shadow goes with it, and a monitor nobody reads."""
         self._raw = None
         super().close(linger)
+        if self.peer_watch is not None:
+            self.peer_watch.close()
 
 
 class Context(gzmq.Context):  # type: ignore[type-arg]
@@ -405,9 +407,7 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
                     raise sock.peer_watch.bind_error(e) from None
                 raise
         except BaseException:
-            if sock.peer_watch is not None:
-                sock.peer_watch.monitor.close(0)
-            sock.close(0)
+            sock.close(0)  # and its monitor
             raise
         return sock
 

@@ -43,7 +43,6 @@ __all__ = [
     "LATENCY_BUCKETS",
     "STATS_ENV",
     "Histogram",
-    "PeerWatch",
     "SocketCounters",
     "Stats",
     "control_endpoint",
