@@ -355,3 +355,42 @@ class TestBindFailed:
             assert err.value.errno == zmq.EADDRINUSE
         finally:
             taken.close()
+
+
+class TestLauncher:
+    @pytest.mark.deadline(40)
+    def test_monitor_setting_logs_and_exports_connection_events(
+        self, service: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """``--monitor`` under the launcher: the events in the log and in ``--metrics``."""
+        from .helpers import free_port, wait_for
+        from .test_ops import scrape_until, value
+
+        fe, be, kill = endpoint(), endpoint(), endpoint()
+        port, (src,) = free_port(), free_ports(1)
+        p = service(
+            "greenzmq.services.broker:app", "--monitor", "--metrics", f"127.0.0.1:{port}",
+            "--endpoint", f"frontend={fe}", "--endpoint", f"backend={be}",
+            "--endpoint", f"kill={kill}",
+        )  # fmt: skip
+        p.wait_started()
+        ctx: zmq.Context[Any] = zmq.Context()
+        c = connect_from(ctx, src, int(fe.rpartition(":")[2]))
+        try:
+            ev = p.wait_event("socket.accepted", 10, address=f"127.0.0.1:{src}")
+            assert ev["socket"] == "frontend" and ev["endpoint"] == fe
+            c.close(0)
+            wait_for(lambda: p.events("socket.disconnected", socket="frontend"), 10, "gone")
+
+            def counted(s: Any) -> bool:
+                labels = {"socket": "frontend"}
+                return (
+                    value(s, "greenzmq_connection_events_total", event="accepted", **labels) == 1
+                    and value(s, "greenzmq_connection_events_total", event="disconnected", **labels)
+                    == 1
+                )
+
+            scrape_until(port, counted, "the frontend's accept and disconnect")
+        finally:
+            c.close(0)
+            ctx.term()

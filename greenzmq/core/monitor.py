@@ -39,12 +39,12 @@ import sys
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import zmq
 
-__all__ = ["EVENT_NAMES", "SocketMonitor", "attach_monitor"]
+__all__ = ["EVENT_NAMES", "RateLimit", "SocketMonitor", "attach_monitor"]
 
 # libzmq event -> (event name, log level); absent: not asked for
 EVENT_NAMES: dict[int, tuple[str, str]] = {
@@ -164,6 +164,48 @@ class _Window:
         self.suppressed = 0
 
 
+class RateLimit:
+    """At most ``burst`` lines per key in any ``window`` seconds; the rest counted.
+
+    When a key's window ends (at its next line, or at :meth:`flush`),
+    ``report(key, suppressed, logged, seconds)`` is called if lines were held
+    back: the caller logs one summary line. The drop logs' rule
+    (:class:`~greenzmq.core.tracing.Tracer`), for connection events and refusals.
+    """
+
+    def __init__(self, report: Callable[[str, int, int, float], None]) -> None:
+        self.report = report
+        self._windows: dict[str, _Window] = {}
+
+    def allow(self, key: str, burst: int, window: float) -> bool:
+        """Whether to log this line now; counts it if not."""
+        now = time.monotonic()
+        w = self._windows.get(key)
+        if w is None:
+            if len(self._windows) > 4096:  # many keys (addresses): forget the quiet ones
+                self.flush()
+            w = self._windows[key] = _Window(now)
+        elif now - w.start >= window:
+            self._end(key, w, now)
+            w.start, w.logged, w.suppressed = now, 0, 0
+        if w.logged < burst:
+            w.logged += 1
+            return True
+        w.suppressed += 1
+        return False
+
+    def _end(self, key: str, w: _Window, now: float) -> None:
+        if w.suppressed:
+            self.report(key, w.suppressed, w.logged, round(now - w.start, 3))
+
+    def flush(self) -> None:
+        """Report what is held back, and start afresh."""
+        now = time.monotonic()
+        for key, w in self._windows.items():
+            self._end(key, w, now)
+        self._windows.clear()
+
+
 class SocketMonitor:
     """The monitor of one socket: live peers for ``health``, and connection events.
 
@@ -195,6 +237,7 @@ class SocketMonitor:
         self._queue: deque[tuple[dict[str, Any], str | None]] = deque()
         self._thread: threading.Thread | None = None
         self._wake: Any = None
+        self._limit = RateLimit(self._suppressed)
         self._windows: dict[str, _Window] = {}
 
     def bind(self, name: str, log: Any, counters: Any) -> None:
@@ -367,7 +410,7 @@ class SocketMonitor:
         name, level = EVENT_NAMES[event]
         if self.counters is not None:
             self.counters.connection(name)
-        if self.log is None or not self._allowed(name):
+        if self.log is None or not self._limit.allow(name, self.burst, self.window):
             return
         fields: dict[str, Any] = {"endpoint": endpoint}
         if address is not None:
@@ -381,36 +424,15 @@ class SocketMonitor:
         getattr(self.log, level)(f"socket.{name}", **fields)
 
     # -- rate limit ------------------------------------------------------------
-    def _allowed(self, name: str) -> bool:
-        now = time.monotonic()
-        w = self._windows.get(name)
-        if w is None:
-            w = self._windows[name] = _Window(now)
-        elif now - w.start >= self.window:
-            self._report(name, w, now)
-            w.start, w.logged, w.suppressed = now, 0, 0
-        if w.logged < self.burst:
-            w.logged += 1
-            return True
-        w.suppressed += 1
-        return False
-
-    def _report(self, name: str, w: _Window, now: float) -> None:
-        if w.suppressed and self.log is not None:
+    def _suppressed(self, name: str, count: int, logged: int, seconds: float) -> None:
+        if self.log is not None:
             self.log.warning(
-                "socket.events_suppressed",
-                kind=name,
-                count=w.suppressed,
-                logged=w.logged,
-                seconds=round(now - w.start, 3),
+                "socket.events_suppressed", kind=name, count=count, logged=logged, seconds=seconds
             )
 
     def flush(self) -> None:
         """Log the counts the rate limit held back (the reader's last act)."""
-        now = time.monotonic()
-        for name, w in self._windows.items():
-            self._report(name, w, now)
-        self._windows.clear()
+        self._limit.flush()
 
 
 def attach_monitor(
