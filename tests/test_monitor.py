@@ -8,7 +8,9 @@ server must report.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,13 +24,22 @@ from greenzmq import Service, SocketSpec
 from greenzmq.core.auth import client_options, generate_keys, secure
 from greenzmq.core.monitor import SocketMonitor
 
-from .helpers import green_wait_for
+from .helpers import ROOT, green_wait_for
+
+README = (ROOT / "README.md").read_text()
 
 Events = Callable[..., list[dict[str, Any]]]
 
 
 # ZMTP 3.0 greeting: signature, version 3.0, mechanism NULL, as-server 0, filler
 NULL_GREETING = b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0") + b"\0" * 32
+
+
+def readme_lines() -> list[dict[str, Any]]:
+    """The log lines the README shows under ``<!-- monitor-test: log -->``."""
+    m = re.search(r"<!-- monitor-test: log -->\n```text\n(.*?)```", README, re.S)
+    assert m, "no monitor-test: log block in the README"
+    return [json.loads(line) for line in m.group(1).splitlines()]
 
 
 class Idle(Service):
@@ -178,6 +189,11 @@ class TestHandshakeFailures:
             assert p["reason"] == "protocol" and p["error"] == "ZMTP_MECHANISM_MISMATCH"
             (st,) = failed(stranger_src)
             assert st["reason"] == "auth" and st["code"] == 400
+            # the README shows these lines: same fields, same reasons
+            for shown in readme_lines():
+                like = [e for e in events(shown["event"]) if e.get("error") == shown.get("error")]
+                assert like, f"the README shows a line nothing logged: {shown}"
+                assert set(like[0]) - {"pid", "timestamp"} == set(shown), (like[0], shown)
             # the ZAP handler's own line (libzmq gives it the IP only)
             assert events("auth.refused", address="127.0.0.1")
 
