@@ -1,8 +1,10 @@
-"""Connection events: one libzmq socket monitor per socket, read by one greenlet.
+"""Connection events: one libzmq socket monitor per socket, handled by one greenlet.
 
 A :class:`SocketMonitor` is attached to a socket before it binds or connects
-(an event sent before the monitor's PAIR is connected would be lost). Two
-users share it, since libzmq allows one monitor per socket:
+(an event sent before the monitor's PAIR is connected would be lost). A
+thread of its own reads the PAIR (see :meth:`SocketMonitor.run` for why a
+thread) and hands each event to a greenlet of the service, which logs and
+counts it. Two users share the monitor, since libzmq allows one per socket:
 
 - ``greenzmq health`` needs to know whether a connecting socket has a live
   peer (``live``: ZMTP handshakes succeeded minus disconnects, per endpoint).
@@ -15,15 +17,17 @@ users share it, since libzmq allows one monitor per socket:
 The address of the peer: a connecting socket's events carry the endpoint it
 connects to. On a bound socket libzmq's (v1) monitor gives only the local
 endpoint, but ``accepted`` carries the new connection's descriptor, so the
-reader asks the kernel (``getpeername``). A handshake that fails is followed
-at once, in libzmq's I/O thread, by the ``disconnected`` event of the same
-descriptor: the failure is logged with that connection's address. A
-connection that failed fast may be closed before the reader gets to ask
-(measured: a plaintext client against a CURVE socket, most of the time);
-then, on Linux, the address is read from ``/proc/net/tcp{,6}``: the socket we
-closed lingers there (TIME_WAIT and the other closing states) with its
-remote address. If more than one closed connection is unaccounted for, the
-address is the remote IP they share (no port), else ``"unknown"``.
+reader thread asks the kernel (``getpeername``) as soon as it has the event.
+A handshake that fails is followed at once, in libzmq's I/O thread, by the
+``disconnected`` event of the same descriptor: the failure is logged with
+that connection's address. A connection that failed fast may be closed
+before the thread gets to ask (it needs the GIL); then, on Linux, the
+address is read from ``/proc/net/tcp{,6}``: a socket this side closed lingers
+there (TIME_WAIT and the other closing states) with its remote address. A
+peer that hung up first (libzmq's own plaintext client does, on a mechanism
+mismatch) leaves no such trace: it is ``"unknown"`` unless the thread was in
+time. Several closed connections unaccounted for at once are named by the
+IP they share (no port), else ``"unknown"``.
 
 A hostile peer reconnecting in a loop must not flood the log: per socket and
 event, :attr:`SocketMonitor.burst` lines per :attr:`SocketMonitor.window`
@@ -212,8 +216,9 @@ class SocketMonitor:
     ``monitor`` is the PAIR socket the events arrive on; ``endpoints`` the
     socket's connect endpoints (whose live peers ``greenzmq health`` reports);
     ``events`` whether connection events are logged and counted. :meth:`run`,
-    in a greenlet of the service, owns the PAIR; :meth:`bind` gives it the
-    service's log and counters first.
+    in a greenlet of the service, starts the thread that owns the PAIR and
+    handles what it reads; :meth:`bind` gives it the service's log and
+    counters first.
     """
 
     burst = 20  # lines per socket and event in any window
@@ -238,7 +243,6 @@ class SocketMonitor:
         self._thread: threading.Thread | None = None
         self._wake: Any = None
         self._limit = RateLimit(self._suppressed)
-        self._windows: dict[str, _Window] = {}
 
     def bind(self, name: str, log: Any, counters: Any) -> None:
         """Log as socket ``name`` to ``log``; count into ``counters`` (a SocketCounters)."""
