@@ -89,7 +89,9 @@ class SocketSpec:
     unlimited: libzmq's REP drops a reply at its SNDHWM without a word.
     ``linger`` None means 1 s for sockets that send and 0 for SUB/PULL; a
     :class:`~greenzmq.core.service.Service` lets its REP/ROUTER sockets linger for
-    its graceful timeout.
+    its graceful timeout. ``monitor`` True logs and counts the socket's
+    connection events (:mod:`greenzmq.core.monitor`), False never; None (the
+    default) follows the service's ``monitor`` (the launcher's ``--monitor``).
     """
 
     name: str
