@@ -416,3 +416,17 @@ class TestLauncher:
         finally:
             c.close(0)
             ctx.term()
+
+
+def test_a_spec_overrides_the_service(ctx: Any, endpoint: Callable[[], str]) -> None:
+    """``SocketSpec(monitor=...)`` wins over the service's setting, both ways."""
+    ctx.monitor_events = True
+    quiet = ctx.build(SocketSpec("quiet", "ROUTER", bind=(endpoint(),), monitor=False))
+    ctx.monitor_events = False
+    loud = ctx.build(SocketSpec("loud", "ROUTER", bind=(endpoint(),), monitor=True))
+    try:
+        assert quiet.peer_watch is None
+        assert loud.peer_watch is not None and loud.peer_watch.events
+    finally:
+        quiet.close(0)
+        loud.close(0)  # its monitor's PAIR too (nobody started a reader)
