@@ -317,3 +317,26 @@ class TestSecuredAnyApp:
             assert c.request(b"7") == [b"49"]
         with LazyPirate(fe, timeout=0.5, retries=1, ctx=ctx) as c, pytest.raises(RequestTimeout):
             c.request(b"7")
+
+
+def test_refusals_are_rate_limited(tmp_path: Path, logs: Any, monkeypatch: Any) -> None:
+    """A stranger reconnecting in a loop: every refusal counted, a few lines logged."""
+    from greenzmq.core.auth import GreenAuthenticator
+    from greenzmq.core.sockets import Context
+
+    events = logs()
+    monkeypatch.setattr(GreenAuthenticator, "burst", 3)
+    ctx = Context()
+    try:
+        auth = GreenAuthenticator(ctx, set())
+        key = zmq.curve_keypair()[0]
+        request = [b"1.0", b"1", b"greenzmq", b"10.0.0.9", b"", b"CURVE", z85.decode(key)]
+        for _ in range(10):
+            assert auth.handle(request)[2] == b"400"
+        auth.flush()
+    finally:
+        ctx.term()
+    assert auth.refused_count == 10
+    assert len(events("auth.refused", address="10.0.0.9")) == 3
+    (held,) = events("auth.refusals_suppressed")
+    assert held["count"] == 7 and held["logged"] == 3

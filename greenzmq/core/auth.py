@@ -37,6 +37,7 @@ import zmq.auth
 from zmq.utils import z85
 
 from ..errors import ConfigError
+from .monitor import RateLimit
 from .service import Service
 from .sockets import Context, Socket
 from .tracing import get_logger
@@ -128,8 +129,14 @@ class GreenAuthenticator:
 
     ``allowed`` is a directory of ``*.key`` files or a set of z85 public keys.
     NULL connections (plaintext sockets in the same context) are allowed;
-    PLAIN and unknown CURVE keys are refused.
+    PLAIN and unknown CURVE keys are refused. Refusals are logged up to
+    ``burst`` lines per address in any ``window`` seconds, the rest counted
+    into one ``auth.refusals_suppressed`` line (a client reconnecting in a loop
+    must not flood the log); ``refused_count`` counts them all.
     """
+
+    burst = 20
+    window = 1.0
 
     def __init__(self, ctx: Context, allowed: str | os.PathLike[str] | set[bytes]) -> None:
         self.ctx = ctx
@@ -138,6 +145,7 @@ class GreenAuthenticator:
         self.greenlet: gevent.Greenlet[..., Any] | None = None
         self.allowed_count = 0
         self.refused_count = 0
+        self._limit = RateLimit(self._suppressed)
         if isinstance(allowed, set):
             self._dir: str | None = None
             self._keys = set(allowed)
@@ -174,6 +182,15 @@ class GreenAuthenticator:
             self.greenlet = spawn(self._serve, name="zap")
         return self
 
+    def _suppressed(self, address: str, count: int, logged: int, seconds: float) -> None:
+        self.log.warning(
+            "auth.refusals_suppressed", address=address, count=count, logged=logged, seconds=seconds
+        )
+
+    def flush(self) -> None:
+        """Log the refusals the rate limit held back (the handler's greenlet does as it ends)."""
+        self._limit.flush()
+
     def stop(self) -> None:
         """Stop serving and close the socket."""
         if self.greenlet is not None:
@@ -185,14 +202,17 @@ class GreenAuthenticator:
         assert self.sock is not None
         sock = self.sock
         sock.claim()
-        while True:
-            try:
-                frames = sock.recv_multipart()
-            except zmq.ZMQError as e:
-                if e.errno in (zmq.ENOTSOCK, zmq.ETERM):
-                    return  # closed: the service is stopping
-                raise
-            sock.send_multipart(self.handle(frames))
+        try:
+            while True:
+                try:
+                    frames = sock.recv_multipart()
+                except zmq.ZMQError as e:
+                    if e.errno in (zmq.ENOTSOCK, zmq.ETERM):
+                        return  # closed: the service is stopping
+                    raise
+                sock.send_multipart(self.handle(frames))
+        finally:
+            self.flush()
 
     def handle(self, frames: Sequence[bytes]) -> list[bytes]:
         """The ZAP reply to one ZAP request (RFC 27)."""
@@ -216,25 +236,27 @@ class GreenAuthenticator:
                 self.log.info("auth.allowed", address=peer, client_key=key.decode())
                 return [version, rid, b"200", b"OK", key, b""]
             self.refused_count += 1
+            if self._limit.allow(peer, self.burst, self.window):
+                self.log.warning(
+                    "auth.refused",
+                    address=peer,
+                    mechanism="CURVE",
+                    client_key=key.decode(),
+                    domain=domain.decode(errors="replace"),
+                    reason="client key not allowed",
+                )
+            return [version, rid, b"400", b"client key not allowed", b"", b""]
+        self.refused_count += 1
+        if self._limit.allow(peer, self.burst, self.window):
             self.log.warning(
                 "auth.refused",
                 address=peer,
-                mechanism="CURVE",
-                client_key=key.decode(),
-                domain=domain.decode(errors="replace"),
-                reason="client key not allowed",
+                mechanism=mechanism.decode(errors="replace"),
+                # a CURVE request gets here only without a 32-byte client key
+                reason="malformed CURVE credentials"
+                if mechanism == b"CURVE"
+                else "mechanism not allowed",
             )
-            return [version, rid, b"400", b"client key not allowed", b"", b""]
-        self.refused_count += 1
-        self.log.warning(
-            "auth.refused",
-            address=peer,
-            mechanism=mechanism.decode(errors="replace"),
-            # a CURVE request gets here only without a 32-byte client key
-            reason="malformed CURVE credentials"
-            if mechanism == b"CURVE"
-            else "mechanism not allowed",
-        )
         return [version, rid, b"400", b"mechanism not allowed", b"", b""]
 
 

@@ -40,7 +40,10 @@ class Service:
     """Base class for a greenzmq service; subclass and implement :meth:`run`.
 
     Class attributes: ``name`` (logs, process title), ``specs`` (the sockets),
-    ``graceful_timeout`` (seconds ``run`` gets to finish after a stop).
+    ``graceful_timeout`` (seconds ``run`` gets to finish after a stop),
+    ``monitor`` (log and count every socket's connection events, for the
+    sockets whose spec does not say: :mod:`greenzmq.core.monitor`; off by
+    default, the launcher's ``--monitor`` turns it on).
 
     A socket named ``kill`` (SUB) is the kill switch: the framework owns it
     and any message on it stops the service. Inside ``run``, ``self.socks``
@@ -51,12 +54,21 @@ class Service:
     name: str = "service"
     specs: Sequence[SocketSpec] = ()
     graceful_timeout: float = 10.0
+    monitor: bool = False
 
-    def __init__(self, *, name: str | None = None, specs: Sequence[SocketSpec] | None = None):
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        specs: Sequence[SocketSpec] | None = None,
+        monitor: bool | None = None,
+    ):
         if name is not None:
             self.name = name
         if specs is not None:
             self.specs = tuple(specs)
+        if monitor is not None:
+            self.monitor = monitor
         self.stopping = gevent.event.Event()
         self.stop_reason: str | None = None
         self.group = gevent.pool.Group()
@@ -184,6 +196,7 @@ class Service:
         try:
             # a served stats endpoint reports live peers: monitor before connecting
             self.ctx.monitor_peers = control_endpoint(self.name) is not None
+            self.ctx.monitor_events = bool(self.monitor)
             for fn in self._before_bind_callbacks:
                 fn(self)
             self.socks.update(self.ctx.build_all(specs))

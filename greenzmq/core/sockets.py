@@ -89,7 +89,9 @@ class SocketSpec:
     unlimited: libzmq's REP drops a reply at its SNDHWM without a word.
     ``linger`` None means 1 s for sockets that send and 0 for SUB/PULL; a
     :class:`~greenzmq.core.service.Service` lets its REP/ROUTER sockets linger for
-    its graceful timeout.
+    its graceful timeout. ``monitor`` True logs and counts the socket's
+    connection events (:mod:`greenzmq.core.monitor`), False never; None (the
+    default) follows the service's ``monitor`` (the launcher's ``--monitor``).
     """
 
     name: str
@@ -107,6 +109,9 @@ class SocketSpec:
     router_mandatory: bool | None = None
     maxmsgsize: int = -1
     options: Mapping[int, Any] = dataclasses.field(default_factory=dict)
+    # log and count this socket's connection events (core.monitor); None: as the
+    # service says (Service(monitor=...), the launcher's --monitor)
+    monitor: bool | None = None
 
     def __post_init__(self) -> None:
         socket_type(self.type)
@@ -337,9 +342,11 @@ class Socket(gzmq.Socket):  # type: ignore[type-arg]
         return int(super().poll(timeout, flags))
 
     def close(self, linger: int | None = None) -> None:
-        """Close (idempotent); the raw shadow goes with it."""
+        """Close (idempotent); the raw shadow goes with it, and a monitor nobody reads."""
         self._raw = None
         super().close(linger)
+        if self.peer_watch is not None:
+            self.peer_watch.close()
 
 
 class Context(gzmq.Context):  # type: ignore[type-arg]
@@ -351,6 +358,8 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
     _socket_class = Socket
     #: monitor the connections of connecting sockets (``greenzmq health`` reads them)
     monitor_peers = False
+    #: log and count the connection events of sockets whose spec leaves it open
+    monitor_events = False
 
     def build(self, spec: SocketSpec) -> Socket:
         """Create, configure, bind and connect the socket ``spec`` describes.
@@ -383,16 +392,24 @@ class Context(gzmq.Context):  # type: ignore[type-arg]
             if kind == zmq.SUB:
                 for topic in spec.subscribe:
                     sock.setsockopt(zmq.SUBSCRIBE, topic)
-            if self.monitor_peers and spec.connect:
-                from .stats import watch_peers
+            events = self.monitor_events if spec.monitor is None else spec.monitor
+            if events or (self.monitor_peers and spec.connect):
+                from .monitor import attach_monitor
 
-                # before connecting: an event before the monitor is read is lost
-                watch_peers(self, sock, tuple(spec.connect))
-            attach_endpoints(sock, spec)
+                # before binding and connecting: an event before the monitor is
+                # connected is lost
+                attach_monitor(self, sock, spec.connect, events=events)
+            try:
+                attach_endpoints(sock, spec)
+            except zmq.ZMQError as e:
+                # libzmq 4.3 sends a monitored socket's bind_failed event before
+                # returning, and the send leaves EAGAIN in errno: the event has
+                # the real error
+                if e.errno == zmq.EAGAIN and sock.peer_watch is not None:
+                    raise sock.peer_watch.bind_error(e) from None
+                raise
         except BaseException:
-            if sock.peer_watch is not None:
-                sock.peer_watch.monitor.close(0)
-            sock.close(0)
+            sock.close(0)  # and its monitor
             raise
         return sock
 

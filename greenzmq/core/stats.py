@@ -30,17 +30,19 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..errors import ConfigError
 
+if TYPE_CHECKING:
+    from .monitor import SocketMonitor
+
 __all__ = [
     "LATENCY_BUCKETS",
     "STATS_ENV",
     "Histogram",
-    "PeerWatch",
     "SocketCounters",
     "Stats",
     "control_endpoint",
@@ -83,9 +85,9 @@ class Histogram:
 
 
 class SocketCounters:
-    """Messages and bytes in and out of one socket, and drops by reason."""
+    """Messages and bytes in and out of one socket, drops by reason, connection events."""
 
-    __slots__ = ("bytes_in", "bytes_out", "drops", "msgs_in", "msgs_out")
+    __slots__ = ("bytes_in", "bytes_out", "connections", "drops", "msgs_in", "msgs_out")
 
     def __init__(self) -> None:
         self.msgs_in = 0
@@ -93,6 +95,7 @@ class SocketCounters:
         self.msgs_out = 0
         self.bytes_out = 0
         self.drops: Counter[str] = Counter()
+        self.connections: Counter[str] = Counter()
 
     def add_in(self, msgs: int, nbytes: int = 0) -> None:
         """Count ``msgs`` received (a whole batch at once)."""
@@ -108,15 +111,22 @@ class SocketCounters:
         """Count ``n`` messages dropped for ``reason``."""
         self.drops[reason] += n
 
+    def connection(self, event: str) -> None:
+        """Count one connection event (``accepted``, ``handshake_failed``, ...: a monitor's)."""
+        self.connections[event] += 1
+
     def snapshot(self) -> dict[str, Any]:
-        """The counters as a plain dict."""
-        return {
+        """The counters as a plain dict (``connections`` only where a monitor counted some)."""
+        snap: dict[str, Any] = {
             "msgs_in": self.msgs_in,
             "bytes_in": self.bytes_in,
             "msgs_out": self.msgs_out,
             "bytes_out": self.bytes_out,
             "drops": dict(self.drops),
         }
+        if self.connections:
+            snap["connections"] = dict(self.connections)
+        return snap
 
 
 SourceFn = Callable[[], Mapping[str, Mapping[str, int]]]
@@ -137,7 +147,7 @@ class Stats:
         self._sources: list[SourceFn] = []
         self._histograms: dict[str, Histogram] = {}
         self._tables: dict[str, Callable[[], Mapping[str, Mapping[str, int]]]] = {}
-        self._peers: dict[str, PeerWatch] = {}
+        self._peers: dict[str, SocketMonitor] = {}
         self.events: Counter[str] = Counter()
 
     def socket(self, name: str, sock_type: str | None = None) -> SocketCounters:
@@ -157,20 +167,28 @@ class Stats:
             self.socket(name, type_name(sock.type))
 
     def start_control(self, service: Any) -> None:
-        """Serve the stats on ``GREENZMQ_STATS`` in a greenlet of ``service``, if it is set.
+        """Start the sockets' monitors; serve the stats on ``GREENZMQ_STATS``, if it is set.
 
-        A bad endpoint is a ValueError here, before anything is served.
+        Each monitor (:class:`~greenzmq.core.monitor.SocketMonitor`) is read by
+        a greenlet of ``service`` named ``monitor:SOCKET``. A bad endpoint is
+        a ValueError here, before anything is served.
         """
+        from .sockets import type_name
+
         self.service = service.name
         self.register_sockets(service.socks)
+        for name, sock in service.socks.items():
+            watch = getattr(sock, "peer_watch", None)
+            if watch is None:
+                continue
+            log = service.log.bind(socket=name, sock_type=type_name(sock.type))
+            watch.bind(name, log, self.socket(name))
+            if watch.endpoints:
+                self._peers[name] = watch
+            service.spawn(watch.run, name=f"monitor:{name}")
         endpoint = control_endpoint(service.name)
         if endpoint is None:
             return
-        for name, sock in service.socks.items():
-            watch = getattr(sock, "peer_watch", None)
-            if watch is not None:
-                self._peers[name] = watch
-                service.spawn(watch.run, name=f"peers:{name}")
         ipc_path(endpoint)
         service.spawn(serve_control, self, service.ctx, endpoint, name="stats")
 
@@ -231,51 +249,21 @@ class Stats:
         }
 
 
-class PeerWatch:
-    """Which of a connecting socket's endpoints have a live peer, from a socket monitor.
+def __getattr__(name: str) -> Any:
+    # PeerWatch, the monitor's first name: imported on use, so that importing
+    # this module (the launcher's master does) imports no zmq
+    if name == "PeerWatch":
+        from .monitor import SocketMonitor
 
-    The minimal monitor ``greenzmq health`` needs: a ZMTP handshake that
-    succeeded makes an endpoint live, a disconnect makes it dead. Attached by
-    :func:`watch_peers` before the socket connects (an event sent before the
-    monitor's reader is connected would be lost); :meth:`run`, in a greenlet
-    of the service, owns the monitor's PAIR socket.
-    """
-
-    def __init__(self, monitor: Any, endpoints: tuple[str, ...]) -> None:
-        self.monitor = monitor
-        self.endpoints = endpoints
-        self.live: Counter[str] = Counter()
-
-    def run(self) -> None:
-        """Read monitor events until killed (the service's close kills it, then closes the PAIR)."""
-        import zmq
-        from zmq.utils.monitor import parse_monitor_message
-
-        while True:
-            ev = parse_monitor_message(self.monitor.recv_multipart())
-            addr = ev["endpoint"].decode(errors="replace")
-            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.live[addr] += 1
-            elif ev["event"] == zmq.EVENT_DISCONNECTED and self.live[addr] > 0:
-                self.live[addr] -= 1
-                if not self.live[addr]:
-                    del self.live[addr]
+        return SocketMonitor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def watch_peers(ctx: Any, sock: Any, endpoints: tuple[str, ...]) -> None:
-    """Attach a :class:`PeerWatch` to ``sock`` (as ``sock.peer_watch``), before it connects."""
-    import zmq
+    """Attach a monitor of live peers to ``sock`` (as ``sock.peer_watch``), before it connects."""
+    from .monitor import attach_monitor
 
-    addr = f"inproc://greenzmq-peers-{id(sock):x}"
-    sock.monitor(addr, zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-    mon = ctx.socket(zmq.PAIR)
-    try:
-        mon.setsockopt(zmq.LINGER, 0)
-        mon.connect(addr)
-    except BaseException:
-        mon.close(0)
-        raise
-    sock.peer_watch = PeerWatch(mon, tuple(endpoints))
+    attach_monitor(ctx, sock, endpoints)
 
 
 def control_endpoint(service: str, environ: Mapping[str, str] | None = None) -> str | None:

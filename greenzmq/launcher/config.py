@@ -330,6 +330,15 @@ SETTINGS: tuple[Setting, ...] = (
         "RATE",
     ),
     Setting(
+        "monitor",
+        ("--monitor",),
+        _bool,
+        False,
+        "log and count each socket's connection events (accepted, handshake failed with the "
+        "peer's address, ...)",
+        action="store_true",
+    ),
+    Setting(
         "metrics",
         ("--metrics",),
         _hostport,

@@ -82,6 +82,10 @@ _HELP = {
     "greenzmq_socket_sent_messages": "Messages sent, per socket",
     "greenzmq_socket_sent_bytes": "Bytes sent, per socket (where the pattern counts them)",
     "greenzmq_socket_dropped_messages": "Messages dropped, per socket and reason",
+    "greenzmq_connection_events": (
+        "Connection events (accepted, connected, disconnected, handshake_failed, ...), "
+        "per socket, with --monitor"
+    ),
     "greenzmq_broker_worker_expiries": "PPP/MDP workers expired for silence",
     "greenzmq_broker_requests_requeued": "PPP/MDP requests requeued from a lost worker",
     "greenzmq_requests": "Requests the workers handled (as counted by Service.request_done)",
@@ -116,6 +120,8 @@ def counters_of(snap: Mapping[str, Any]) -> dict[Key, float]:
         for reason, n in c.get("drops", {}).items():
             key = ("greenzmq_socket_dropped_messages", (("socket", sock), ("reason", reason)))
             _add(out, key, n)
+        for event, n in c.get("connections", {}).items():  # --monitor's
+            _add(out, ("greenzmq_connection_events", (("socket", sock), ("event", event))), n)
     for q, n in snap.get("queues", {}).items():
         if q in _ENGINE_COUNTERS:
             _add(out, (_ENGINE_COUNTERS[q], ()), n)

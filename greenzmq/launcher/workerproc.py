@@ -212,6 +212,8 @@ class WorkerProcess:
             float(service.graceful_timeout), max(0.05, cfg.graceful_timeout - 0.5)
         )
         self.title(f"worker {wid} [{cfg.name or service.name}]")
+        if cfg.monitor:
+            service.monitor = True  # a spec that says monitor=False keeps it off
         if cfg.block_threshold > 0:
             self.install_monitor()
 

@@ -9,7 +9,7 @@ A probe for containers and Kubernetes (``exec`` probes, Docker's
 - every socket that connects somewhere (the kill switch aside: nothing need
   publish on it) has at least one live peer: a ZMTP handshake that
   succeeded and no disconnect since, from a socket monitor the service runs
-  while its stats endpoint is served (:class:`greenzmq.core.stats.PeerWatch`).
+  while its stats endpoint is served (:class:`greenzmq.core.monitor.SocketMonitor`).
 
 Exit 0 with one ``healthy:`` line, 1 with one ``unhealthy:`` line saying
 why, 2 for a bad command line.
