@@ -460,11 +460,15 @@ class HeartbeatWorkerService(Service):
         for w in self.workers:
             w.stop()
 
+    def make_workers(self) -> list[HeartbeatWorker]:
+        """The workers :meth:`run` serves: ``pool`` of them (a subclass may add its own)."""
+        return [self.make_worker(slot) for slot in range(self.pool)]
+
     def run(self) -> None:
         """Start the offload pool, serve until stopped, end the pool."""
         self.offload.start()
         try:
-            self.workers = [self.make_worker(slot) for slot in range(self.pool)]
+            self.workers = self.make_workers()
             self.worker = self.workers[0]
             if self.stopping.is_set():
                 self.on_stop()

@@ -12,7 +12,7 @@ from typing import Any, TypeVar, overload
 import gevent
 
 from ..core.endpoints import Endpoints
-from ..patterns._worker import HeartbeatWorkerService
+from ..patterns._worker import HeartbeatWorker, HeartbeatWorkerService
 from ..patterns.mdp import BROKER, PARTIAL02, MDPWorker, MDPWorkerService
 from ._dispatch import Dispatcher
 
@@ -139,32 +139,19 @@ class RPCService(MDPWorkerService):
         s = self.mdp_service
         return s.decode() if isinstance(s, bytes) else s
 
-    def run(self) -> None:
-        """Serve ``pool`` workers, plus the stream worker when streaming is on."""
-        self.offload.start()
-        try:
-            self.workers = [self.make_worker(slot) for slot in range(self.pool)]
-            if self.dispatcher.streaming:
-                # a name only this process serves: a stream's generator lives here
-                private = f"{self.service}.~{uuid.uuid4().hex[:12]}"
-                self.dispatcher.stream_service = private
-                self.workers.append(
-                    HeartbeatWorkerService.make_worker(
-                        self, self.pool, service=private, version=self.version, partials=True
-                    )
+    def make_workers(self) -> list[HeartbeatWorker]:
+        """``pool`` workers, plus the stream worker when streaming is on."""
+        workers = super().make_workers()
+        if self.dispatcher.streaming:
+            # a name only this process serves: a stream's generator lives here
+            private = f"{self.service}.~{uuid.uuid4().hex[:12]}"
+            self.dispatcher.stream_service = private
+            workers.append(
+                HeartbeatWorkerService.make_worker(
+                    self, self.pool, service=private, version=self.version, partials=True
                 )
-            self.worker = self.workers[0]
-            if self.stopping.is_set():
-                self.on_stop()
-            others = [
-                self.spawn(w.run, name=f"worker-{slot}")
-                for slot, w in enumerate(self.workers)
-                if slot
-            ]
-            self.worker.run()
-            gevent.joinall(others)
-        finally:
-            self.offload.close()
+            )
+        return workers
 
 
 class _Launch:
