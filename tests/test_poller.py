@@ -138,6 +138,37 @@ class TestTimeouts:
         elapsed = time.monotonic() - t0
         assert 0.04 <= elapsed < 2.0
 
+    def test_timeout_counts_from_the_call_after_the_hub_was_busy(
+        self, ctx: Any, endpoint: Callable[[], str]
+    ) -> None:
+        """poll(ms) right after the hub ran code for a while still waits ms, also when a
+        wake-up with nothing to read comes meanwhile (a peer connecting): the deadline
+        was taken from the loop's cached clock, behind by the busy time (CI saw 28 ms)."""
+        ep = endpoint()
+        pull = ctx.build(SocketSpec("pull", "PULL", bind=(ep,)))
+        p = GreenPoller()
+        p.register(pull, zmq.POLLIN)
+        peers: list[Any] = []
+
+        def connect_later() -> None:
+            gevent.sleep(0.1)
+            peers.append(ctx.build(SocketSpec("push", "PUSH", connect=(ep,))))
+
+        try:
+            gevent.sleep(0)  # the loop's clock is read here...
+            busy_until = time.monotonic() + 0.3
+            while time.monotonic() < busy_until:  # ...then 0.3 s pass without the loop
+                pass
+            g = gevent.spawn(connect_later)
+            t0 = time.monotonic()
+            assert p.poll(400) == []
+            elapsed = time.monotonic() - t0
+            g.get(timeout=5)
+            assert elapsed >= 0.39, elapsed
+        finally:
+            for s in (pull, *peers):
+                s.close(linger=0)
+
     def test_zero_timeout(self, pair: tuple[Any, Any]) -> None:
         """poll(0) never waits."""
         pull, _ = pair

@@ -228,7 +228,14 @@ class GreenPoller(gzmq.Poller):
         """Like ``zmq.Poller.poll``: milliseconds, ``None``/negative waits forever."""
         if timeout is None or timeout < 0:
             timeout = -1
-        deadline = None if timeout < 0 else get_hub().loop.now() + timeout / 1000.0
+        deadline = None
+        if timeout > 0:
+            loop = get_hub().loop
+            # the loop's cached clock lags by however long greenlets ran since the
+            # loop last turned: a deadline taken from it ends the poll that much early
+            # once any wake-up re-reads the clock (a 50 ms poll returned after 28 ms)
+            loop.update_now()
+            deadline = loop.now() + timeout / 1000.0
         while True:
             events: list[tuple[Any, int]] = _zmq_poll(self._items, 0)
             if events or timeout == 0:
