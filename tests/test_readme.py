@@ -47,37 +47,13 @@ class TestReadme:
     @pytest.mark.deadline(120)
     def test_testing_example(self, tmp_path: Path) -> None:
         """ "Testing your services": the example tests pass with the installed plugin alone."""
-        (tmp_path / "echoapp.py").write_text(MODULES["echoapp"])
-        (tmp_path / "test_echoapp.py").write_text(MODULES["test_echoapp"])
-        r = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_echoapp.py"],
-            cwd=tmp_path,
-            env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}"),
-            capture_output=True,
-            text=True,
-            timeout=110,
-            check=False,
-        )
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "3 passed" in r.stdout
+        run_example_tests(tmp_path, ("echoapp", "test_echoapp"))
 
     @pytest.mark.deadline(120)
     def test_rpc_example(self, tmp_path: Path) -> None:
         """ "RPC services": the Calculator, its client and its tests (direct, through a
         broker, launched with two workers) pass with the installed plugin alone."""
-        for mod in ("calculator", "calc_client", "test_calculator"):
-            (tmp_path / f"{mod}.py").write_text(MODULES[mod])
-        r = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_calculator.py"],
-            cwd=tmp_path,
-            env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}"),
-            capture_output=True,
-            text=True,
-            timeout=110,
-            check=False,
-        )
-        assert r.returncode == 0, r.stdout + r.stderr
-        assert "3 passed" in r.stdout
+        run_example_tests(tmp_path, ("calculator", "calc_client", "test_calculator"))
 
     def test_echo_service_example(self, tmp_path: Path) -> None:
         """The README's echo service answers over tcp and exits 0 on SIGTERM."""
@@ -109,3 +85,21 @@ class TestReadme:
             assert svc.wait(10) == 0, svc.output()
         finally:
             svc.stop()
+
+
+def run_example_tests(tmp_path: Path, modules: tuple[str, ...]) -> None:
+    """Write the README's ``modules`` to a fresh project and run its test module (the last)
+    with pytest, as a user would: all 3 tests pass."""
+    for mod in modules:
+        (tmp_path / f"{mod}.py").write_text(MODULES[mod])
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{modules[-1]}.py"],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}"),
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "3 passed" in r.stdout
